@@ -1,0 +1,93 @@
+"""One step's rollouts as padded tensors, and the policy forward that scores them.
+
+N = B*G completions, P = prompt width (left-padded), C = completion width (right-padded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from r1kit.algo.loss import selective_log_softmax
+from r1kit.rollout.hf import left_pad
+from r1kit.types import Completion
+
+
+@dataclass
+class RolloutBatch:
+    prompt_ids: torch.Tensor  # (N, P) left-padded, each prompt repeated G times
+    prompt_mask: torch.Tensor  # (N, P) 1 on real prompt tokens
+    completion_ids: torch.Tensor  # (N, C) right-padded
+    completion_mask: torch.Tensor  # (N, C) 1 on real completion tokens (EOS included)
+    engine_logprobs: torch.Tensor  # (N, C) the engine's logprob of each sampled token, 0 on padding
+    advantages: torch.Tensor  # (N,)
+    truncated: torch.Tensor  # (N,) bool: cut at max_completion_length without EOS
+
+    def __len__(self) -> int:
+        return self.prompt_ids.shape[0]
+
+    def slice(self, start: int, end: int) -> "RolloutBatch":
+        return RolloutBatch(*(getattr(self, f)[start:end] for f in self.__dataclass_fields__))
+
+    def to(self, device) -> "RolloutBatch":
+        return RolloutBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+    def weight(self, full: "RolloutBatch", agg: str) -> float:
+        """This micro-batch's share of the full batch's loss, so accumulated gradients equal the full-batch one."""
+        if agg == "token_mean":
+            return self.completion_mask.sum().item() / max(full.completion_mask.sum().item(), 1)
+        return len(self) / len(full)  # per-sequence means: each sequence weighs 1/N
+
+    def logprob_gap(self, trainer_logprobs: torch.Tensor) -> dict:
+        """|engine - trainer| logprobs over real tokens: sum, max and token count (for batch mean/max)."""
+        gap = (self.engine_logprobs.to(trainer_logprobs.device) - trainer_logprobs).abs()
+        gap = gap[self.completion_mask.bool().to(gap.device)]
+        return {"sum": gap.sum().item(), "max": gap.max().item() if gap.numel() else 0.0, "tokens": gap.numel()}
+
+    def length_metrics(self) -> dict:
+        lengths = self.completion_mask.sum(-1).float()
+        return {"completion/mean_length": lengths.mean().item(), "completion/max_length": lengths.max().item(),
+                "completion/truncated_fraction": self.truncated.float().mean().item()}
+
+
+def make_batch(completions: list[Completion], rows: list[dict], advantages: torch.Tensor, pad_id: int) -> RolloutBatch:
+    """Pad prompts (left) and completions (right) into a RolloutBatch; rows[i]["prompt_ids"] is prompt i."""
+    prompt_ids, prompt_mask = left_pad([rows[c.prompt_index]["prompt_ids"] for c in completions], pad_id)
+    width = max(max(len(c.token_ids) for c in completions), 1)
+    n = len(completions)
+    completion_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((n, width), dtype=torch.long)
+    engine_logprobs = torch.zeros((n, width), dtype=torch.float32)
+    for i, c in enumerate(completions):
+        k = len(c.token_ids)
+        completion_ids[i, :k] = torch.tensor(c.token_ids, dtype=torch.long)
+        completion_mask[i, :k] = 1
+        if c.logprobs:
+            engine_logprobs[i, :k] = torch.tensor(c.logprobs, dtype=torch.float32)
+    truncated = torch.tensor([c.finish_reason == "length" for c in completions])
+    return RolloutBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, engine_logprobs,
+                        advantages.float(), truncated)
+
+
+def completion_logprobs(model, batch: RolloutBatch, temperature: float = 1.0,
+                        micro_batch_size: int | None = None) -> torch.Tensor:
+    """log p(completion token | prefix) under `model` at `temperature`: (N, C), float32.
+
+    Position ids count real tokens only (left padding does not shift them), as `generate` does,
+    so the result matches the engine's sampled-token logprobs for the same weights. Only the
+    last C+1 positions' logits are computed (logits_to_keep), which matters for large vocabularies.
+    """
+    if micro_batch_size is not None and micro_batch_size < len(batch):
+        return torch.cat([completion_logprobs(model, batch.slice(s, s + micro_batch_size), temperature)
+                          for s in range(0, len(batch), micro_batch_size)])
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)  # (N, P+C)
+    attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    C = batch.completion_ids.shape[1]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False, logits_to_keep=C + 1).logits  # (N, C+1, V)
+    logits = logits[:, :-1, :] / temperature  # position t predicts completion token t
+    return selective_log_softmax(logits, batch.completion_ids)

@@ -1,0 +1,354 @@
+"""Typed configuration: nested dataclasses, YAML recipes, dotted overrides, one validate().
+
+A recipe mirrors the dataclass tree::
+
+    model: {name_or_path: builtin:tiny-sft}
+    rollout: {num_generations: 16, temperature: 1.0}
+    rewards: [{name: accuracy, weight: 1.0}, {name: format, weight: 0.2, mode: strict}]
+
+and ``a.b=c`` overrides on the command line replace single fields (values parsed as YAML).
+Unknown keys and wrong types fail with the key's dotted name. The defaults ARE the built-in
+tiny world, so ``r1kit train`` with no recipe runs it. Field names follow TRL where a TRL user
+would look for them (num_generations, max_completion_length, beta, epsilon, loss_type, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override is wrong; the message names the key and what was expected."""
+
+
+@dataclass
+class LoraCfg:
+    enabled: bool = False  # train LoRA adapters instead of all weights (peft)
+    r: int = 16  # adapter rank
+    alpha: int = 32  # scaling numerator (scale = alpha / r)
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class ModelCfg:
+    name_or_path: str = "builtin:tiny-sft"  # hub name, local dir, builtin:tiny-sft or builtin:tiny-init
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights and compute dtype
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...
+    attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2; None lets transformers choose
+    gradient_checkpointing: bool = False  # trade compute for activation memory
+    trust_remote_code: bool = False
+    lora: LoraCfg = field(default_factory=LoraCfg)
+
+
+@dataclass
+class TaskCfg:
+    num_operands: int = 5  # numbers per tiny_arith problem (4 operations)
+    max_operand: int = 20  # each number is in [1, max_operand]
+
+
+@dataclass
+class ColumnsCfg:
+    question: str = "question"  # dataset column holding the problem text
+    answer: str = "answer"  # dataset column holding the gold answer
+
+
+@dataclass
+class DataCfg:
+    source: str = "tiny_arith"  # tiny_arith, a .jsonl/.parquet/.csv path, or a hub dataset name
+    split: str = "train"  # split used for training prompts
+    eval_split: str = "heldout"  # split used for evaluation
+    train_size: int = 20000  # rows to draw from a procedural source (files use all rows)
+    eval_size: int = 200  # held-out problems evaluated (first N rows)
+    columns: ColumnsCfg = field(default_factory=ColumnsCfg)
+    system_prompt: str = "none"  # none, r1, tiny_r1, or the literal text of a system prompt
+    answer_tag_style: Literal["think", "reasoning"] = "think"  # <think> (R1) or <reasoning> (Tiny-R1) traces
+    task: TaskCfg = field(default_factory=TaskCfg)
+
+
+@dataclass
+class RewardCfg:
+    name: str = "accuracy"  # registered name, or a dotted path to your own fn(completions, **columns)
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments for the function (recipe: extra keys)
+
+
+@dataclass
+class RolloutCfg:
+    engine: Literal["hf"] = "hf"  # hf: transformers generate in the training process
+    num_generations: int = 16  # G: completions sampled per prompt (the group)
+    max_completion_length: int = 64  # new tokens per completion; longer ones are cut and flagged truncated
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    generation_batch_size: int = 256  # completions generated per model.generate call (memory knob)
+
+
+@dataclass
+class AlgoCfg:
+    loss_type: Literal["grpo"] = "grpo"  # more variants arrive with the algorithm registry
+    scale_rewards: Literal["group", "none"] = "group"  # divide advantages by the group std (group) or not (none)
+    epsilon: float = 0.2  # PPO clip range for the ratio
+    beta: float = 0.0  # KL coefficient to the reference model; 0 means no reference is loaded
+    kl_estimator: Literal["k3"] = "k3"
+    loss_agg: Literal["seq_mean_token_mean", "token_mean"] = "seq_mean_token_mean"  # how token losses become one number
+
+
+@dataclass
+class TrainCfg:
+    batch_size: int = 128  # completions per step = prompts per step x num_generations
+    micro_batch_size: int = 64  # completions per forward/backward (gradient accumulation covers the rest)
+    max_steps: int = 150
+    learning_rate: float = 5e-5
+    lr_scheduler: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    max_grad_norm: float = 1.0  # clip the global gradient norm; 0 disables
+    save_every: int = 50  # checkpoint every N steps (0: only the final model)
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk
+    resume_from: str | None = None  # a checkpoint dir, or "latest" for this run's newest
+    reward_on_error: Literal["raise", "none"] = "raise"  # a reward that raises: stop the run, or score it None (counted)
+
+
+@dataclass
+class SFTCfg:
+    source: str = "tiny_arith"  # tiny_arith traces, or a .jsonl with prompt/completion or messages columns
+    direct_fraction: float = 0.7  # tiny_arith: share of traces that answer directly (the rest show working)
+    steps: int = 3000
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    lr_scheduler: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    eval_every: int = 500  # held-out check during SFT (0: only at the end)
+
+
+@dataclass
+class EvalCfg:
+    before: bool = True  # evaluate the start model before training
+    after: bool = True  # and the final model after
+    every: int = 0  # also every N steps (0: never)
+    n_samples: int = 0  # sampled pass@1 over n samples per problem (0: greedy only)
+    temperature: float = 1.0  # sampling temperature for sampled pass@1
+    max_new_tokens: int = 64
+
+
+@dataclass
+class LogCfg:
+    progress: bool = True  # live progress bar
+    console_every: int = 10  # print a metrics line every N steps (0: never)
+    samples_every: int = 10  # write prompts/completions/rewards to samples.jsonl every N steps
+    tensorboard: bool = False  # also write TensorBoard events (needs tensorboard installed)
+    wandb: bool = False  # also log to Weights & Biases (needs wandb installed and a login)
+
+
+@dataclass
+class Config:
+    name: str = "tiny-grpo"  # run name: the run directory is <output_dir>/<name>
+    output_dir: str = "runs"
+    seed: int = 0
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    rewards: list[RewardCfg] = field(default_factory=lambda: [RewardCfg("accuracy", 1.0)])
+    rollout: RolloutCfg = field(default_factory=RolloutCfg)
+    algo: AlgoCfg = field(default_factory=AlgoCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    sft: SFTCfg = field(default_factory=SFTCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+    log: LogCfg = field(default_factory=LogCfg)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.train.batch_size // self.rollout.num_generations
+
+
+# ---------------------------------------------------------------- building from dicts
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting only where lossless (int -> float)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {' or '.join(_type_name(o) for o in options)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: expected one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool) or not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _build(cls, data: Any, prefix: str = ""):
+    """Instantiate dataclass `cls` from a mapping, failing on unknown keys with their dotted names."""
+    if isinstance(data, cls):
+        return data
+    if cls is RewardCfg and isinstance(data, dict):
+        data = _reward_entry(data, prefix)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'recipe'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"unknown key {where!r}; expected one of {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _reward_entry(entry: dict, key: str) -> dict:
+    """Recipe shorthand: extra keys of a reward entry are that function's parameters."""
+    if "name" not in entry:
+        raise ConfigError(f"{key}: a reward entry needs a 'name', got {entry!r}")
+    params = {k: v for k, v in entry.items() if k not in ("name", "weight", "params")}
+    return {"name": entry["name"], "weight": entry.get("weight", 1.0), "params": {**entry.get("params", {}), **params}}
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_override(tree: dict, override: str) -> None:
+    """Apply one ``a.b=c`` override to a nested dict; the value is parsed as YAML (``1e-4``, ``true``, ``[a]``)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key.sub=value")
+    dotted, raw = override.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    if isinstance(value, str) and _looks_like_float(raw):
+        value = float(raw)  # YAML 1.1 reads "1e-4" as a string
+    node, parts = tree, dotted.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and isinstance(node.get(part), (dict, list)):
+            node = node[part]
+        else:
+            raise ConfigError(f"override {dotted!r}: {'.'.join(parts[: i + 1])!r} is not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not (last.isdigit() and int(last) < len(node)):
+            raise ConfigError(f"override {dotted!r}: {last!r} is not an index of that list")
+        node[int(last)] = value
+    else:
+        node[last] = value  # unknown keys are caught when the dataclasses are built
+
+
+def _looks_like_float(raw: str) -> bool:
+    try:
+        float(raw)
+        return True
+    except ValueError:
+        return False
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] = (), base: Config | None = None) -> Config:
+    """Defaults <- recipe YAML (if any) <- overrides, then validate()."""
+    tree = to_dict(base or Config())
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe {str(path)!r} not found")
+        try:
+            recipe = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {e}") from None
+        if not isinstance(recipe, dict):
+            raise ConfigError(f"recipe {str(path)!r} must be a mapping at the top level")
+        _merge(tree, recipe)
+    for override in overrides:
+        apply_override(tree, override)
+    cfg = _build(Config, tree)
+    validate(cfg)
+    return cfg
+
+
+def _merge(tree: dict, update: dict) -> None:
+    """Deep-merge `update` into `tree`; lists (like rewards) are replaced whole."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict) and key != "params":
+            _merge(tree[key], value)
+        else:
+            tree[key] = value
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ---------------------------------------------------------------- cross-field checks
+
+
+def validate(cfg: Config) -> None:
+    """Checks that involve more than one field, or ranges; each error names the keys."""
+    t, r, a = cfg.train, cfg.rollout, cfg.algo
+    checks = [
+        (r.num_generations >= 2, f"rollout.num_generations must be >= 2 for group-relative advantages, got {r.num_generations}"),
+        (t.batch_size % r.num_generations == 0,
+         f"train.batch_size ({t.batch_size}) must be divisible by rollout.num_generations ({r.num_generations})"),
+        (t.micro_batch_size >= 1 and t.batch_size % t.micro_batch_size == 0,
+         f"train.batch_size ({t.batch_size}) must be divisible by train.micro_batch_size ({t.micro_batch_size})"),
+        (r.max_completion_length >= 1, f"rollout.max_completion_length must be >= 1, got {r.max_completion_length}"),
+        (r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}"),
+        (0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}"),
+        (r.generation_batch_size >= 1, f"rollout.generation_batch_size must be >= 1, got {r.generation_batch_size}"),
+        (a.epsilon > 0, f"algo.epsilon must be > 0, got {a.epsilon}"),
+        (a.beta >= 0, f"algo.beta must be >= 0, got {a.beta}"),
+        (t.max_steps >= 0, f"train.max_steps must be >= 0, got {t.max_steps}"),
+        (t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}"),
+        (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
+        (t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}"),
+        (len(cfg.rewards) > 0, "rewards must list at least one reward function"),
+        (cfg.data.eval_size >= 1, f"data.eval_size must be >= 1, got {cfg.data.eval_size}"),
+        (0 <= cfg.sft.direct_fraction <= 1, f"sft.direct_fraction must be in [0, 1], got {cfg.sft.direct_fraction}"),
+        (cfg.sft.batch_size >= 1 and cfg.sft.steps >= 0, "sft.batch_size must be >= 1 and sft.steps >= 0"),
+        (cfg.eval.n_samples >= 0 and cfg.eval.every >= 0, "eval.n_samples and eval.every must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    for i, reward in enumerate(cfg.rewards):
+        if not isinstance(reward.name, str) or not reward.name:
+            raise ConfigError(f"rewards[{i}].name must be a non-empty string")

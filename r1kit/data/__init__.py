@@ -1,0 +1,1 @@
+"""Data: prompt templates, answer extraction, dataset sources and the built-in procedural task."""

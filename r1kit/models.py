@@ -1,0 +1,156 @@
+"""Load models and tokenizers (hub name, local path, or a built-in tiny model), LoRA, dtype and device.
+
+The built-in tiny world (DESIGN.md) needs a model that exists offline. r1kit builds it here:
+a character-level tokenizer made with `tokenizers` (format tags such as ``<think>`` are ordinary,
+non-special added tokens, so decoding with ``skip_special_tokens=True`` keeps them) and a small
+Llama model from `transformers` config. Both are saved with ``save_pretrained`` and reloaded with
+``from_pretrained`` exactly like a hub model. The model type is ``llama`` on purpose: transformers
+5.x reloads a ``qwen2`` tokenizer as byte-level BPE and silently drops characters of this vocabulary.
+
+Names understood by ``resolve_model_path``:
+  builtin:tiny-sft   the shipped cold-start checkpoint (r1kit/assets/tiny-sft, rebuilt by recipes/tiny/sft.yaml)
+  builtin:tiny-init  a freshly initialised tiny model (seeded), the start of the cold-start SFT
+  anything else      a local directory or a Hugging Face hub name
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # keep `import r1kit.models` cheap for type checkers only
+    from r1kit.config import ModelCfg
+
+ASSETS = Path(__file__).parent / "assets"
+BUILTIN_SFT = "builtin:tiny-sft"
+BUILTIN_INIT = "builtin:tiny-init"
+
+PAD, EOS, UNK = "<|pad|>", "<|end|>", "<|unk|>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+FORMAT_TAGS = ("<think>", "</think>", "<answer>", "</answer>", "<reasoning>", "</reasoning>")
+
+# One turn is <|role|>content<|end|>; the generation prompt opens the assistant turn.
+TINY_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|assistant|>' }}{%- endif -%}"
+)
+
+# ~2.4M parameters: the size DESIGN.md's measurements were made with.
+TINY_ARCH = dict(hidden_size=192, intermediate_size=768, num_hidden_layers=4, num_attention_heads=6,
+                 num_key_value_heads=6, max_position_embeddings=512)
+
+
+def build_tiny_tokenizer():
+    """A character-level tokenizer over printable ASCII + newline, with role and format tokens."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = ["\n"] + [chr(c) for c in range(32, 127)]
+    specials = [PAD, EOS, UNK, *ROLE_TOKENS]
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one token per character
+    tok.decoder = decoders.Fuse()  # join characters back without spaces
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in FORMAT_TAGS])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK,
+                                   additional_special_tokens=list(ROLE_TOKENS))
+    fast.chat_template = TINY_CHAT_TEMPLATE
+    fast.padding_side = "left"
+    return fast
+
+
+def build_tiny_model(tokenizer, seed: int = 0, **arch):
+    """A freshly initialised Llama-style causal LM sized by TINY_ARCH (overridable), seeded."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=False, rms_norm_eps=1e-6,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=None, **{**TINY_ARCH, **arch})
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = None
+    return model
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map built-in names to their directory; check that a local-looking path exists."""
+    if name_or_path == BUILTIN_SFT:
+        path = ASSETS / "tiny-sft"
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(
+                f"the built-in checkpoint {BUILTIN_SFT} is missing at {path}; rebuild it with "
+                "`r1kit sft recipes/tiny/sft.yaml` and `python benchmarks/build_tiny_checkpoint.py`")
+        return str(path)
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    expanded = os.path.expanduser(name_or_path)
+    if os.path.exists(expanded):
+        return expanded
+    if looks_local:
+        raise FileNotFoundError(f"model path {name_or_path!r} does not exist (expected a directory with "
+                                "config.json, a hub name like 'Qwen/Qwen2.5-0.5B-Instruct', or builtin:tiny-sft)")
+    return name_or_path  # a hub name: transformers downloads it (needs internet)
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    if name_or_path == BUILTIN_INIT:
+        return build_tiny_tokenizer()
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:  # many base models have no pad token; pad with EOS (masked out anyway)
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # generation pads prompts on the left
+    return tok
+
+
+def torch_dtype(name: str):
+    import torch
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"model.dtype must be one of {sorted(dtypes)}, got {name!r}")
+    return dtypes[name]
+
+
+def load_model(cfg: "ModelCfg", tokenizer, seed: int = 0):
+    """The policy model for training: built-in or from_pretrained, then LoRA and checkpointing if asked."""
+    from transformers import AutoModelForCausalLM
+
+    if cfg.name_or_path == BUILTIN_INIT:
+        model = build_tiny_model(tokenizer, seed=seed).to(torch_dtype(cfg.dtype))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.name_or_path), dtype=torch_dtype(cfg.dtype),
+                                                     trust_remote_code=cfg.trust_remote_code,
+                                                     attn_implementation=cfg.attn_implementation)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False  # the cache is useless (and warned about) while checkpointing
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
+    return model
+
+
+def apply_lora(model, lora_cfg):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                        target_modules=lora_cfg.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def save_model(model, tokenizer, path: str | Path) -> None:
+    """save_pretrained for model and tokenizer; a LoRA model is saved merged, so it loads like any model."""
+    model = getattr(model, "module", model)  # unwrap DDP
+    if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)

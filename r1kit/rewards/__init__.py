@@ -1,0 +1,36 @@
+"""Rewards: plain functions ``fn(completions, **columns) -> list[float | None]`` chosen by name.
+
+Importing this package registers the built-in catalog. No torch, no model.
+"""
+
+from r1kit.rewards import catalog  # noqa: F401  (registers the built-in rewards)
+from r1kit.rewards.catalog import accuracy_reward, completion_text, format_reward, gold_answer
+from r1kit.rewards.registry import (
+    RewardFn,
+    RewardResult,
+    UnknownRewardError,
+    accepted_params,
+    available_rewards,
+    bind,
+    build_rewards,
+    combine,
+    get_reward,
+    register,
+)
+
+__all__ = [
+    "RewardFn",
+    "RewardResult",
+    "UnknownRewardError",
+    "accepted_params",
+    "accuracy_reward",
+    "available_rewards",
+    "bind",
+    "build_rewards",
+    "combine",
+    "completion_text",
+    "format_reward",
+    "get_reward",
+    "gold_answer",
+    "register",
+]

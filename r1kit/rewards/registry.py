@@ -1,0 +1,289 @@
+"""Reward registry and combination: name -> function, parameter binding, weighted sum.
+
+The contract is TRL's, so users can bring their TRL rewards unchanged:
+
+    fn(completions: list[str], **columns) -> list[float | None]
+
+``completions`` has one string per sampled completion (B*G of them). Every dataset column
+(``answer``, ``prompts``, ...) arrives as a keyword list of the same length, one entry per
+completion. Functions must accept ``**kwargs`` and ignore columns they do not use. ``None`` means
+"does not apply" (e.g. no gold answer for this row) and contributes 0 to the total.
+
+A recipe chooses rewards by name with a weight and parameters::
+
+    rewards: [{name: accuracy, weight: 1.0}, {name: format, weight: 0.2, mode: strict}]
+
+``build_rewards`` turns that list into ``(label, bound_fn, weight)`` triples for ``combine``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+RewardFn = Callable[..., list]  # fn(completions: list[str], **columns) -> list[float | None]
+
+_REGISTRY: dict[str, RewardFn] = {}
+
+
+class UnknownRewardError(KeyError, ValueError):
+    """A reward name that is neither registered nor an importable dotted path.
+
+    Both a KeyError (it is a failed lookup) and a ValueError (it is a bad config value), so
+    callers may catch either.
+    """
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would repr() the message, wrapping it in quotes.
+        return str(self.args[0]) if self.args else ""
+
+
+def register(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: register a reward function under ``name`` and return it unchanged.
+
+    Registering a different function under a taken name raises ValueError, so two rewards cannot
+    silently shadow each other. Re-registering the same function (a module reload) is allowed.
+    """
+
+    def decorator(fn: RewardFn) -> RewardFn:
+        old = _REGISTRY.get(name)
+        if old is not None and _qualname(old) != _qualname(fn):
+            raise ValueError(f"reward {name!r} is already registered to {_qualname(old)}")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def _qualname(fn: Any) -> str:
+    """``module.qualname`` of a function, for messages and duplicate checks."""
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _ensure_builtins() -> None:
+    """Import the catalog so built-ins are registered even when only this module was imported."""
+    importlib.import_module("r1kit.rewards.catalog")
+
+
+def available_rewards() -> list[str]:
+    """Sorted names of all registered rewards."""
+    _ensure_builtins()
+    return sorted(_REGISTRY)
+
+
+def _import_path(path: str) -> RewardFn:
+    """Resolve ``"pkg.mod:fn"`` (attribute may be dotted) or ``"pkg.mod.fn"`` to a callable."""
+    if ":" in path:
+        module_name, attr_path = path.split(":", 1)
+    else:
+        module_name, _, attr_path = path.rpartition(".")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for attr in attr_path.split("."):
+            obj = getattr(obj, attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise UnknownRewardError(
+            f"cannot load reward {path!r}: {e}; expected a registered name "
+            f"({', '.join(available_rewards())}) or 'package.module:function'"
+        ) from e
+    if not callable(obj):
+        raise TypeError(f"reward {path!r} resolved to {type(obj).__name__}, which is not callable")
+    return obj
+
+
+def get_reward(name_or_path: str) -> RewardFn:
+    """Return the reward registered as ``name_or_path``, or import it as a dotted path.
+
+    Dotted paths name a user's function: ``"mypkg.rewards:my_fn"`` or ``"mypkg.rewards.my_fn"``.
+    Raises UnknownRewardError (a KeyError and a ValueError) naming the bad name and listing the
+    registered ones.
+    """
+    _ensure_builtins()
+    if name_or_path in _REGISTRY:
+        return _REGISTRY[name_or_path]
+    if "." in name_or_path or ":" in name_or_path:
+        return _import_path(name_or_path)
+    raise UnknownRewardError(
+        f"unknown reward {name_or_path!r}; available: {', '.join(available_rewards())} "
+        f"(or a dotted path 'package.module:function')"
+    )
+
+
+def accepted_params(fn: RewardFn) -> list[str]:
+    """Names ``fn`` accepts as keyword parameters, excluding ``completions`` and ``**kwargs``.
+
+    ``**kwargs`` is left out on purpose: every reward has it (to ignore unknown columns), so
+    counting it would let any typo through ``bind``.
+    """
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = inspect.signature(fn).parameters.values()
+    return [p.name for p in params if p.kind in kinds and p.name != "completions"]
+
+
+def bind(fn: RewardFn, params: Mapping[str, Any], name: str | None = None) -> RewardFn:
+    """Return ``fn`` with ``params`` fixed as keyword arguments (a ``functools.partial``).
+
+    Every key must be a named parameter of ``fn``; otherwise ValueError names the reward, the bad
+    key and the accepted ones. The partial keeps ``fn``'s ``__name__`` and docstring.
+    """
+    label = name or getattr(fn, "__name__", repr(fn))
+    accepted = accepted_params(fn)
+    for key in params:
+        if key not in accepted:
+            raise ValueError(
+                f"reward {label!r} has no parameter {key!r}; "
+                f"accepted: {', '.join(accepted) or '(none)'}"
+            )
+    bound = functools.partial(fn, **params)
+    functools.update_wrapper(bound, fn)
+    return bound
+
+
+_SPEC_KEYS = ("name", "weight", "label")  # every other key of a spec is a parameter
+
+
+def _default_label(name: str, fn: RewardFn) -> str:
+    """The registered name, or for a dotted path the function's own name (as TRL labels it)."""
+    return name if name in _REGISTRY else getattr(fn, "__name__", name)
+
+
+def build_rewards(specs: Sequence[Mapping[str, Any]]) -> list[tuple[str, RewardFn, float]]:
+    """Turn recipe entries ``{name, weight=1.0, label=None, **params}`` into ``combine`` triples.
+
+    The label (used in metrics) defaults to the registered name, or the function's name for a
+    dotted path. Two entries with the same label (say two ``format`` rewards) need a ``label``.
+    """
+    funcs: list[tuple[str, RewardFn, float]] = []
+    for spec in specs:
+        if "name" not in spec:
+            raise ValueError(f"reward entry {dict(spec)!r} has no 'name'")
+        fn = get_reward(spec["name"])
+        label = spec.get("label") or _default_label(spec["name"], fn)
+        if label in {f[0] for f in funcs}:
+            raise ValueError(f"two rewards are labelled {label!r}; give one a distinct 'label'")
+        params = {k: v for k, v in spec.items() if k not in _SPEC_KEYS}
+        funcs.append((label, bind(fn, params, name=spec["name"]), float(spec.get("weight", 1.0))))
+    return funcs
+
+
+# ---------------------------------------------------------------------------------------------
+# Combination
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RewardResult:
+    """Rewards for one batch of N completions.
+
+    total:    (N,) weighted sum over functions; a None counts as 0 (like TRL's nansum).
+    per_func: label -> (N,) raw, unweighted outputs; None where the function does not apply
+              or, with ``on_error="none"``, where it raised.
+    errors:   label -> number of times the function raised on this batch (0 or 1 per call).
+    """
+
+    total: list[float]
+    per_func: dict[str, list[float | None]] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def metrics(self, prefix: str = "rewards") -> dict[str, float]:
+        """Flat per-reward metrics: mean/std over applicable values, and error counts.
+
+        Keys follow TRL: ``rewards/<label>/mean``, ``rewards/<label>/std``, plus
+        ``rewards/<label>/errors`` and ``reward`` (mean total). An empty column reports NaN.
+        """
+        out = {"reward": _mean(self.total)}
+        for label, values in self.per_func.items():
+            vals = [v for v in values if v is not None]
+            out[f"{prefix}/{label}/mean"] = _mean(vals)
+            out[f"{prefix}/{label}/std"] = _std(vals)
+            out[f"{prefix}/{label}/errors"] = float(self.errors.get(label, 0))
+        return out
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def _std(xs: Sequence[float]) -> float:
+    """Population std, NaN when empty (a single value has std 0)."""
+    if not xs:
+        return math.nan
+    m = _mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
+
+
+def _validate_output(label: str, out: Any, n: int) -> list[float | None]:
+    """Check a reward's return value and convert entries to float or None.
+
+    A wrong type or length raises regardless of ``on_error``: that is a bug in the function,
+    not a flaky input, and scoring the batch as None would train on zeros without a sound.
+    NaN is read as None, since TRL uses NaN internally for "does not apply".
+    """
+    if not isinstance(out, (list, tuple)):
+        raise TypeError(f"reward {label!r} returned {type(out).__name__}, expected a list")
+    if len(out) != n:
+        raise ValueError(f"reward {label!r} returned {len(out)} values, expected {n}")
+    values: list[float | None] = []
+    for i, v in enumerate(out):
+        if v is None:
+            values.append(None)
+        elif isinstance(v, numbers.Real):
+            f = float(v)
+            values.append(None if math.isnan(f) else f)
+        else:
+            raise TypeError(
+                f"reward {label!r} returned {type(v).__name__} at index {i}, expected float or None"
+            )
+    return values
+
+
+def _check_columns(columns: Mapping[str, Sequence], n: int) -> None:
+    """Every column must have one entry per completion."""
+    for key, col in columns.items():
+        if len(col) != n:
+            raise ValueError(
+                f"column {key!r} has {len(col)} entries, expected {n} (one per completion)"
+            )
+
+
+def combine(
+    funcs: Sequence[tuple[str, RewardFn, float]],
+    completions: list[str],
+    columns: Mapping[str, list],
+    on_error: str = "raise",
+) -> RewardResult:
+    """Apply each ``(label, fn, weight)`` to the batch and sum the weighted outputs.
+
+    completions: (N,) texts; columns: name -> (N,) list (e.g. ``answer``, ``prompts``).
+    on_error: ``"raise"`` re-raises a function's exception as RuntimeError naming it;
+    ``"none"`` scores that function's whole batch as None and counts the error.
+    """
+    if on_error not in ("raise", "none"):
+        raise ValueError(f"on_error must be 'raise' or 'none', got {on_error!r}")
+    labels = [label for label, _, _ in funcs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"reward labels must be unique, got {labels}")
+    n = len(completions)
+    _check_columns(columns, n)
+
+    total = [0.0] * n
+    result = RewardResult(total=total, errors={label: 0 for label in labels})
+    for label, fn, weight in funcs:
+        try:
+            out = fn(completions, **columns)
+        except Exception as e:
+            if on_error == "raise":
+                raise RuntimeError(f"reward {label!r} raised {type(e).__name__}: {e}") from e
+            result.errors[label] += 1
+            out = [None] * n
+        values = _validate_output(label, out, n)
+        result.per_func[label] = values
+        for i, v in enumerate(values):
+            if v is not None:
+                total[i] += weight * v
+    return result

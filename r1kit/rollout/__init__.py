@@ -1,0 +1,1 @@
+"""Rollout engines: turn prompts into sampled completions with per-token logprobs."""

@@ -1,0 +1,97 @@
+"""The Hugging Face engine: `model.generate` on the training model itself (CPU, or one small GPU).
+
+It shares weights with the policy, so `update_weights` has nothing to copy. Sampled-token logprobs
+come from the processed scores `generate` sampled from (after temperature / top-k / top-p), so
+they are the true sampling distribution; the trainer's own logprobs at the same temperature
+agree with them to float rounding (tests/test_rollout.py).
+
+Memory: `generate` keeps one (N, vocab) score tensor per new token; `generation_batch_size`
+bounds N. For large vocabularies and long completions prefer a vLLM engine.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import GenerationConfig
+
+from r1kit.types import Completion, SamplingParams
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), both (N, max_len), sequences aligned to the right."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """Every token that ends a completion: the tokenizer's EOS and the model's generation EOS list."""
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    if gen_eos is not None:
+        ids |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
+    return {i for i in ids if i is not None}
+
+
+class HFEngine:
+    def __init__(self, model, tokenizer, generation_batch_size: int = 256):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.generation_batch_size = generation_batch_size
+
+    def update_weights(self, model) -> None:
+        self.model = model  # same parameters as the policy: nothing to copy
+
+    def close(self) -> None:
+        self.model = None
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams) -> list[Completion]:
+        model = getattr(self.model, "module", self.model)  # unwrap DDP
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        was_training = model.training
+        model.eval()
+        try:
+            flat = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]  # grouped by prompt
+            out: list[Completion] = []
+            for start in range(0, len(flat), self.generation_batch_size):
+                out += self._generate_chunk(model, flat[start:start + self.generation_batch_size], sampling)
+            return out
+        finally:
+            model.train(was_training)
+
+    def _generate_chunk(self, model, items: list[tuple[int, list[int]]], sampling: SamplingParams) -> list[Completion]:
+        tok = self.tokenizer
+        device = next(model.parameters()).device
+        ids, mask = left_pad([p for _, p in items], tok.pad_token_id)
+        stop = eos_ids(model, tok)
+        greedy = sampling.temperature == 0
+        config = GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            # explicit 1.0 / 0 switch the filters off (None would fall back to transformers' top_k=50)
+            top_p=1.0 if greedy else sampling.top_p, top_k=0 if greedy else sampling.top_k,
+            eos_token_id=sorted(stop), pad_token_id=tok.pad_token_id, bos_token_id=None,
+            output_scores=True, return_dict_in_generate=True)
+        result = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+        new_tokens = result.sequences[:, ids.shape[1]:].cpu()  # (N, T)
+        scores = torch.stack(result.scores, dim=1).float()  # (N, T, V) processed scores that were sampled from
+        logprobs = torch.log_softmax(scores, dim=-1).gather(-1, new_tokens.to(scores.device).unsqueeze(-1)).squeeze(-1).cpu()
+        completions = []
+        for row, (prompt_index, _) in enumerate(items):
+            tokens = new_tokens[row].tolist()
+            end = next((t + 1 for t, token in enumerate(tokens) if token in stop), None)
+            length = end if end is not None else len(tokens)
+            tokens = tokens[:length]
+            completions.append(Completion(
+                prompt_index=prompt_index, token_ids=tokens,
+                text=tok.decode(tokens, skip_special_tokens=True),
+                finish_reason="stop" if end is not None else "length",
+                logprobs=logprobs[row, :length].tolist()))
+        return completions

@@ -1,0 +1,216 @@
+"""Everything around the GRPO loop: set-up, prompt schedule, eval, logging, checkpoints, summary.
+
+trainer.py holds the algorithm; this module holds the bookkeeping, so each stays one screen a piece.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import Accelerator
+from transformers import get_scheduler
+
+from r1kit.batch import completion_logprobs, make_batch  # noqa: F401  (re-exported for the trainer)
+from r1kit.checkpoint import list_checkpoints, resolve_resume, save_checkpoint, save_final
+from r1kit.config import Config, save_config, to_dict
+from r1kit.data.sources import load_rows
+from r1kit.data.templates import build_messages, encode_prompt
+from r1kit.evaluate import evaluate
+from r1kit.logging import MetricsLogger, append_jsonl, console, format_metrics, progress_bar
+from r1kit.models import load_model, load_tokenizer
+from r1kit.rewards import build_rewards
+from r1kit.rollout.hf import HFEngine
+from r1kit.types import SamplingParams
+
+
+@dataclass
+class RunState:
+    step: int = 0  # optimizer steps done
+    accuracy_before: float | None = None
+    eval_history: list = field(default_factory=list)  # (step, greedy accuracy)
+    wall_seconds: float = 0.0  # training wall time of earlier sessions of this run (resume)
+
+
+@dataclass
+class Run:
+    cfg: Config
+    accelerator: Accelerator
+    model: torch.nn.Module
+    ref_model: torch.nn.Module | None
+    tokenizer: object
+    engine: object
+    reward_funcs: list
+    train_rows: list[dict]
+    eval_rows: list[dict]
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    logger: MetricsLogger
+    progress: object
+    state: RunState
+    started: float = field(default_factory=time.time)
+
+    def bar_info(self, m: dict) -> str:
+        return format_metrics(m, ["reward", "rewards/accuracy/mean", "completion/mean_length", "time/step"])
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def setup_run(cfg: Config) -> Run:
+    run_dir = cfg.run_dir
+    if cfg.train.resume_from and cfg.model.lora.enabled:
+        raise ValueError("train.resume_from with model.lora.enabled is not supported yet: checkpoints store merged "
+                         "weights, not the adapter and its optimizer state")
+    resume_dir = resolve_resume(cfg.train.resume_from, run_dir / "checkpoints") if cfg.train.resume_from else None
+    if resume_dir is None and (run_dir / "metrics.jsonl").exists():
+        raise FileExistsError(f"run directory {run_dir} already holds a run; pick another name= or resume it "
+                              "with train.resume_from=latest")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    accelerator = Accelerator(cpu=cfg.model.device == "cpu")
+    torch.manual_seed(cfg.seed)
+
+    model_path = str(resume_dir) if resume_dir else cfg.model.name_or_path
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    model = load_model(_with_path(cfg.model, model_path), tokenizer, seed=cfg.seed)
+    ref_model = None
+    if cfg.algo.beta > 0:  # frozen start model; never loaded when the KL term is off
+        ref_model = load_model(_with_path(cfg.model, cfg.model.name_or_path), tokenizer, seed=cfg.seed)
+        ref_model.requires_grad_(False).eval().to(accelerator.device)
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
+                                  betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
+                                  weight_decay=cfg.train.weight_decay)
+    name = "constant_with_warmup" if cfg.train.lr_scheduler == "constant" else cfg.train.lr_scheduler
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.train.warmup_steps,
+                              num_training_steps=max(cfg.train.max_steps, 1))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = RunState()
+    if resume_dir is not None:
+        saved = torch.load(resume_dir / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = RunState(**saved["run_state"])
+        console.print(f"resumed from {resume_dir} at step {state.step}")
+
+    train_rows = _prompt_rows(cfg, tokenizer, cfg.data.split, None)
+    eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size, seed=cfg.seed)
+    run = Run(cfg, accelerator, model, ref_model, tokenizer, make_engine(cfg, model, tokenizer),
+              build_rewards([{"name": r.name, "weight": r.weight, **r.params} for r in cfg.rewards]),
+              train_rows, eval_rows, optimizer, scheduler,
+              MetricsLogger(run_dir, cfg.log, to_dict(cfg), resume=resume_dir is not None),
+              progress_bar(cfg.log.progress), state)
+    if cfg.eval.before and state.step == 0:
+        state.accuracy_before = run_eval(run, "before")["eval/greedy_accuracy"]
+    return run
+
+
+def _with_path(model_cfg, path: str):
+    return dataclasses.replace(model_cfg, name_or_path=path)
+
+
+def _prompt_rows(cfg: Config, tokenizer, split: str, size: int | None) -> list[dict]:
+    """Dataset rows plus their prompt text and token ids (encoded once, reused every step)."""
+    rows = load_rows(cfg.data, split, size=size, seed=cfg.seed)
+    out = []
+    for row in rows:
+        messages = build_messages(row["question"], cfg.data.system_prompt)
+        ids = encode_prompt(tokenizer, messages)
+        out.append({**row, "prompt_text": tokenizer.decode(ids), "prompt_ids": ids})
+    return out
+
+
+def make_engine(cfg: Config, model, tokenizer):
+    if cfg.rollout.engine == "hf":
+        return HFEngine(model, tokenizer, cfg.rollout.generation_batch_size)
+    raise ValueError(f"rollout.engine={cfg.rollout.engine!r} is not available; expected 'hf'")
+
+
+# ---------------------------------------------------------------- per-step helpers
+
+
+def step_prompt_indices(seed: int, step: int, count: int, num_rows: int) -> list[int]:
+    """Which rows step `step` trains on: a pure function of (seed, step), so a resume replays exactly."""
+    rng = random.Random(seed * 1_000_003 + step)
+    return [rng.randrange(num_rows) for _ in range(count)]
+
+
+def sampling_params(cfg: Config, step: int) -> SamplingParams:
+    r = cfg.rollout
+    return SamplingParams(max_new_tokens=r.max_completion_length, temperature=r.temperature, top_p=r.top_p,
+                          top_k=r.top_k, seed=cfg.seed * 1_000_003 + step)
+
+
+def run_eval(run: Run, when: str) -> dict:
+    e = run.cfg.eval
+    result = evaluate(run.engine, run.tokenizer, run.eval_rows, system_prompt=run.cfg.data.system_prompt,
+                      max_new_tokens=e.max_new_tokens, n_samples=e.n_samples, temperature=e.temperature,
+                      seed=run.cfg.seed)
+    metrics = {f"eval/{k}": v for k, v in result.summary().items()}
+    run.state.eval_history.append((run.state.step, result.greedy_accuracy))
+    console.print(f"eval ({when}, step {run.state.step}): " + format_metrics(metrics, sorted(metrics)))
+    return metrics
+
+
+def maybe_eval(run: Run, step: int) -> dict:
+    every = run.cfg.eval.every
+    if every and step % every == 0 and step < run.cfg.train.max_steps:
+        return run_eval(run, "during")
+    return {}
+
+
+def log_step(run: Run, step: int, metrics: dict, rows, completions, scored, advantages) -> None:
+    run.logger.log(step, metrics)
+    log = run.cfg.log
+    if log.console_every and step % log.console_every == 0:
+        console.print(f"step {step}: " + format_metrics(metrics, [
+            "reward", "rewards/accuracy/mean", "completion/mean_length", "groups/zero_variance_fraction",
+            "grad_norm", "time/generate", "time/update"]))
+    if log.samples_every and (step % log.samples_every == 0 or step == 1):
+        for i, row in enumerate(rows):
+            group = [j for j, c in enumerate(completions) if c.prompt_index == i]
+            append_jsonl(run.cfg.run_dir / "samples.jsonl", {
+                "step": step, "prompt": row["prompt_text"], "answer": row["answer"],
+                "completions": [completions[j].text for j in group],
+                "finish_reasons": [completions[j].finish_reason for j in group],
+                "rewards": {k: [v[j] for j in group] for k, v in scored.per_func.items()},
+                "total": [scored.total[j] for j in group], "advantages": [advantages[j].item() for j in group]})
+
+
+def maybe_checkpoint(run: Run, step: int) -> None:
+    every = run.cfg.train.save_every
+    if every and step % every == 0:
+        run.state.wall_seconds += time.time() - run.started
+        run.started = time.time()
+        state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                 "run_state": run.state.__dict__, "torch_rng": torch.get_rng_state()}
+        save_checkpoint(run.cfg.run_dir / "checkpoints", step, run.accelerator.unwrap_model(run.model),
+                        run.tokenizer, state, keep=run.cfg.train.keep_checkpoints)
+
+
+def finish_run(run: Run) -> dict:
+    cfg, state = run.cfg, run.state
+    after = run_eval(run, "after")["eval/greedy_accuracy"] if cfg.eval.after else None
+    final = save_final(cfg.run_dir / "final", run.accelerator.unwrap_model(run.model), run.tokenizer)
+    summary = {"name": cfg.name, "steps": state.step, "accuracy_before": state.accuracy_before,
+               "accuracy_after": after, "wall_seconds": state.wall_seconds + time.time() - run.started,
+               "eval_history": state.eval_history, "run_dir": str(cfg.run_dir), "final_model": str(final),
+               "checkpoints": [str(p) for p in list_checkpoints(cfg.run_dir / "checkpoints")]}
+    (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    run.logger.close()
+    run.engine.close()
+    _print_summary(summary)
+    return summary
+
+
+def _print_summary(s: dict) -> None:
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+    console.print(f"\n[bold]done[/]: {s['steps']} steps in {s['wall_seconds'] / 60:.1f} min; held-out greedy accuracy "
+                  f"{pct(s['accuracy_before'])} -> [bold]{pct(s['accuracy_after'])}[/]")
+    console.print(f"run directory: {s['run_dir']}  (metrics.jsonl, samples.jsonl, summary.json, final/)")

@@ -1,0 +1,143 @@
+"""Cold-start SFT: teach the answer format (and, in the tiny world, the arithmetic) before RL.
+
+Loss is on completion tokens only (the prompt is context, not a target), end-of-turn token
+included so the model learns to stop. Sources:
+  tiny_arith   traces of the built-in task: a seeded mix of direct answers (sft.direct_fraction)
+               and step-by-step working; see r1kit.data.tasks for why the mix matters
+  *.jsonl      rows with `prompt` + `completion` strings, or `messages` (the last turn is the target)
+
+    r1kit sft recipes/tiny/sft.yaml   # builds the shipped builtin:tiny-sft checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from transformers import get_scheduler
+
+from r1kit.checkpoint import save_checkpoint, save_final
+from r1kit.config import Config, save_config
+from r1kit.data import tasks
+from r1kit.data.sources import DataError, load_rows
+from r1kit.data.templates import build_messages, encode_prompt
+from r1kit.evaluate import evaluate, tiny_style_prefills
+from r1kit.logging import MetricsLogger, console, format_metrics, progress_bar
+from r1kit.models import load_model, load_tokenizer
+from r1kit.rollout.hf import HFEngine
+
+
+def build_examples(cfg: Config, tokenizer) -> list[tuple[list[int], list[int]]]:
+    """(prompt_ids, completion_ids) pairs; completion_ids end with the EOS token."""
+    eos = [tokenizer.eos_token_id]
+    encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    if cfg.sft.source == "tiny_arith":
+        rows = load_rows(cfg.data, "train", size=cfg.data.train_size, seed=cfg.seed)
+        rng = random.Random(cfg.seed)
+        examples = []
+        for row in rows:
+            style = "direct" if rng.random() < cfg.sft.direct_fraction else "working"
+            prompt = encode_prompt(tokenizer, build_messages(row["question"], cfg.data.system_prompt))
+            examples.append((prompt, encode(tasks.trace(row, style, cfg.data.answer_tag_style)) + eos))
+        return examples
+    return [(encode_prompt(tokenizer, messages), encode(target) + eos) for messages, target in _read_chat_file(cfg.sft.source)]
+
+
+def _read_chat_file(path: str) -> list[tuple[list[dict], str]]:
+    """(prompt messages, assistant target) from a jsonl of prompt/completion or messages rows."""
+    if not Path(path).is_file():
+        raise DataError(f"sft.source {path!r}: file not found (expected tiny_arith or a .jsonl file)")
+    out = []
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "messages" in row:
+                messages = row["messages"]
+                if not messages or messages[-1].get("role") != "assistant":
+                    raise DataError(f"{path}:{line_no}: 'messages' must end with an assistant turn")
+                out.append((messages[:-1], messages[-1]["content"]))
+            elif "prompt" in row and "completion" in row:
+                out.append(([{"role": "user", "content": row["prompt"]}], row["completion"]))
+            else:
+                raise DataError(f"{path}:{line_no}: expected 'messages' or 'prompt' + 'completion', got {sorted(row)}")
+    if not out:
+        raise DataError(f"sft.source {path!r} is empty")
+    return out
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids / attention_mask (N, T) and labels (N, T) with -100 on prompt and padding."""
+    width = max(len(p) + len(c) for p, c in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (p, c) in enumerate(examples):
+        seq = torch.tensor(p + c, dtype=torch.long)
+        input_ids[i, :len(seq)] = seq
+        labels[i, len(p):len(seq)] = seq[len(p):]
+        mask[i, :len(seq)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def sft_eval(cfg: Config, model, tokenizer, rows: list[dict]) -> dict:
+    """Held-out greedy accuracy; in the tiny world also the accuracy of each forced answer style."""
+    engine = HFEngine(model, tokenizer)
+    kwargs = dict(system_prompt=cfg.data.system_prompt, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed)
+    result = evaluate(engine, tokenizer, rows, **kwargs)
+    metrics = {"eval/greedy_accuracy": result.greedy_accuracy, "eval/mean_length": result.mean_length}
+    if cfg.data.source == "tiny_arith":
+        shows_working = [bool(item["completion"].split("</think>")[0].replace("<think>", "").strip())
+                         for item in result.items]
+        metrics["eval/working_share"] = sum(shows_working) / len(shows_working)
+        for style, prefill in tiny_style_prefills().items():
+            metrics[f"eval/forced_{style}_accuracy"] = evaluate(engine, tokenizer, rows, prefill=prefill, **kwargs).greedy_accuracy
+    return metrics
+
+
+def run_sft(cfg: Config) -> dict:
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    torch.manual_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    model = load_model(cfg.model, tokenizer, seed=cfg.seed)
+    examples = build_examples(cfg, tokenizer)
+    eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size, seed=cfg.seed)
+    s = cfg.sft
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.learning_rate,
+                                  weight_decay=s.weight_decay, betas=(0.9, 0.95))
+    scheduler = get_scheduler(f"{s.lr_scheduler}_with_warmup" if s.lr_scheduler == "constant" else s.lr_scheduler,
+                              optimizer, num_warmup_steps=s.warmup_steps, num_training_steps=max(s.steps, 1))
+    logger = MetricsLogger(run_dir, cfg.log)
+    order = torch.Generator().manual_seed(cfg.seed)
+    start = time.time()
+    model.train()
+    with progress_bar(cfg.log.progress) as bar:
+        task = bar.add_task("sft", total=s.steps, info="")
+        for step in range(1, s.steps + 1):
+            idx = torch.randint(len(examples), (s.batch_size,), generator=order).tolist()
+            batch = collate([examples[i] for i in idx], tokenizer.pad_token_id)
+            loss = model(**batch).loss
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            metrics = {"train/loss": loss.item(), "train/grad_norm": grad_norm.item(), "train/lr": scheduler.get_last_lr()[0]}
+            if (s.eval_every and step % s.eval_every == 0) or step == s.steps:
+                metrics |= sft_eval(cfg, model, tokenizer, eval_rows)
+                save_checkpoint(run_dir / "checkpoints", step, model, tokenizer, keep=cfg.train.keep_checkpoints)
+                console.print(f"step {step}: " + format_metrics(metrics, sorted(metrics)))
+            logger.log(step, metrics)
+            bar.update(task, advance=1, info=f"loss {loss.item():.3f}")
+    final = save_final(run_dir / "final", model, tokenizer)
+    summary = {"steps": s.steps, "wall_seconds": time.time() - start, "final_model": str(final)}
+    summary |= {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("eval/")}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    logger.close()
+    return summary

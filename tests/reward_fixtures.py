@@ -1,0 +1,16 @@
+"""User-style reward functions for the trainer tests (imported by dotted path, like a user's own)."""
+
+CALLS = {"n": 0}
+
+
+def length_reward(completions, **kwargs):
+    """Longer is better: varies across a random model's samples, so advantages are non-zero."""
+    return [len(c) / 10 for c in completions]
+
+
+def fail_on_third_call(completions, **kwargs):
+    """Works twice, then raises: simulates a crash in the middle of a run."""
+    CALLS["n"] += 1
+    if CALLS["n"] == 3:
+        raise RuntimeError("simulated crash")
+    return [len(c) / 10 for c in completions]

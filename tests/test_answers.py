@@ -1,0 +1,232 @@
+"""Table tests for r1kit.data.answers: each row is (input, expected)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from r1kit.data.answers import (
+    EXTRACT_MODES,
+    answers_match,
+    extract_answer,
+    extract_boxed,
+    extract_hash_answer,
+    extract_last_number,
+    extract_tag,
+    numbers_match,
+    parse_number,
+)
+
+REPO = Path(__file__).resolve().parents[1]  # so subprocesses import this checkout
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Natalia sold 48+24 = 72 clips.\n#### 72", "72"),
+        ("#### 1,080", "1080"),
+        ("#### -5 ", "-5"),
+        ("####7", "7"),  # no space after the hashes
+        ("#### 3\nwait, no\n#### 4", "4"),  # last marker wins
+        ("#### 12\nThat is all.", "12"),  # only the rest of the marker's line
+        ("no marker here 42", None),
+        ("#### ", None),  # empty value
+        ("", None),
+    ],
+)
+def test_extract_hash_answer(text, expected):
+    assert extract_hash_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"so \boxed{42}", "42"),
+        (r"\boxed{1} then \boxed{2}", "2"),  # last box wins
+        (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}"),  # nested braces
+        (r"\boxed{\frac{\sqrt{3}}{2}}.", r"\frac{\sqrt{3}}{2}"),
+        (r"\fbox{7}", "7"),
+        (r"\boxed { 5 }", "5"),  # spaces around
+        (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),  # escaped braces are literal, not grouping
+        (r"\boxed{\boxed{3}}", r"\boxed{3}"),  # inner box belongs to the outer one
+        (r"\boxed{1} and \boxed{\frac{1}{2}", None),  # last box never closed: truncated
+        (r"\boxed{}", ""),
+        ("no box", None),
+        (r"\boxed{π/2}", "π/2"),  # unicode content
+        ("", None),
+    ],
+)
+def test_extract_boxed(text, expected):
+    assert extract_boxed(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, tag, expected",
+    [
+        ("<answer>26</answer>", "answer", "26"),
+        ("<answer>\n  26 \n</answer>", "answer", "26"),
+        ("<answer>1</answer> hmm <answer>2</answer>", "answer", "2"),  # last pair wins
+        ("<answer>1<answer>2</answer>", "answer", "2"),  # nested/repeated opening
+        ("<answer>1</answer><answer>2", "answer", "1"),  # last one unclosed: last complete pair
+        ("</answer>5<answer>", "answer", None),  # wrong order
+        ("<answer>5", "answer", None),  # truncated
+        ("<think>a</think>", "think", "a"),
+        ("<answer></answer>", "answer", ""),
+        ("<answer>日本語 ✓</answer>", "answer", "日本語 ✓"),  # unicode
+        ("<ANSWER>5</ANSWER>", "answer", None),  # tags are case-sensitive
+        ("", "answer", None),
+    ],
+)
+def test_extract_tag(text, tag, expected):
+    assert extract_tag(text, tag) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("the answer is 42", "42"),
+        ("x = -3", "-3"),
+        ("3-5", "5"),  # binary minus is not a sign
+        ("it costs 1,080 dollars", "1080"),
+        ("about 2.5 hours.", "2.5"),
+        ("half is 1/2", "1/2"),
+        ("first 1, 2, 3", "3"),  # a list, not thousands
+        ("12 then 7", "7"),
+        ("no digits", None),
+        ("", None),
+    ],
+)
+def test_extract_last_number(text, expected):
+    assert extract_last_number(text) == expected
+
+
+@pytest.mark.parametrize(
+    "s, expected",
+    [
+        ("42", 42.0),
+        ("  42 ", 42.0),
+        ("-2", -2.0),
+        ("+3", 3.0),
+        ("1,080", 1080.0),
+        ("1,234,567.5", 1234567.5),
+        ("1{,}080", 1080.0),  # LaTeX thousands separator
+        ("025", 25.0),  # leading zeros
+        ("$18.00", 18.0),
+        (r"\$18", 18.0),
+        ("50%", 50.0),
+        ("42.", 42.0),  # sentence-final period
+        (".5", 0.5),
+        ("3/4", 0.75),
+        ("-3/4", -0.75),
+        (r"\frac{3}{4}", 0.75),
+        (r"\dfrac{3}{4}", 0.75),
+        (r"-\frac{1}{2}", -0.5),
+        (r"\frac{-1}{2}", -0.5),
+        ("1/0", None),  # no division by zero
+        ("1,08", None),  # comma not in thousands groups
+        ("0,5", None),  # decimal comma is ambiguous
+        ("5 apples", None),  # units
+        ("x+1", None),
+        (r"\frac{\pi}{2}", None),
+        ("", None),
+        ("   ", None),
+        (None, None),
+    ],
+)
+def test_parse_number(s, expected):
+    assert parse_number(s) == expected
+
+
+@pytest.mark.parametrize(
+    "pred, gold, expected",
+    [
+        ("1,080", "1080", True),
+        ("025", "25", True),
+        ("0.5", "1/2", True),
+        (r"\frac{1}{2}", "0.5", True),
+        ("$5", "5.00", True),
+        ("0.3333333333", "1/3", True),
+        ("0.333", "1/3", False),  # outside rel_tol
+        ("0", "0.0", True),
+        ("1e-9", "0", False),  # not a plain number
+        ("7", "8", False),
+        ("seven", "7", False),
+    ],
+)
+def test_numbers_match(pred, gold, expected):
+    assert numbers_match(pred, gold) is expected
+
+
+@pytest.mark.parametrize(
+    "pred, gold, expected",
+    [
+        ("1,080", "1080", True),
+        ("025", "25", True),
+        (extract_boxed(r"\boxed{\frac{1}{2}}"), "0.5", True),
+        (r"\frac{\pi}{2}", r"\pi/2", True),  # math-verify
+        (r"\dfrac{\pi}{2}", r"\frac{\pi}{2}", True),
+        (r"$\frac{\pi}{2}$", r"\frac{\pi}{2}", True),  # already delimited
+        (r"\sqrt{4}", "2", True),
+        ("x + 1", "1+x", True),
+        ("B", "B", True),  # exact string
+        ("New  York", "New York", True),  # whitespace normalised
+        ("7", "8", False),
+        ("0.33", "1/3", False),  # both plain numbers: decided numerically, no math-verify call
+        (r"\frac{\pi}{3}", r"\frac{\pi}{2}", False),
+        ("", "5", False),
+        ("5", "", False),
+        (None, "5", False),
+        (r"\frac{1}{", "1", False),  # malformed LaTeX never raises
+        ("<answer>26</answer>", "26", False),  # callers extract the tag first
+        ("日本", "5", False),
+    ],
+)
+def test_answers_match(pred, gold, expected):
+    assert answers_match(pred, gold) is expected
+
+
+@pytest.mark.parametrize(
+    "text, mode, expected",
+    [
+        ("<think>t</think><answer>7</answer>", "tag", "7"),
+        ("<answer>\\boxed{7}</answer>", "tag", "7"),  # a box inside the tag is unwrapped
+        ("<think>so 18</think> 18", "tag", None),  # answer only in reasoning
+        (r"\boxed{3}", "tag", None),
+        (r"<answer>5</answer> \boxed{3}", "auto", "5"),  # tag beats box
+        (r"\boxed{3} #### 4", "auto", "3"),  # box beats hash
+        ("#### 4", "auto", "4"),
+        ("the answer is 9", "auto", None),  # auto never guesses the last number
+        ("the answer is 9", "auto_last_number", "9"),
+        ("<answer>5</answer> 9", "last_number", "9"),
+        (r"<answer>5</answer> \boxed{3}", "boxed", "3"),
+        ("#### 1,000 and <answer>2</answer>", "hash", "1000 and <answer>2</answer>"),
+        ("", "auto", None),
+    ],
+)
+def test_extract_answer(text, mode, expected):
+    assert extract_answer(text, mode) == expected
+
+
+def test_extract_answer_unknown_mode_lists_modes():
+    with pytest.raises(ValueError, match="bogus") as info:
+        extract_answer("x", "bogus")
+    for mode in EXTRACT_MODES:
+        assert mode in str(info.value)
+
+
+def test_import_is_light():
+    """Importing the module pulls in neither torch nor math-verify's sympy."""
+    code = "import sys, r1kit.data.answers; print('torch' in sys.modules, 'sympy' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_answers_match_in_worker_thread():
+    """math-verify's signal-based timeout fails off the main thread; we must still compare."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(answers_match, r"\frac{\pi}{2}", r"\pi/2").result() is True

@@ -1,0 +1,81 @@
+"""Config: recipes, dotted overrides, errors that name the key, cross-field validation."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from r1kit.config import Config, ConfigError, load_recipe, save_config
+
+RECIPES = sorted(Path(__file__).parent.parent.joinpath("recipes").rglob("*.yaml"))
+
+
+def write(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_tiny_world():
+    cfg = load_recipe()
+    assert cfg.model.name_or_path == "builtin:tiny-sft" and cfg.data.source == "tiny_arith"
+    assert cfg.prompts_per_step * cfg.rollout.num_generations == cfg.train.batch_size
+
+
+def test_recipe_and_overrides(tmp_path):
+    path = write(tmp_path, "rollout: {num_generations: 8}\ntrain: {batch_size: 64, learning_rate: 1e-4}\n")
+    cfg = load_recipe(path, ["train.learning_rate=3e-5", "algo.beta=0.04", "name=x", "model.lora.enabled=true"])
+    assert cfg.rollout.num_generations == 8 and cfg.train.batch_size == 64
+    assert cfg.train.learning_rate == 3e-5 and cfg.algo.beta == 0.04 and cfg.name == "x"
+    assert cfg.model.lora.enabled is True
+    assert cfg.rollout.temperature == 1.0  # untouched defaults survive a partial recipe
+
+
+def test_rewards_entries_keep_extra_keys_as_params(tmp_path):
+    path = write(tmp_path, "rewards:\n  - {name: accuracy}\n  - {name: format, weight: 0.2, mode: strict}\n")
+    cfg = load_recipe(path)
+    assert [(r.name, r.weight, r.params) for r in cfg.rewards] == [
+        ("accuracy", 1.0, {}), ("format", 0.2, {"mode": "strict"})]
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    ("trian: {max_steps: 3}\n", [], "unknown key 'trian'"),
+    ("train: {max_stpes: 3}\n", [], "unknown key 'train.max_stpes'"),
+    ("", ["rollout.temperature=hot"], "rollout.temperature: expected float"),
+    ("", ["train.max_steps=1.5"], "train.max_steps: expected int"),
+    ("", ["algo.scale_rewards=batchy"], "algo.scale_rewards: expected one of"),
+    ("", ["train.batch_size=130"], "train.batch_size (130) must be divisible by rollout.num_generations (16)"),
+    ("", ["train.micro_batch_size=48"], "divisible by train.micro_batch_size (48)"),
+    ("", ["rollout.num_generations=1", "train.batch_size=8", "train.micro_batch_size=8"], "num_generations must be >= 2"),
+    ("", ["algo.beta=-1"], "algo.beta must be >= 0"),
+    ("", ["nope"], "must look like key.sub=value"),
+    ("", ["train.max_steps.x=1"], "'train.max_steps' is not a section"),
+    ("rewards: [{weight: 1.0}]\n", [], "needs a 'name'"),
+    ("- a\n- b\n", [], "must be a mapping"),
+])
+def test_errors_name_the_key(tmp_path, text, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_recipe(write(tmp_path, text), overrides)
+    assert message in str(err.value)
+
+
+def test_missing_recipe_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_recipe("no/such/recipe.yaml")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_recipe(None, ["train.learning_rate=2e-5", "rewards=[{name: accuracy, weight: 2}]"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_recipe(tmp_path / "config.yaml")
+    assert again == cfg
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["learning_rate"] == 2e-5
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_recipe_loads_and_validates(recipe):
+    assert isinstance(load_recipe(recipe), Config)
+
+
+def test_there_are_recipes():
+    assert len(RECIPES) >= 2

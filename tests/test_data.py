@@ -1,0 +1,94 @@
+"""Data: the procedural task, dataset sources and their errors, prompt templates."""
+
+import json
+
+import pytest
+
+from r1kit.config import DataCfg
+from r1kit.data import tasks
+from r1kit.data.answers import extract_tag
+from r1kit.data.sources import DataError, load_rows
+from r1kit.data.templates import SYSTEM_PROMPTS, build_messages, encode_prompt
+
+
+def test_problem_arithmetic_and_working_agree():
+    for row in tasks.arith_split("train", 300, seed=3):
+        steps = row["working"].split(". ")
+        assert steps[-1].rstrip(".").split("=")[1] == row["answer"]
+        for step in steps:  # every equation is true and never negative
+            lhs, rhs = step.rstrip(".").split("=")
+            assert eval(lhs) == int(rhs) >= 0  # noqa: S307 (our own generated digits)
+
+
+def test_splits_are_deterministic_and_disjoint():
+    a = tasks.arith_split("train", 500, seed=0)
+    assert a == tasks.arith_split("train", 500, seed=0)
+    assert a != tasks.arith_split("train", 500, seed=1)
+    heldout = tasks.arith_split("heldout", 200, seed=0)
+    train_numbers = {r["working"] for r in tasks.arith_split("train", 5000, seed=0)}
+    assert not train_numbers & {r["working"] for r in heldout}
+
+
+def test_difficulty_is_configurable():
+    row = tasks.arith_split("heldout", 1, num_operands=2, max_operand=9)[0]
+    assert row["working"].count("=") == 1 and all(int(x.strip(",.")) <= 9 for x in row["question"].split() if x.strip(",.").isdigit())
+
+
+def test_traces():
+    row = {"answer": "7", "working": "3+4=7."}
+    assert tasks.trace(row, "working") == "<think>3+4=7.</think><answer>7</answer>"
+    assert tasks.trace(row, "direct", "reasoning") == "<reasoning></reasoning><answer>7</answer>"
+    assert extract_tag(tasks.trace(row, "working")) == "7"
+    with pytest.raises(ValueError, match="style"):
+        tasks.trace(row, "chatty")
+
+
+def test_local_files(tmp_path):
+    rows = [{"problem": "1+1?", "solution": "2"}, {"problem": "2+2?", "solution": "4"}]
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    csv = tmp_path / "d.csv"
+    csv.write_text("problem,solution\n1+1?,2\n2+2?,4\n")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    for name in ("d.jsonl", "d.csv", "d.parquet"):
+        cfg = DataCfg(source=str(tmp_path / name))
+        cfg.columns.question, cfg.columns.answer = "problem", "solution"
+        got = load_rows(cfg, "train")
+        assert [(r["question"], r["answer"]) for r in got] == [("1+1?", "2"), ("2+2?", "4")]
+
+
+def test_bad_data_errors_name_file_and_row(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"question": "a", "answer": "1"}\n{"question": "b"}\n')
+    with pytest.raises(DataError, match=r"row 1: missing answer column 'answer'"):
+        load_rows(DataCfg(source=str(path)), "train")
+    path.write_text('{"question": "a", "answer": "1"}\nnot json\n')
+    with pytest.raises(DataError, match=r"d.jsonl:2: not valid JSON"):
+        load_rows(DataCfg(source=str(path)), "train")
+    with pytest.raises(DataError, match="does not exist"):
+        load_rows(DataCfg(source=str(tmp_path / "missing.jsonl")), "train")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="empty"):
+        load_rows(DataCfg(source=str(tmp_path / "empty.jsonl")), "train")
+    with pytest.raises(DataError, match="neither tiny_arith"):
+        load_rows(DataCfg(source="no_such_source"), "train")
+
+
+def test_messages_and_templates(tiny_tokenizer):
+    assert build_messages("q") == [{"role": "user", "content": "q"}]
+    assert build_messages("q", "r1")[0] == {"role": "system", "content": SYSTEM_PROMPTS["r1"]}
+    assert build_messages("q", "Be brief.")[0]["content"] == "Be brief."
+    ids = encode_prompt(tiny_tokenizer, build_messages("2+2?"))
+    assert tiny_tokenizer.decode(ids) == "<|user|>2+2?<|end|><|assistant|>"
+
+
+def test_tokenizer_without_chat_template(tiny_tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="no chat template"):
+        encode_prompt(tok, build_messages("q"))

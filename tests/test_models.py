@@ -1,0 +1,59 @@
+"""The built-in tiny model and tokenizer; model path resolution; import hygiene."""
+
+import subprocess
+import sys
+
+import pytest
+
+from r1kit.models import FORMAT_TAGS, resolve_model_path
+
+
+def test_tokenizer_round_trip_keeps_format_tags(tiny_tokenizer, tmp_path):
+    text = "<think>12+5=17. 17-3=14.</think><answer>14</answer>"
+    ids = tiny_tokenizer(text, add_special_tokens=False).input_ids
+    assert tiny_tokenizer.convert_ids_to_tokens(ids[:2]) == ["<think>", "1"]
+    # tags are ordinary tokens: decoding with skip_special_tokens keeps them (TRL decodes that way)
+    assert tiny_tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert not set(FORMAT_TAGS) & set(tiny_tokenizer.all_special_tokens)
+
+    from transformers import AutoTokenizer
+
+    tiny_tokenizer.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(text, add_special_tokens=False).input_ids == ids
+    assert again.decode(ids, skip_special_tokens=True) == text
+    every_char = "".join(chr(c) for c in range(32, 127)) + "\n"
+    assert again.decode(again(every_char, add_special_tokens=False).input_ids) == every_char
+
+
+def test_model_saves_and_loads_like_a_hub_model(small_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(small_model_dir)
+    assert model.config.model_type == "llama" and not model.config.tie_word_embeddings
+
+
+def test_tiny_model_size(tiny_tokenizer):
+    from r1kit.models import build_tiny_model
+
+    n = sum(p.numel() for p in build_tiny_model(tiny_tokenizer).parameters())
+    assert 2_000_000 < n < 3_000_000
+
+
+def test_resolve_model_path(tmp_path):
+    assert resolve_model_path(str(tmp_path)) == str(tmp_path)
+    assert resolve_model_path("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"  # a hub name
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_model_path("./no/such/model")
+
+
+def test_builtin_checkpoint_ships():
+    path = resolve_model_path("builtin:tiny-sft")
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(path).chat_template
+
+
+def test_importing_r1kit_imports_no_torch():
+    code = "import sys, r1kit, r1kit.config, r1kit.rewards, r1kit.data.answers; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

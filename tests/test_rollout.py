@@ -1,0 +1,66 @@
+"""The HF engine: grouping, finish reasons, and logprobs equal to the trainer's own."""
+
+import pytest
+import torch
+
+from r1kit.batch import completion_logprobs, make_batch
+from r1kit.data.templates import build_messages, encode_prompt
+from r1kit.rollout.hf import HFEngine, left_pad
+from r1kit.types import SamplingParams
+
+QUESTIONS = ["Ana has 3 pens, gets 4. How many pens now?", "Bo has 12 cups, loses 5, finds 1. How many cups now?"]
+
+
+def prompts(tok):
+    return [encode_prompt(tok, build_messages(q)) for q in QUESTIONS]
+
+
+def test_left_pad():
+    ids, mask = left_pad([[5, 6], [7]], pad_id=0)
+    assert ids.tolist() == [[5, 6], [0, 7]] and mask.tolist() == [[1, 1], [0, 1]]
+
+
+def test_generate_groups_and_finish_reasons(small_model, tiny_tokenizer):
+    engine = HFEngine(small_model, tiny_tokenizer, generation_batch_size=3)  # forces several chunks
+    out = engine.generate(prompts(tiny_tokenizer), n=4, sampling=SamplingParams(max_new_tokens=12, seed=0))
+    assert [c.prompt_index for c in out] == [0] * 4 + [1] * 4
+    for c in out:
+        assert len(c.token_ids) == len(c.logprobs) <= 12
+        if c.finish_reason == "length":
+            assert len(c.token_ids) == 12 and tiny_tokenizer.eos_token_id not in c.token_ids
+        else:
+            assert c.token_ids[-1] == tiny_tokenizer.eos_token_id
+        assert all(lp <= 0 for lp in c.logprobs)
+
+
+def test_sampling_is_seeded(small_model, tiny_tokenizer):
+    engine = HFEngine(small_model, tiny_tokenizer)
+    sampling = SamplingParams(max_new_tokens=10, seed=123)
+    a = engine.generate(prompts(tiny_tokenizer), 3, sampling)
+    b = engine.generate(prompts(tiny_tokenizer), 3, sampling)
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_engine_logprobs_equal_trainer_logprobs(small_model, tiny_tokenizer, temperature):
+    """fp32: the engine's sampled-token logprobs and the trainer's forward agree to 1e-5."""
+    engine = HFEngine(small_model, tiny_tokenizer)
+    rows = [{"prompt_ids": p} for p in prompts(tiny_tokenizer)]
+    out = engine.generate([r["prompt_ids"] for r in rows], 4,
+                          SamplingParams(max_new_tokens=16, temperature=temperature, seed=1))
+    batch = make_batch(out, rows, torch.zeros(len(out)), tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        trainer = completion_logprobs(small_model, batch, temperature)
+    mask = batch.completion_mask.bool()
+    gap = (trainer - batch.engine_logprobs)[mask].abs().max().item()
+    assert gap <= 1e-5, gap
+    assert batch.logprob_gap(trainer)["max"] == pytest.approx(gap)
+
+
+def test_greedy_is_argmax(small_model, tiny_tokenizer):
+    engine = HFEngine(small_model, tiny_tokenizer)
+    p = prompts(tiny_tokenizer)[:1]
+    out = engine.generate(p, 1, SamplingParams(max_new_tokens=5, temperature=0.0))[0]
+    with torch.no_grad():
+        logits = small_model(torch.tensor([p[0] + out.token_ids[:1]])).logits
+    assert out.token_ids[0] == logits[0, len(p[0]) - 1].argmax().item()

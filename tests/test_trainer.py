@@ -1,0 +1,100 @@
+"""The GRPO trainer on a small random model: parameters move, the run directory is complete,
+checkpoints are atomic and a resumed run continues exactly."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from r1kit.config import load_recipe
+from r1kit.trainer import train
+
+FAST = ["train.batch_size=8", "rollout.num_generations=4", "train.micro_batch_size=4", "rollout.max_completion_length=12",
+        "data.eval_size=4", "eval.max_new_tokens=12", "log.progress=false", "log.console_every=0", "log.samples_every=1",
+        "rewards=[{name: reward_fixtures.length_reward}]", "train.learning_rate=1e-3"]
+
+
+def cfg_for(model_dir, tmp_path, *extra):
+    return load_recipe(None, [f"model.name_or_path={model_dir}", f"output_dir={tmp_path}", "name=t", *FAST, *extra])
+
+
+def weights(path):
+    return load_file(f"{path}/model.safetensors")
+
+
+def test_a_step_changes_the_parameters_and_writes_the_run_dir(small_model_dir, tmp_path):
+    summary = train(cfg_for(small_model_dir, tmp_path, "train.max_steps=2", "train.save_every=1"))
+    run = tmp_path / "t"
+    before, after = weights(small_model_dir), weights(run / "final")
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) == len(before)  # every tensor moved
+
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "samples.jsonl", "checkpoints",
+                                                "final", "summary.json"}
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-1", "step-2"]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2]
+    for key in ["reward", "rewards/length_reward/mean", "rewards/length_reward/std", "completion/mean_length",
+                "completion/max_length", "completion/truncated_fraction", "groups/zero_variance_fraction", "kl",
+                "clip_fraction", "grad_norm", "lr", "loss", "time/generate", "time/reward", "time/update",
+                "engine/logprob_gap_mean", "engine/logprob_gap_max"]:
+        assert key in lines[0], key
+    assert lines[0]["engine/logprob_gap_max"] < 1e-4  # HF engine and trainer agree
+    sample = json.loads((run / "samples.jsonl").read_text().splitlines()[0])
+    assert len(sample["completions"]) == 4 and "length_reward" in sample["rewards"]
+    assert set(summary) >= {"accuracy_before", "accuracy_after", "steps", "wall_seconds"}
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+
+
+def test_reference_model_and_kl(small_model_dir, tmp_path):
+    train(cfg_for(small_model_dir, tmp_path, "train.max_steps=2", "algo.beta=0.1", "eval.before=false",
+                  "eval.after=false"))
+    lines = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # step 1: policy == reference
+    assert lines[1]["kl"] > 0 and "time/reference" in lines[1]
+
+
+def test_crash_then_resume_continues_exactly(small_model_dir, tmp_path):
+    straight = tmp_path / "straight"
+    train(cfg_for(small_model_dir, straight, "train.max_steps=4", "train.save_every=2", "eval.before=false"))
+
+    import reward_fixtures
+
+    reward_fixtures.CALLS["n"] = 0
+    crashing = ["rewards=[{name: reward_fixtures.fail_on_third_call}]", "train.max_steps=4", "train.save_every=2",
+                "eval.before=false"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg_for(small_model_dir, tmp_path / "resumed", *crashing))
+    ckpts = tmp_path / "resumed" / "t" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-2"]  # complete, nothing half-written
+    train(cfg_for(small_model_dir, tmp_path / "resumed", *crashing, "train.resume_from=latest"))
+
+    a, b = weights(straight / "t" / "final"), weights(tmp_path / "resumed" / "t" / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_failed_save_leaves_no_partial_checkpoint(small_model_dir, tmp_path, monkeypatch):
+    from r1kit import checkpoint
+
+    cfg = cfg_for(small_model_dir, tmp_path, "train.max_steps=2", "train.save_every=1", "eval.before=false")
+    real_save = checkpoint.save_model
+
+    def save_then_fail(model, tok, path):
+        if "step-2" in str(path):
+            real_save(model, tok, path)
+            raise OSError("disk full")
+        real_save(model, tok, path)
+
+    monkeypatch.setattr(checkpoint, "save_model", save_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        train(cfg)
+    assert sorted(p.name for p in (tmp_path / "t" / "checkpoints").iterdir() if not p.name.startswith(".")) == ["step-1"]
+
+
+def test_refuses_to_overwrite_a_run(small_model_dir, tmp_path):
+    train(cfg_for(small_model_dir, tmp_path, "train.max_steps=1", "eval.before=false", "eval.after=false"))
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(cfg_for(small_model_dir, tmp_path, "train.max_steps=1"))
