@@ -30,6 +30,10 @@ class RolloutBatch:
     def slice(self, start: int, end: int) -> "RolloutBatch":
         return RolloutBatch(*(getattr(self, f)[start:end] for f in self.__dataclass_fields__))
 
+    def select(self, rows: torch.Tensor) -> "RolloutBatch":
+        """The completions at `rows` (N',) indices."""
+        return RolloutBatch(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
+
     def to(self, device) -> "RolloutBatch":
         return RolloutBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 

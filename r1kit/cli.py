@@ -56,7 +56,7 @@ def cmd_eval(argv: list[str]) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--output", default=None, help="write per-problem results to this jsonl file")
     parser.add_argument("overrides", nargs="*", help="a.b=c recipe overrides")
-    ns = parser.parse_args(argv)
+    ns = parser.parse_intermixed_args(argv)
 
     from r1kit.config import load_recipe
     from r1kit.data.sources import load_rows

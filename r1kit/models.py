@@ -86,7 +86,7 @@ def resolve_model_path(name_or_path: str) -> str:
         if not (path / "config.json").exists():
             raise FileNotFoundError(
                 f"the built-in checkpoint {BUILTIN_SFT} is missing at {path}; rebuild it with "
-                "`r1kit sft recipes/tiny/sft.yaml` and `python benchmarks/build_tiny_checkpoint.py`")
+                "`r1kit sft recipes/tiny/sft.yaml` and copy runs/tiny-sft/final/* there")
         return str(path)
     looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     expanded = os.path.expanduser(name_or_path)

@@ -15,7 +15,6 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
-from r1kit.batch import completion_logprobs, make_batch  # noqa: F401  (re-exported for the trainer)
 from r1kit.checkpoint import list_checkpoints, resolve_resume, save_checkpoint, save_final
 from r1kit.config import Config, save_config, to_dict
 from r1kit.data.sources import load_rows
@@ -75,6 +74,9 @@ def setup_run(cfg: Config) -> Run:
     accelerator = Accelerator(cpu=cfg.model.device == "cpu")
     torch.manual_seed(cfg.seed)
 
+    # data first: a bad dataset fails in seconds, before a model is loaded
+    raw_train_rows = load_rows(cfg.data, cfg.data.split, size=None, seed=cfg.seed)
+    eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size, seed=cfg.seed)
     model_path = str(resume_dir) if resume_dir else cfg.model.name_or_path
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     model = load_model(_with_path(cfg.model, model_path), tokenizer, seed=cfg.seed)
@@ -98,8 +100,7 @@ def setup_run(cfg: Config) -> Run:
         state = RunState(**saved["run_state"])
         console.print(f"resumed from {resume_dir} at step {state.step}")
 
-    train_rows = _prompt_rows(cfg, tokenizer, cfg.data.split, None)
-    eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size, seed=cfg.seed)
+    train_rows = _with_prompts(raw_train_rows, cfg, tokenizer)
     run = Run(cfg, accelerator, model, ref_model, tokenizer, make_engine(cfg, model, tokenizer),
               build_rewards([{"name": r.name, "weight": r.weight, **r.params} for r in cfg.rewards]),
               train_rows, eval_rows, optimizer, scheduler,
@@ -114,13 +115,11 @@ def _with_path(model_cfg, path: str):
     return dataclasses.replace(model_cfg, name_or_path=path)
 
 
-def _prompt_rows(cfg: Config, tokenizer, split: str, size: int | None) -> list[dict]:
-    """Dataset rows plus their prompt text and token ids (encoded once, reused every step)."""
-    rows = load_rows(cfg.data, split, size=size, seed=cfg.seed)
+def _with_prompts(rows: list[dict], cfg: Config, tokenizer) -> list[dict]:
+    """Rows plus their prompt text and token ids (encoded once, reused every step)."""
     out = []
     for row in rows:
-        messages = build_messages(row["question"], cfg.data.system_prompt)
-        ids = encode_prompt(tokenizer, messages)
+        ids = encode_prompt(tokenizer, build_messages(row["question"], cfg.data.system_prompt))
         out.append({**row, "prompt_text": tokenizer.decode(ids), "prompt_ids": ids})
     return out
 

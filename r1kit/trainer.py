@@ -23,8 +23,9 @@ from r1kit.algo.loss import policy_loss
 from r1kit.config import Config
 from r1kit.logging import PhaseTimer, console
 from r1kit.rewards import combine
-from r1kit.run import (RunState, completion_logprobs, finish_run, log_step, make_batch, maybe_checkpoint,
-                       maybe_eval, sampling_params, setup_run, step_prompt_indices)
+from r1kit.batch import completion_logprobs, make_batch
+from r1kit.run import (finish_run, log_step, maybe_checkpoint, maybe_eval, sampling_params, setup_run,
+                       step_prompt_indices)
 
 
 def train(cfg: Config) -> dict:
@@ -66,36 +67,38 @@ def train(cfg: Config) -> dict:
             # ---------------- 6. update: micro-batches accumulate into one optimizer step
             with timer("update"):
                 model.train()
-                n, mb = len(completions), cfg.train.micro_batch_size
+                rows_to_update = _rows_with_gradient(batch, cfg, acc.num_processes)
                 loss_sum, stats, mismatch = 0.0, [], []
-                for start in range(0, n, mb):
-                    part = batch.slice(start, start + mb)
-                    last = start + mb >= n  # DDP syncs gradients only on the last micro-batch
-                    with nullcontext() if last else acc.no_sync(model):
+                chunks = rows_to_update.split(cfg.train.micro_batch_size)
+                for i, chunk in enumerate(chunks):
+                    part = batch.select(chunk)
+                    weight = part.weight(batch, cfg.algo.loss_agg)  # share of the full batch's loss
+                    with nullcontext() if i == len(chunks) - 1 else acc.no_sync(model):  # DDP syncs once
                         logprobs = completion_logprobs(model, part, cfg.rollout.temperature)  # (mb, C)
                         # One update per batch: old = current (detached); the ratio is 1 and its gradient
                         # is the policy gradient. The engine's own logprobs measure the sampler mismatch.
                         loss, st = policy_loss(
                             logprobs, logprobs.detach(), part.advantages, part.completion_mask,
                             epsilon=cfg.algo.epsilon, beta=cfg.algo.beta, agg=cfg.algo.loss_agg,
-                            ref_logprobs=None if ref_logprobs is None else ref_logprobs[start:start + mb])
-                        acc.backward(loss * part.weight(batch, cfg.algo.loss_agg))
-                    loss_sum += loss.item() * part.weight(batch, cfg.algo.loss_agg)
+                            ref_logprobs=None if ref_logprobs is None else ref_logprobs[chunk])
+                        acc.backward(loss * weight)
+                    loss_sum += loss.item() * weight
                     stats.append(st)
                     mismatch.append(part.logprob_gap(logprobs.detach()))
-                grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm) \
-                    if cfg.train.max_grad_norm > 0 else torch.tensor(float("nan"))
-                run.optimizer.step()
+                grad_norm = float("nan")
+                if len(chunks):  # a batch without any learning signal makes no update
+                    if cfg.train.max_grad_norm > 0:
+                        grad_norm = float(acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm))
+                    run.optimizer.step()
+                    run.optimizer.zero_grad(set_to_none=True)
                 run.scheduler.step()
-                run.optimizer.zero_grad(set_to_none=True)
 
             # ---------------- 7. metrics, samples, eval, checkpoint
             run.state.step = step
             metrics = {
-                **scored.metrics(), "loss": loss_sum, "grad_norm": float(grad_norm),
-                "lr": run.scheduler.get_last_lr()[0],
-                "kl": sum(s.kl for s in stats) / len(stats),
-                "clip_fraction": sum(s.clip_fraction for s in stats) / len(stats),
+                **scored.metrics(), "loss": loss_sum, "grad_norm": grad_norm,
+                "lr": run.scheduler.get_last_lr()[0], **_mean_stats(stats),
+                "update/rows_fraction": len(rows_to_update) / len(batch),
                 "groups/zero_variance_fraction": zero_variance_groups(rewards, G).float().mean().item(),
                 **batch.length_metrics(), **{f"engine/{k}": v for k, v in _merge_gaps(mismatch).items()},
                 **timer.pop(), "time/step": time.perf_counter() - step_start,
@@ -107,8 +110,27 @@ def train(cfg: Config) -> dict:
     return finish_run(run)
 
 
+def _rows_with_gradient(batch, cfg: Config, num_processes: int) -> torch.Tensor:
+    """Indices of the completions whose loss has a gradient.
+
+    With no KL term, a completion with zero advantage (every member of a zero-variance group) adds
+    exactly zero gradient, so its forward/backward is skipped; the normaliser still counts it
+    (RolloutBatch.weight), so the update equals the full batch's. Under DDP every rank must run
+    the same number of backward passes, so nothing is skipped there.
+    """
+    if cfg.algo.beta > 0 or num_processes > 1:
+        return torch.arange(len(batch))
+    return torch.nonzero(batch.advantages != 0).squeeze(-1)
+
+
+def _mean_stats(stats: list) -> dict:
+    if not stats:
+        return {"kl": float("nan"), "clip_fraction": float("nan")}
+    return {"kl": sum(s.kl for s in stats) / len(stats), "clip_fraction": sum(s.clip_fraction for s in stats) / len(stats)}
+
+
 def _merge_gaps(parts: list[dict]) -> dict:
     """Combine per-micro-batch |engine - trainer| logprob gaps into batch mean and max."""
     tokens = sum(p["tokens"] for p in parts)
-    return {"logprob_gap_mean": sum(p["sum"] for p in parts) / max(tokens, 1),
-            "logprob_gap_max": max(p["max"] for p in parts)}
+    return {"logprob_gap_mean": sum(p["sum"] for p in parts) / tokens if tokens else float("nan"),
+            "logprob_gap_max": max(p["max"] for p in parts) if parts else float("nan")}

@@ -98,3 +98,36 @@ def test_refuses_to_overwrite_a_run(small_model_dir, tmp_path):
     train(cfg_for(small_model_dir, tmp_path, "train.max_steps=1", "eval.before=false", "eval.after=false"))
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(cfg_for(small_model_dir, tmp_path, "train.max_steps=1"))
+
+
+@pytest.mark.parametrize("agg", ["seq_mean_token_mean", "token_mean"])
+def test_skipping_zero_advantage_rows_keeps_the_gradient(small_model, tiny_tokenizer, agg):
+    """The trainer skips rows with zero advantage (beta = 0); the accumulated gradient must equal the full batch's."""
+    from r1kit.algo.loss import policy_loss
+    from r1kit.batch import completion_logprobs, make_batch
+    from r1kit.config import Config
+    from r1kit.data.templates import build_messages, encode_prompt
+    from r1kit.rollout.hf import HFEngine
+    from r1kit.trainer import _rows_with_gradient
+    from r1kit.types import SamplingParams
+
+    rows = [{"prompt_ids": encode_prompt(tiny_tokenizer, build_messages(q))} for q in ("1+2?", "3+4+5?")]
+    out = HFEngine(small_model, tiny_tokenizer).generate([r["prompt_ids"] for r in rows], 4,
+                                                         SamplingParams(max_new_tokens=10, seed=0))
+    advantages = torch.tensor([0.0, 1.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # group 2 has zero variance
+    batch = make_batch(out, rows, advantages, tiny_tokenizer.pad_token_id)
+
+    def grads(chunks):
+        small_model.zero_grad()
+        for chunk in chunks:
+            part = batch.select(chunk)
+            lp = completion_logprobs(small_model, part)
+            loss, _ = policy_loss(lp, lp.detach(), part.advantages, part.completion_mask, agg=agg)
+            (loss * part.weight(batch, agg)).backward()
+        return [p.grad.clone() for p in small_model.parameters()]
+
+    active = _rows_with_gradient(batch, Config(), num_processes=1)
+    assert active.tolist() == [1, 2]
+    full, skipped = grads([torch.arange(8)]), grads(active.split(1))
+    for a, b in zip(full, skipped):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)

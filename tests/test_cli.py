@@ -1,0 +1,37 @@
+"""The command line: the default (no recipe) path on a very short run, eval, errors, usage."""
+
+import json
+
+from r1kit.cli import main
+
+
+def test_train_with_the_builtin_default(tmp_path, capsys):
+    # No recipe: the config defaults are the tiny world (builtin:tiny-sft, tiny_arith, accuracy reward).
+    code = main(["train", f"output_dir={tmp_path}", "train.max_steps=1", "train.batch_size=32",
+                 "train.micro_batch_size=32", "data.eval_size=8", "log.progress=false"])
+    assert code == 0
+    summary = json.loads((tmp_path / "tiny-grpo" / "summary.json").read_text())
+    assert summary["steps"] == 1 and 0 <= summary["accuracy_before"] <= 1 and 0 <= summary["accuracy_after"] <= 1
+    out = capsys.readouterr().out
+    assert "held-out greedy accuracy" in out and "run directory" in out
+
+
+def test_eval_command(small_model_dir, tmp_path, capsys):
+    items = tmp_path / "items.jsonl"
+    assert main(["eval", small_model_dir, "--n", "2", "--output", str(items), "data.eval_size=3",
+                 "eval.max_new_tokens=8"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{\n"):])
+    assert report["num_problems"] == 3 and 0 <= report["greedy_accuracy"] <= 1 and "sampled_pass1" in report
+    lines = [json.loads(x) for x in items.read_text().splitlines()]
+    assert len(lines) == 3 and len(lines[0]["sampled_correct"]) == 2
+
+
+def test_bad_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "train.batch_size=100"]) == 2
+    assert "train.batch_size (100) must be divisible by rollout.num_generations (16)" in capsys.readouterr().err
+    assert main(["train", "model.name_or_path=./missing-model", f"output_dir={tmp_path}"]) == 2
+    assert "'./missing-model' does not exist" in capsys.readouterr().err
+    assert main(["train", "data.source=missing.jsonl", f"output_dir={tmp_path}", "name=x"]) == 2
+    assert "missing.jsonl' does not exist" in capsys.readouterr().err
+    assert main(["bogus"]) == 2 and "usage" in capsys.readouterr().out
