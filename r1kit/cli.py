@@ -6,6 +6,7 @@ With no recipe, the built-in tiny world runs: the config defaults are its recipe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -61,13 +62,14 @@ def cmd_eval(argv: list[str]) -> None:
     from r1kit.config import load_recipe
     from r1kit.data.sources import load_rows
     from r1kit.evaluate import evaluate
-    from r1kit.models import load_model, load_tokenizer
+    from r1kit.models import load_model, load_tokenizer, pick_device
     from r1kit.rollout.hf import HFEngine
 
     cfg = load_recipe(ns.recipe, ns.overrides)
     model_path = ns.model or cfg.model.name_or_path
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    model = load_model(type(cfg.model)(**{**cfg.model.__dict__, "name_or_path": model_path}), tokenizer, cfg.seed)
+    model_cfg = dataclasses.replace(cfg.model, name_or_path=model_path)
+    model = load_model(model_cfg, tokenizer, cfg.seed).to(pick_device(cfg.model.device))
     rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size, seed=cfg.seed)
     result = evaluate(HFEngine(model, tokenizer, cfg.rollout.generation_batch_size), tokenizer, rows,
                       system_prompt=cfg.data.system_prompt, n_samples=ns.n, temperature=ns.temperature,

@@ -41,7 +41,7 @@ class LoraCfg:
 class ModelCfg:
     name_or_path: str = "builtin:tiny-sft"  # hub name, local dir, builtin:tiny-sft or builtin:tiny-init
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights and compute dtype
-    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda if available, else cpu (multi-GPU: accelerate launch)
     attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2; None lets transformers choose
     gradient_checkpointing: bool = False  # trade compute for activation memory
     trust_remote_code: bool = False
@@ -63,6 +63,7 @@ class ColumnsCfg:
 @dataclass
 class DataCfg:
     source: str = "tiny_arith"  # tiny_arith, a .jsonl/.parquet/.csv path, or a hub dataset name
+    subset: str | None = None  # hub dataset configuration name (e.g. "main" for openai/gsm8k)
     split: str = "train"  # split used for training prompts
     eval_split: str = "heldout"  # split used for evaluation
     train_size: int = 20000  # rows to draw from a procedural source (files use all rows)
@@ -136,7 +137,7 @@ class SFTCfg:
 class EvalCfg:
     before: bool = True  # evaluate the start model before training
     after: bool = True  # and the final model after
-    every: int = 0  # also every N steps (0: never)
+    every: int = 25  # also every N steps (0: never)
     n_samples: int = 0  # sampled pass@1 over n samples per problem (0: greedy only)
     temperature: float = 1.0  # sampling temperature for sampled pass@1
     max_new_tokens: int = 64

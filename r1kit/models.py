@@ -119,6 +119,19 @@ def torch_dtype(name: str):
     return dtypes[name]
 
 
+def pick_device(name: str):
+    """`auto` -> cuda when available, else cpu; `cuda` without a GPU is an error, not a silent CPU run."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from r1kit.config import ConfigError
+
+        raise ConfigError("model.device=cuda but no CUDA GPU is visible (torch.cuda.is_available() is False)")
+    return torch.device(name)
+
+
 def load_model(cfg: "ModelCfg", tokenizer, seed: int = 0):
     """The policy model for training: built-in or from_pretrained, then LoRA and checkpointing if asked."""
     from transformers import AutoModelForCausalLM

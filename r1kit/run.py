@@ -16,12 +16,12 @@ from accelerate import Accelerator
 from transformers import get_scheduler
 
 from r1kit.checkpoint import list_checkpoints, resolve_resume, save_checkpoint, save_final
-from r1kit.config import Config, save_config, to_dict
+from r1kit.config import Config, ConfigError, save_config, to_dict
 from r1kit.data.sources import load_rows
 from r1kit.data.templates import build_messages, encode_prompt
 from r1kit.evaluate import evaluate
 from r1kit.logging import MetricsLogger, append_jsonl, console, format_metrics, progress_bar
-from r1kit.models import load_model, load_tokenizer
+from r1kit.models import load_model, load_tokenizer, pick_device
 from r1kit.rewards import build_rewards
 from r1kit.rollout.hf import HFEngine
 from r1kit.types import SamplingParams
@@ -63,20 +63,22 @@ class Run:
 def setup_run(cfg: Config) -> Run:
     run_dir = cfg.run_dir
     if cfg.train.resume_from and cfg.model.lora.enabled:
-        raise ValueError("train.resume_from with model.lora.enabled is not supported yet: checkpoints store merged "
+        raise ConfigError("train.resume_from with model.lora.enabled is not supported yet: checkpoints store merged "
                          "weights, not the adapter and its optimizer state")
     resume_dir = resolve_resume(cfg.train.resume_from, run_dir / "checkpoints") if cfg.train.resume_from else None
     if resume_dir is None and (run_dir / "metrics.jsonl").exists():
         raise FileExistsError(f"run directory {run_dir} already holds a run; pick another name= or resume it "
                               "with train.resume_from=latest")
+    # rewards and data first: a bad name or dataset fails in seconds, before anything is written or loaded
+    reward_funcs = _build_rewards(cfg)
+    raw_train_rows = load_rows(cfg.data, cfg.data.split, size=None, seed=cfg.seed)
+    eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size, seed=cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
+    pick_device(cfg.model.device)  # fails clearly on device=cuda without a GPU
     accelerator = Accelerator(cpu=cfg.model.device == "cpu")
     torch.manual_seed(cfg.seed)
 
-    # data first: a bad dataset fails in seconds, before a model is loaded
-    raw_train_rows = load_rows(cfg.data, cfg.data.split, size=None, seed=cfg.seed)
-    eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size, seed=cfg.seed)
     model_path = str(resume_dir) if resume_dir else cfg.model.name_or_path
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     model = load_model(_with_path(cfg.model, model_path), tokenizer, seed=cfg.seed)
@@ -102,13 +104,20 @@ def setup_run(cfg: Config) -> Run:
 
     train_rows = _with_prompts(raw_train_rows, cfg, tokenizer)
     run = Run(cfg, accelerator, model, ref_model, tokenizer, make_engine(cfg, model, tokenizer),
-              build_rewards([{"name": r.name, "weight": r.weight, **r.params} for r in cfg.rewards]),
+              reward_funcs,
               train_rows, eval_rows, optimizer, scheduler,
               MetricsLogger(run_dir, cfg.log, to_dict(cfg), resume=resume_dir is not None),
               progress_bar(cfg.log.progress), state)
     if cfg.eval.before and state.step == 0:
         state.accuracy_before = run_eval(run, "before")["eval/greedy_accuracy"]
     return run
+
+
+def _build_rewards(cfg: Config) -> list:
+    try:
+        return build_rewards([{"name": r.name, "weight": r.weight, **r.params} for r in cfg.rewards])
+    except (ValueError, KeyError, ImportError, AttributeError) as e:
+        raise ConfigError(f"rewards: {e}") from e
 
 
 def _with_path(model_cfg, path: str):

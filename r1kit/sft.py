@@ -26,7 +26,7 @@ from r1kit.data.sources import DataError, load_rows
 from r1kit.data.templates import build_messages, encode_prompt
 from r1kit.evaluate import evaluate, tiny_style_prefills
 from r1kit.logging import MetricsLogger, console, format_metrics, progress_bar
-from r1kit.models import load_model, load_tokenizer
+from r1kit.models import load_model, load_tokenizer, pick_device
 from r1kit.rollout.hf import HFEngine
 
 
@@ -105,7 +105,8 @@ def run_sft(cfg: Config) -> dict:
     save_config(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    model = load_model(cfg.model, tokenizer, seed=cfg.seed)
+    device = pick_device(cfg.model.device)
+    model = load_model(cfg.model, tokenizer, seed=cfg.seed).to(device)
     examples = build_examples(cfg, tokenizer)
     eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size, seed=cfg.seed)
     s = cfg.sft
@@ -121,7 +122,7 @@ def run_sft(cfg: Config) -> dict:
         task = bar.add_task("sft", total=s.steps, info="")
         for step in range(1, s.steps + 1):
             idx = torch.randint(len(examples), (s.batch_size,), generator=order).tolist()
-            batch = collate([examples[i] for i in idx], tokenizer.pad_token_id)
+            batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], tokenizer.pad_token_id).items()}
             loss = model(**batch).loss
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

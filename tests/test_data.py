@@ -92,3 +92,21 @@ def test_tokenizer_without_chat_template(tiny_tokenizer):
     tok.chat_template = None
     with pytest.raises(ValueError, match="no chat template"):
         encode_prompt(tok, build_messages("q"))
+
+
+def test_hub_dataset_names_go_through_datasets(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, subset=None, split=None):
+        calls.append((name, subset, split))
+        if name == "owner/offline":
+            raise ConnectionError("no internet")
+        return [{"question": "q", "answer": "Work: 2+2=4.\n#### 4"}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    rows = load_rows(DataCfg(source="openai/gsm8k", subset="main"), "test")
+    assert calls == [("openai/gsm8k", "main", "test")] and rows[0]["answer"].endswith("#### 4")
+    with pytest.raises(DataError, match="could not load hub dataset 'owner/offline'.*no internet"):
+        load_rows(DataCfg(source="owner/offline"), "train")

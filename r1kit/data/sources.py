@@ -34,7 +34,7 @@ def load_rows(data_cfg, split: str, size: int | None = None, seed: int = 0) -> l
     if source.endswith(FILE_SUFFIXES) or os.path.exists(source):
         raw, origin = _read_file(Path(source)), source
     elif source.count("/") == 1 and not source.startswith((".", "/")):
-        raw, origin = _read_hub(source, split), f"{source}[{split}]"
+        raw, origin = _read_hub(source, data_cfg.subset, split), f"{source}[{split}]"
     else:
         raise DataError(f"data.source {source!r} is neither tiny_arith, an existing .jsonl/.parquet/.csv file, "
                         "nor a hub dataset name like 'openai/gsm8k'")
@@ -69,13 +69,13 @@ def _read_file(path: Path) -> list[dict]:
     raise DataError(f"dataset file {str(path)!r}: expected .jsonl, .parquet or .csv")
 
 
-def _read_hub(name: str, split: str) -> list[dict]:
+def _read_hub(name: str, subset: str | None, split: str) -> list[dict]:
     import datasets
 
     try:
-        return list(datasets.load_dataset(name, split=split))
+        return list(datasets.load_dataset(name, subset, split=split))
     except Exception as e:  # offline, unknown name, unknown split: say which
-        raise DataError(f"could not load hub dataset {name!r} split {split!r}: {e}") from e
+        raise DataError(f"could not load hub dataset {name!r} (subset {subset!r}) split {split!r}: {e}") from e
 
 
 def _normalise(raw: list[dict], columns, origin: str) -> list[dict]:

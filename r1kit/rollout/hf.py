@@ -75,8 +75,8 @@ class HFEngine:
         config = GenerationConfig(
             max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
             temperature=None if greedy else sampling.temperature,
-            # explicit 1.0 / 0 switch the filters off (None would fall back to transformers' top_k=50)
-            top_p=1.0 if greedy else sampling.top_p, top_k=0 if greedy else sampling.top_k,
+            # when sampling, explicit 1.0 / 0 switch the filters off (None would mean transformers' top_k=50)
+            top_p=None if greedy else sampling.top_p, top_k=None if greedy else sampling.top_k,
             eos_token_id=sorted(stop), pad_token_id=tok.pad_token_id, bos_token_id=None,
             output_scores=True, return_dict_in_generate=True)
         result = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
