@@ -106,7 +106,7 @@ class AlgoCfg:
 class TrainCfg:
     batch_size: int = 128  # completions per step = prompts per step x num_generations
     micro_batch_size: int = 64  # completions per forward/backward (gradient accumulation covers the rest)
-    max_steps: int = 150
+    max_steps: int = 100
     learning_rate: float = 5e-5
     lr_scheduler: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
@@ -123,8 +123,10 @@ class TrainCfg:
 @dataclass
 class SFTCfg:
     source: str = "tiny_arith"  # tiny_arith traces, or a .jsonl with prompt/completion or messages columns
-    direct_fraction: float = 0.7  # tiny_arith: share of traces that answer directly (the rest show working)
-    steps: int = 3000
+    direct_fraction: float = 0.8  # tiny_arith: share of traces that answer directly (the rest show working)
+    large_from: int = 15  # tiny_arith: problems whose first number is >= this use large_direct_fraction (0: off)
+    large_direct_fraction: float = 0.1  # direct share on those problems: big numbers are mostly worked out
+    steps: int = 1250
     batch_size: int = 64
     learning_rate: float = 2e-3
     lr_scheduler: Literal["constant", "cosine"] = "constant"
@@ -343,7 +345,8 @@ def validate(cfg: Config) -> None:
         (t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}"),
         (len(cfg.rewards) > 0, "rewards must list at least one reward function"),
         (cfg.data.eval_size >= 1, f"data.eval_size must be >= 1, got {cfg.data.eval_size}"),
-        (0 <= cfg.sft.direct_fraction <= 1, f"sft.direct_fraction must be in [0, 1], got {cfg.sft.direct_fraction}"),
+        (0 <= cfg.sft.direct_fraction <= 1 and 0 <= cfg.sft.large_direct_fraction <= 1,
+         "sft.direct_fraction and sft.large_direct_fraction must be in [0, 1]"),
         (cfg.sft.batch_size >= 1 and cfg.sft.steps >= 0, "sft.batch_size must be >= 1 and sft.steps >= 0"),
         (cfg.eval.n_samples >= 0 and cfg.eval.every >= 0, "eval.n_samples and eval.every must be >= 0"),
     ]

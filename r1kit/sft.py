@@ -2,8 +2,8 @@
 
 Loss is on completion tokens only (the prompt is context, not a target), end-of-turn token
 included so the model learns to stop. Sources:
-  tiny_arith   traces of the built-in task: a seeded mix of direct answers (sft.direct_fraction)
-               and step-by-step working; see r1kit.data.tasks for why the mix matters
+  tiny_arith   traces of the built-in task: a seeded mix of direct answers and step-by-step
+               working (see direct_share and r1kit.data.tasks for why the mix matters)
   *.jsonl      rows with `prompt` + `completion` strings, or `messages` (the last turn is the target)
 
     r1kit sft recipes/tiny/sft.yaml   # builds the shipped builtin:tiny-sft checkpoint
@@ -39,11 +39,26 @@ def build_examples(cfg: Config, tokenizer) -> list[tuple[list[int], list[int]]]:
         rng = random.Random(cfg.seed)
         examples = []
         for row in rows:
-            style = "direct" if rng.random() < cfg.sft.direct_fraction else "working"
+            style = "direct" if rng.random() < direct_share(row, cfg.sft) else "working"
             prompt = encode_prompt(tokenizer, build_messages(row["question"], cfg.data.system_prompt))
             examples.append((prompt, encode(tasks.trace(row, style, cfg.data.answer_tag_style)) + eos))
         return examples
     return [(encode_prompt(tokenizer, messages), encode(target) + eos) for messages, target in _read_chat_file(cfg.sft.source)]
+
+
+def direct_share(row: dict, sft_cfg) -> float:
+    """Probability that a tiny_arith trace answers directly.
+
+    Problems that start with a big number (>= sft.large_from) are mostly worked step by step, the
+    rest mostly answered directly. The cold-start policy then shows its working on some problems
+    and answers directly on the others, so greedy accuracy starts in between the two styles'; and
+    because each style is still sampled on every kind of problem, RL can discover that working
+    pays everywhere.
+    """
+    first = int(row["working"].split("+")[0].split("-")[0])
+    if sft_cfg.large_from and first >= sft_cfg.large_from:
+        return sft_cfg.large_direct_fraction
+    return sft_cfg.direct_fraction
 
 
 def _read_chat_file(path: str) -> list[tuple[list[dict], str]]:

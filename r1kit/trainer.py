@@ -69,7 +69,8 @@ def train(cfg: Config) -> dict:
                 model.train()
                 rows_to_update = _rows_with_gradient(batch, cfg, acc.num_processes)
                 loss_sum, stats, mismatch = 0.0, [], []
-                chunks = rows_to_update.split(cfg.train.micro_batch_size)
+                # (an empty tensor splits into one empty chunk: no signal means no chunk at all)
+                chunks = rows_to_update.split(cfg.train.micro_batch_size) if len(rows_to_update) else ()
                 for i, chunk in enumerate(chunks):
                     part = batch.select(chunk)
                     weight = part.weight(batch, cfg.algo.loss_agg)  # share of the full batch's loss

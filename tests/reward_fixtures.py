@@ -14,3 +14,8 @@ def fail_on_third_call(completions, **kwargs):
     if CALLS["n"] == 3:
         raise RuntimeError("simulated crash")
     return [len(c) / 10 for c in completions]
+
+
+def constant_reward(completions, **kwargs):
+    """The same reward for everything: no group has any variance."""
+    return [1.0 for _ in completions]

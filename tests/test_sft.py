@@ -5,7 +5,7 @@ import json
 import pytest
 
 from r1kit.config import load_recipe
-from r1kit.data.sources import DataError
+from r1kit.data.sources import DataError, load_rows
 from r1kit.sft import build_examples, collate, run_sft
 
 
@@ -17,12 +17,21 @@ def test_collate_masks_prompt_and_padding():
 
 
 def test_tiny_examples_mix_styles(tiny_tokenizer):
-    cfg = load_recipe(None, ["data.train_size=400", "sft.direct_fraction=0.7"])
+    from r1kit.sft import direct_share
+
+    cfg = load_recipe(None, ["data.train_size=2000", "sft.direct_fraction=0.8", "sft.large_from=15",
+                             "sft.large_direct_fraction=0.1"])
     examples = build_examples(cfg, tiny_tokenizer)
+    rows = load_rows(cfg.data, "train", size=2000)
     think, close = tiny_tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
-    direct = sum(c[0] == think and c[1] == close for _, c in examples) / len(examples)
-    assert 0.62 < direct < 0.78
+    is_direct = [c[0] == think and c[1] == close for _, c in examples]
+    large = [direct_share(r, cfg.sft) == 0.1 for r in rows]
+    assert 0.25 < sum(large) / len(large) < 0.35  # first number in 15..20 of 1..20
+    small_direct = sum(d for d, big in zip(is_direct, large) if not big) / (len(large) - sum(large))
+    large_direct = sum(d for d, big in zip(is_direct, large) if big) / sum(large)
+    assert 0.75 < small_direct < 0.85 and 0.05 < large_direct < 0.15
     assert all(c[-1] == tiny_tokenizer.eos_token_id for _, c in examples)
+    assert direct_share({"working": "7-2=5."}, cfg.sft) == 0.8 and direct_share({"working": "15+1=16."}, cfg.sft) == 0.1
 
 
 def test_jsonl_sources(tmp_path, tiny_tokenizer):

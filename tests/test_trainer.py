@@ -131,3 +131,14 @@ def test_skipping_zero_advantage_rows_keeps_the_gradient(small_model, tiny_token
     full, skipped = grads([torch.arange(8)]), grads(active.split(1))
     for a, b in zip(full, skipped):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_a_batch_without_signal_makes_no_update(small_model_dir, tmp_path):
+    """Every reward equal -> every advantage 0 -> nothing to backward; the step must not crash or move weights."""
+    cfg = cfg_for(small_model_dir, tmp_path, "train.max_steps=2", "eval.before=false", "eval.after=false",
+                  "rewards=[{name: reward_fixtures.constant_reward}]")
+    train(cfg)
+    before, after = weights(small_model_dir), weights(tmp_path / "t" / "final")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    lines = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["update/rows_fraction"] == 0.0 and lines[0]["groups/zero_variance_fraction"] == 1.0
