@@ -70,10 +70,10 @@ def cmd_eval(argv: list[str]) -> None:
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     model_cfg = dataclasses.replace(cfg.model, name_or_path=model_path)
     model = load_model(model_cfg, tokenizer, cfg.seed).to(pick_device(cfg.model.device))
-    rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size, seed=cfg.seed)
+    rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size)
     result = evaluate(HFEngine(model, tokenizer, cfg.rollout.generation_batch_size), tokenizer, rows,
                       system_prompt=cfg.data.system_prompt, n_samples=ns.n, temperature=ns.temperature,
-                      max_new_tokens=ns.max_new_tokens or cfg.eval.max_new_tokens, seed=cfg.seed)
+                      max_new_tokens=ns.max_new_tokens or cfg.eval.max_new_tokens)
     if ns.output:
         with open(ns.output, "w") as f:
             for item in result.items:

@@ -50,6 +50,7 @@ class ModelCfg:
 
 @dataclass
 class TaskCfg:
+    seed: int = 0  # defines the task's train and held-out problems (independent of the run's seed)
     num_operands: int = 5  # numbers per tiny_arith problem (4 operations)
     max_operand: int = 20  # each number is in [1, max_operand]
 

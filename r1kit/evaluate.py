@@ -8,6 +8,7 @@ style separately (e.g. prefill ``<think></think><answer>`` forces a direct answe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,11 +24,12 @@ class EvalResult:
     num_problems: int
     mean_length: float  # greedy completion length in tokens
     truncated: float  # fraction of greedy completions cut at the length cap
+    reasoning_share: float  # fraction of greedy completions with non-empty <think>/<reasoning> content
     items: list[dict] = field(default_factory=list)  # per problem: question, answer, completion, correct
 
     def summary(self) -> dict:
         out = {"greedy_accuracy": self.greedy_accuracy, "num_problems": self.num_problems,
-               "mean_length": self.mean_length, "truncated": self.truncated}
+               "mean_length": self.mean_length, "truncated": self.truncated, "reasoning_share": self.reasoning_share}
         if self.sampled_pass1 is not None:
             out["sampled_pass1"] = self.sampled_pass1
         return out
@@ -62,7 +64,14 @@ def evaluate(engine, tokenizer, rows: list[dict], *, system_prompt: str = "none"
     return EvalResult(
         greedy_accuracy=sum(greedy_scores) / len(rows), sampled_pass1=sampled_pass1, num_problems=len(rows),
         mean_length=sum(len(c.token_ids) for c in greedy) / len(greedy),
-        truncated=sum(c.finish_reason == "length" for c in greedy) / len(greedy), items=items)
+        truncated=sum(c.finish_reason == "length" for c in greedy) / len(greedy),
+        reasoning_share=sum(map(shows_reasoning, greedy_texts)) / len(greedy_texts), items=items)
+
+
+def shows_reasoning(text: str) -> bool:
+    """True when the completion's <think> (or <reasoning>) block holds anything but whitespace."""
+    match = re.search(r"<(think|reasoning)>(.*?)(</\1>|$)", text, flags=re.DOTALL)
+    return bool(match and match.group(2).strip())
 
 
 def tiny_style_prefills() -> dict[str, Callable[[dict], str]]:

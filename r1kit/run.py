@@ -31,6 +31,7 @@ from r1kit.types import SamplingParams
 class RunState:
     step: int = 0  # optimizer steps done
     accuracy_before: float | None = None
+    reasoning_share_before: float | None = None  # share of greedy answers that show reasoning, at the start
     eval_history: list = field(default_factory=list)  # (step, greedy accuracy)
     wall_seconds: float = 0.0  # training wall time of earlier sessions of this run (resume)
 
@@ -71,8 +72,8 @@ def setup_run(cfg: Config) -> Run:
                               "with train.resume_from=latest")
     # rewards and data first: a bad name or dataset fails in seconds, before anything is written or loaded
     reward_funcs = _build_rewards(cfg)
-    raw_train_rows = load_rows(cfg.data, cfg.data.split, size=None, seed=cfg.seed)
-    eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size, seed=cfg.seed)
+    raw_train_rows = load_rows(cfg.data, cfg.data.split, size=None)
+    eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     pick_device(cfg.model.device)  # fails clearly on device=cuda without a GPU
@@ -81,10 +82,10 @@ def setup_run(cfg: Config) -> Run:
 
     model_path = str(resume_dir) if resume_dir else cfg.model.name_or_path
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    model = load_model(_with_path(cfg.model, model_path), tokenizer, seed=cfg.seed)
+    model = load_model(_with_path(cfg.model, model_path), tokenizer)
     ref_model = None
     if cfg.algo.beta > 0:  # frozen start model; never loaded when the KL term is off
-        ref_model = load_model(_with_path(cfg.model, cfg.model.name_or_path), tokenizer, seed=cfg.seed)
+        ref_model = load_model(_with_path(cfg.model, cfg.model.name_or_path), tokenizer)
         ref_model.requires_grad_(False).eval().to(accelerator.device)
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
@@ -109,7 +110,9 @@ def setup_run(cfg: Config) -> Run:
               MetricsLogger(run_dir, cfg.log, to_dict(cfg), resume=resume_dir is not None),
               progress_bar(cfg.log.progress), state)
     if cfg.eval.before and state.step == 0:
-        state.accuracy_before = run_eval(run, "before")["eval/greedy_accuracy"]
+        before = run_eval(run, "before")
+        state.accuracy_before = before["eval/greedy_accuracy"]
+        state.reasoning_share_before = before["eval/reasoning_share"]
     return run
 
 
@@ -203,10 +206,13 @@ def maybe_checkpoint(run: Run, step: int) -> None:
 
 def finish_run(run: Run) -> dict:
     cfg, state = run.cfg, run.state
-    after = run_eval(run, "after")["eval/greedy_accuracy"] if cfg.eval.after else None
+    after = run_eval(run, "after") if cfg.eval.after else {}
     final = save_final(cfg.run_dir / "final", run.accelerator.unwrap_model(run.model), run.tokenizer)
     summary = {"name": cfg.name, "steps": state.step, "accuracy_before": state.accuracy_before,
-               "accuracy_after": after, "wall_seconds": state.wall_seconds + time.time() - run.started,
+               "accuracy_after": after.get("eval/greedy_accuracy"),
+               "reasoning_share_before": state.reasoning_share_before,
+               "reasoning_share_after": after.get("eval/reasoning_share"),
+               "wall_seconds": state.wall_seconds + time.time() - run.started,
                "eval_history": state.eval_history, "run_dir": str(cfg.run_dir), "final_model": str(final),
                "checkpoints": [str(p) for p in list_checkpoints(cfg.run_dir / "checkpoints")]}
     (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -221,4 +227,7 @@ def _print_summary(s: dict) -> None:
         return "n/a" if x is None else f"{100 * x:.1f}%"
     console.print(f"\n[bold]done[/]: {s['steps']} steps in {s['wall_seconds'] / 60:.1f} min; held-out greedy accuracy "
                   f"{pct(s['accuracy_before'])} -> [bold]{pct(s['accuracy_after'])}[/]")
+    if s["reasoning_share_after"] is not None and s["reasoning_share_before"] is not None:
+        console.print(f"answers that show reasoning: {pct(s['reasoning_share_before'])} -> "
+                      f"{pct(s['reasoning_share_after'])}")
     console.print(f"run directory: {s['run_dir']}  (metrics.jsonl, samples.jsonl, summary.json, final/)")

@@ -35,7 +35,7 @@ def build_examples(cfg: Config, tokenizer) -> list[tuple[list[int], list[int]]]:
     eos = [tokenizer.eos_token_id]
     encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
     if cfg.sft.source == "tiny_arith":
-        rows = load_rows(cfg.data, "train", size=cfg.data.train_size, seed=cfg.seed)
+        rows = load_rows(cfg.data, "train", size=cfg.data.train_size)
         rng = random.Random(cfg.seed)
         examples = []
         for row in rows:
@@ -102,13 +102,11 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
 def sft_eval(cfg: Config, model, tokenizer, rows: list[dict]) -> dict:
     """Held-out greedy accuracy; in the tiny world also the accuracy of each forced answer style."""
     engine = HFEngine(model, tokenizer)
-    kwargs = dict(system_prompt=cfg.data.system_prompt, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed)
+    kwargs = dict(system_prompt=cfg.data.system_prompt, max_new_tokens=cfg.eval.max_new_tokens)
     result = evaluate(engine, tokenizer, rows, **kwargs)
-    metrics = {"eval/greedy_accuracy": result.greedy_accuracy, "eval/mean_length": result.mean_length}
+    metrics = {"eval/greedy_accuracy": result.greedy_accuracy, "eval/mean_length": result.mean_length,
+               "eval/reasoning_share": result.reasoning_share}
     if cfg.data.source == "tiny_arith":
-        shows_working = [bool(item["completion"].split("</think>")[0].replace("<think>", "").strip())
-                         for item in result.items]
-        metrics["eval/working_share"] = sum(shows_working) / len(shows_working)
         for style, prefill in tiny_style_prefills().items():
             metrics[f"eval/forced_{style}_accuracy"] = evaluate(engine, tokenizer, rows, prefill=prefill, **kwargs).greedy_accuracy
     return metrics
@@ -123,7 +121,7 @@ def run_sft(cfg: Config) -> dict:
     device = pick_device(cfg.model.device)
     model = load_model(cfg.model, tokenizer, seed=cfg.seed).to(device)
     examples = build_examples(cfg, tokenizer)
-    eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size, seed=cfg.seed)
+    eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size)
     s = cfg.sft
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.learning_rate,
                                   weight_decay=s.weight_decay, betas=(0.9, 0.95))

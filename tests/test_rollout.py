@@ -64,3 +64,12 @@ def test_greedy_is_argmax(small_model, tiny_tokenizer):
     with torch.no_grad():
         logits = small_model(torch.tensor([p[0] + out.token_ids[:1]])).logits
     assert out.token_ids[0] == logits[0, len(p[0]) - 1].argmax().item()
+
+
+def test_shows_reasoning():
+    from r1kit.evaluate import shows_reasoning
+
+    assert shows_reasoning("<think>3+4=7.</think><answer>7</answer>")
+    assert not shows_reasoning("<think></think><answer>7</answer>")
+    assert not shows_reasoning("<think>  \n</think><answer>7</answer>") and not shows_reasoning("7")
+    assert shows_reasoning("<reasoning>x</reasoning><answer>7</answer>") and shows_reasoning("<think>unfinished")

@@ -24,13 +24,13 @@ class DataError(ValueError):
     """A dataset is missing, malformed, or lacks a column; the message says where."""
 
 
-def load_rows(data_cfg, split: str, size: int | None = None, seed: int = 0) -> list[dict]:
+def load_rows(data_cfg, split: str, size: int | None = None) -> list[dict]:
     """Rows of one split, renamed to question/answer; `size` caps the count (procedural: generates that many)."""
     source = data_cfg.source
     if source == "tiny_arith":
         task = data_cfg.task
         n = size if size is not None else data_cfg.train_size
-        return tasks.arith_split(split, n, seed=seed, num_operands=task.num_operands, max_operand=task.max_operand)
+        return tasks.arith_split(split, n, seed=task.seed, num_operands=task.num_operands, max_operand=task.max_operand)
     if source.endswith(FILE_SUFFIXES) or os.path.exists(source):
         raw, origin = _read_file(Path(source)), source
     elif source.count("/") == 1 and not source.startswith((".", "/")):
