@@ -25,11 +25,10 @@ def _split_recipe(args: list[str]) -> tuple[str | None, list[str]]:
     return None, args
 
 
-def _load(args: list[str], **defaults):
-    from r1kit.config import Config, load_recipe
+def _load(args: list[str], base=None):
+    from r1kit.config import load_recipe
 
     recipe, overrides = _split_recipe(args)
-    base = Config(**defaults) if defaults else None
     return load_recipe(recipe, overrides, base=base)
 
 
@@ -43,8 +42,8 @@ def cmd_sft(args: list[str]) -> None:
     from r1kit.config import Config, ModelCfg
     from r1kit.sft import run_sft
 
-    summary = run_sft(_load(args, **{**Config().__dict__, "name": "tiny-sft",
-                                     "model": ModelCfg(name_or_path="builtin:tiny-init")}))
+    # without a recipe, SFT starts the tiny world from a fresh model (recipes/tiny/sft.yaml)
+    summary = run_sft(_load(args, base=Config(name="tiny-sft", model=ModelCfg(name_or_path="builtin:tiny-init"))))
     print(json.dumps(summary, indent=2))
 
 

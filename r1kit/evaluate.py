@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from r1kit.data.tasks import first_number
 from r1kit.data.templates import build_messages, encode_prompt
 from r1kit.rewards import get_reward
 from r1kit.types import SamplingParams
@@ -78,5 +79,5 @@ def tiny_style_prefills() -> dict[str, Callable[[dict], str]]:
     """Prefills that force each tiny_arith answer style: direct, or working (its first number given)."""
     return {
         "direct": lambda row: "<think></think><answer>",
-        "working": lambda row: "<think>" + row["working"].split("+")[0].split("-")[0],
+        "working": lambda row: f"<think>{first_number(row)}",
     }

@@ -55,8 +55,7 @@ def direct_share(row: dict, sft_cfg) -> float:
     because each style is still sampled on every kind of problem, RL can discover that working
     pays everywhere.
     """
-    first = int(row["working"].split("+")[0].split("-")[0])
-    if sft_cfg.large_from and first >= sft_cfg.large_from:
+    if sft_cfg.large_from and tasks.first_number(row) >= sft_cfg.large_from:
         return sft_cfg.large_direct_fraction
     return sft_cfg.direct_fraction
 

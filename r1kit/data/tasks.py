@@ -113,6 +113,11 @@ def arith_split(split: str, size: int, seed: int = 0, num_operands: int = 5, max
     return rows
 
 
+def first_number(row: dict) -> int:
+    """The number a row's problem starts with (read from its working: ``"17+11=28. ..."`` -> 17)."""
+    return int(row["working"].split("+")[0].split("-")[0])
+
+
 def trace(row: dict, style: str, think_tag: str = "think") -> str:
     """The assistant's target text for SFT in the given style (`working` or `direct`)."""
     if style not in ("working", "direct"):
