@@ -142,3 +142,13 @@ def test_a_batch_without_signal_makes_no_update(small_model_dir, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
     lines = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["update/rows_fraction"] == 0.0 and lines[0]["groups/zero_variance_fraction"] == 1.0
+
+
+def test_lora_trains_adapters_and_saves_a_merged_model(small_model_dir, tmp_path):
+    train(cfg_for(small_model_dir, tmp_path, "train.max_steps=1", "eval.before=false", "eval.after=false",
+                  "model.lora.enabled=true", "model.lora.r=4", "model.lora.target_modules=[q_proj, v_proj]",
+                  "train.learning_rate=5e-2"))
+    before, after = weights(small_model_dir), weights(tmp_path / "t" / "final")
+    assert set(before) == set(after)  # merged: loads like the base model, no adapter keys
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("q_proj" in k or "v_proj" in k for k in changed)
