@@ -72,7 +72,7 @@ def cmd_eval(argv: list[str]) -> None:
     rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size)
     result = evaluate(HFEngine(model, tokenizer, cfg.rollout.generation_batch_size), tokenizer, rows,
                       system_prompt=cfg.data.system_prompt, n_samples=ns.n, temperature=ns.temperature,
-                      max_new_tokens=ns.max_new_tokens or cfg.eval.max_new_tokens)
+                      max_new_tokens=ns.max_new_tokens or cfg.eval.max_new_tokens, seed=cfg.seed)
     if ns.output:
         with open(ns.output, "w") as f:
             for item in result.items:

@@ -39,3 +39,18 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "rewards=[{name: format, mdoe: strict}]", f"output_dir={tmp_path}", "name=z"]) == 2
     assert "reward 'format' has no parameter 'mdoe'" in capsys.readouterr().err
     assert main(["bogus"]) == 2 and "usage" in capsys.readouterr().out
+
+
+def test_eval_seeds_sampling_with_the_recipe_seed(small_model_dir, monkeypatch, capsys):
+    import r1kit.evaluate
+
+    seen = {}
+    real = r1kit.evaluate.evaluate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(r1kit.evaluate, "evaluate", spy)
+    assert main(["eval", small_model_dir, "--n", "1", "seed=7", "data.eval_size=2", "eval.max_new_tokens=4"]) == 0
+    assert seen["seed"] == 7 and seen["n_samples"] == 1
