@@ -23,6 +23,7 @@ from r1kit.evaluate import evaluate
 from r1kit.logging import MetricsLogger, append_jsonl, console, format_metrics, progress_bar
 from r1kit.models import load_model, load_tokenizer, pick_device
 from r1kit.rewards import build_rewards
+from r1kit.reference import LocalReference
 from r1kit.rollout.hf import HFEngine
 from r1kit.types import SamplingParams
 
@@ -41,7 +42,7 @@ class Run:
     cfg: Config
     accelerator: Accelerator
     model: torch.nn.Module
-    ref_model: torch.nn.Module | None
+    reference: object | None  # r1kit.reference.Reference; None when beta == 0
     tokenizer: object
     engine: object
     reward_funcs: list
@@ -83,10 +84,7 @@ def setup_run(cfg: Config) -> Run:
     model_path = str(resume_dir) if resume_dir else cfg.model.name_or_path
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     model = load_model(_with_path(cfg.model, model_path), tokenizer)
-    ref_model = None
-    if cfg.algo.beta > 0:  # frozen start model; never loaded when the KL term is off
-        ref_model = load_model(_with_path(cfg.model, cfg.model.name_or_path), tokenizer)
-        ref_model.requires_grad_(False).eval().to(accelerator.device)
+    reference = make_reference(cfg, tokenizer, accelerator.device)
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
                                   betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
@@ -104,7 +102,7 @@ def setup_run(cfg: Config) -> Run:
         console.print(f"resumed from {resume_dir} at step {state.step}")
 
     train_rows = _with_prompts(raw_train_rows, cfg, tokenizer)
-    run = Run(cfg, accelerator, model, ref_model, tokenizer, make_engine(cfg, model, tokenizer),
+    run = Run(cfg, accelerator, model, reference, tokenizer, make_engine(cfg, model, tokenizer),
               reward_funcs,
               train_rows, eval_rows, optimizer, scheduler,
               MetricsLogger(run_dir, cfg.log, to_dict(cfg), resume=resume_dir is not None),
@@ -140,6 +138,14 @@ def make_engine(cfg: Config, model, tokenizer):
     if cfg.rollout.engine == "hf":
         return HFEngine(model, tokenizer, cfg.rollout.generation_batch_size)
     raise ValueError(f"rollout.engine={cfg.rollout.engine!r} is not available; expected 'hf'")
+
+
+def make_reference(cfg: Config, tokenizer, device):
+    """The KL reference: None when beta == 0 (nothing is loaded), else a frozen copy of the start model."""
+    if cfg.algo.beta == 0:
+        return None
+    ref_model = load_model(_with_path(cfg.model, cfg.model.name_or_path), tokenizer).to(device)
+    return LocalReference(ref_model, cfg.rollout.temperature, cfg.train.micro_batch_size)
 
 
 # ---------------------------------------------------------------- per-step helpers

@@ -50,6 +50,7 @@ def train(cfg: Config) -> dict:
             with timer("reward"):
                 columns = {k: [rows[c.prompt_index][k] for c in completions] for k in rows[0] if k != "prompt_ids"}
                 columns["prompts"] = columns.pop("prompt_text")
+                columns["completion_ids"] = [c.token_ids for c in completions]  # as TRL passes them
                 scored = combine(run.reward_funcs, [c.text for c in completions], columns, cfg.train.reward_on_error)
                 rewards = torch.tensor(scored.total, dtype=torch.float32)  # (B*G,)
 
@@ -59,10 +60,9 @@ def train(cfg: Config) -> dict:
 
             # ---------------- 5. reference logprobs (only when the KL term is on)
             ref_logprobs = None
-            if run.ref_model is not None:
-                with timer("reference"), torch.no_grad():
-                    ref_logprobs = completion_logprobs(run.ref_model, batch, cfg.rollout.temperature,
-                                                       cfg.train.micro_batch_size)
+            if run.reference is not None:
+                with timer("reference"):
+                    ref_logprobs = run.reference.logprobs(batch)  # (B*G, C)
 
             # ---------------- 6. update: micro-batches accumulate into one optimizer step
             with timer("update"):
@@ -81,7 +81,7 @@ def train(cfg: Config) -> dict:
                         loss, st = policy_loss(
                             logprobs, logprobs.detach(), part.advantages, part.completion_mask,
                             epsilon=cfg.algo.epsilon, beta=cfg.algo.beta, agg=cfg.algo.loss_agg,
-                            ref_logprobs=None if ref_logprobs is None else ref_logprobs[chunk])
+                            ref_logprobs=None if ref_logprobs is None else ref_logprobs[chunk].to(logprobs.device))
                         acc.backward(loss * weight)
                     loss_sum += loss.item() * weight
                     stats.append(st)
@@ -92,6 +92,8 @@ def train(cfg: Config) -> dict:
                         grad_norm = float(acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm))
                     run.optimizer.step()
                     run.optimizer.zero_grad(set_to_none=True)
+            with timer("weight_sync"):  # the engine samples the next step from the new weights
+                run.engine.update_weights(model)
                 run.scheduler.step()
 
             # ---------------- 7. metrics, samples, eval, checkpoint
