@@ -23,6 +23,12 @@ from typing import Any, Literal
 
 import yaml
 
+from r1kit.presets import PRESETS
+
+AggMode = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm", "local_token_mean"]
+PRESET_KNOBS = ("advantage_estimator", "scale_rewards", "loss_agg", "importance_sampling_level", "epsilon",
+                "epsilon_high", "dynamic_sampling")
+
 
 class ConfigError(ValueError):
     """A recipe or override is wrong; the message names the key and what was expected."""
@@ -95,12 +101,38 @@ class RolloutCfg:
 
 @dataclass
 class AlgoCfg:
-    loss_type: Literal["grpo"] = "grpo"  # more variants arrive with the algorithm registry
-    scale_rewards: Literal["group", "none"] = "group"  # divide advantages by the group std (group) or not (none)
-    epsilon: float = 0.2  # PPO clip range for the ratio
+    """The GRPO family. `loss_type` picks a preset (r1kit.presets); knobs left None take its values."""
+
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "gspo"] = "grpo"  # preset for the knobs set to None
+    # --- knobs a preset fills when None
+    advantage_estimator: Literal["grpo", "rloo"] | None = None  # baseline: group mean, or leave-one-out mean
+    scale_rewards: Literal["group", "batch", "none"] | None = None  # divide by the group std, the batch std, or not
+    loss_agg: AggMode | None = None  # how per-token losses become one number (see r1kit.algo.loss)
+    importance_sampling_level: Literal["token", "sequence"] | None = None  # per-token ratio, or GSPO's per-sequence
+    epsilon: float | None = None  # clip the ratio below at 1 - epsilon
+    epsilon_high: float | None = None  # ... and above at 1 + epsilon_high (DAPO clip-higher); None: = epsilon
+    dynamic_sampling: bool | None = None  # DAPO: redraw prompts until the batch is full of informative groups
+    # --- knobs no preset touches
+    max_sampling_rounds: int = 4  # dynamic sampling: extra generation rounds per step at most (the cap)
+    dual_clip: float = 0.0  # dual-clip c > 1 caps the loss of negative-advantage tokens at c*|A| (0: off)
+    num_iterations: int = 1  # mu: optimizer steps per generated batch (> 1 computes old logprobs once per batch)
     beta: float = 0.0  # KL coefficient to the reference model; 0 means no reference is loaded
-    kl_estimator: Literal["k3"] = "k3"
-    loss_agg: Literal["seq_mean_token_mean", "token_mean"] = "seq_mean_token_mean"  # how token losses become one number
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"  # Schulman's estimators of KL(pi || ref)
+    min_group_std: float | None = None  # drop groups whose reward std <= this (0.0: zero-variance ones); None keeps all
+    drop_negative_advantages: bool = False  # train only on completions with advantage >= 0 (off by default)
+    mask_truncated_completions: bool = False  # completions cut at max_completion_length get no loss
+    entropy_coef: float = 0.0  # entropy bonus: loss -= entropy_coef * mean token entropy (entropy is always logged)
+    is_correction: bool = False  # truncated importance sampling: weight tokens by min(pi_trainer/pi_engine, is_cap)
+    is_cap: float = 2.0  # the truncation C of that weight
+
+    def resolved(self) -> "AlgoCfg":
+        """A copy with every None knob filled from the `loss_type` preset."""
+        preset = PRESETS[self.loss_type]
+        filled = {f: getattr(preset, f) for f in PRESET_KNOBS if getattr(self, f) is None}
+        out = dataclasses.replace(self, **filled)
+        if out.epsilon_high is None:
+            out.epsilon_high = out.epsilon
+        return out
 
 
 @dataclass
@@ -183,6 +215,10 @@ class Config:
 
 
 def _type_name(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return f"one of {list(typing.get_args(tp))}"
+    if tp is type(None):
+        return "null"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -319,7 +355,10 @@ def _merge(tree: dict, update: dict) -> None:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write the config with the algorithm preset resolved, so the file says what the run really did."""
+    tree = to_dict(cfg)
+    tree["algo"] = to_dict(cfg.algo.resolved())
+    Path(path).write_text(yaml.safe_dump(tree, sort_keys=False))
 
 
 # ---------------------------------------------------------------- cross-field checks
@@ -338,8 +377,6 @@ def validate(cfg: Config) -> None:
         (r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}"),
         (0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}"),
         (r.generation_batch_size >= 1, f"rollout.generation_batch_size must be >= 1, got {r.generation_batch_size}"),
-        (a.epsilon > 0, f"algo.epsilon must be > 0, got {a.epsilon}"),
-        (a.beta >= 0, f"algo.beta must be >= 0, got {a.beta}"),
         (t.max_steps >= 0, f"train.max_steps must be >= 0, got {t.max_steps}"),
         (t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}"),
         (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
@@ -351,9 +388,28 @@ def validate(cfg: Config) -> None:
         (cfg.sft.batch_size >= 1 and cfg.sft.steps >= 0, "sft.batch_size must be >= 1 and sft.steps >= 0"),
         (cfg.eval.n_samples >= 0 and cfg.eval.every >= 0, "eval.n_samples and eval.every must be >= 0"),
     ]
-    for ok, message in checks:
+    for ok, message in checks + _algo_checks(cfg.algo.resolved()):
         if not ok:
             raise ConfigError(message)
     for i, reward in enumerate(cfg.rewards):
         if not isinstance(reward.name, str) or not reward.name:
             raise ConfigError(f"rewards[{i}].name must be a non-empty string")
+
+
+def _algo_checks(a: AlgoCfg) -> list[tuple[bool, str]]:
+    """Range and consistency checks on the resolved algorithm knobs (preset values included)."""
+    src = f" (loss_type={a.loss_type} preset and recipe combined)"
+    return [
+        (a.epsilon > 0, f"algo.epsilon must be > 0, got {a.epsilon}"),
+        (a.epsilon_high >= a.epsilon,
+         f"algo.epsilon_high ({a.epsilon_high}) must be >= algo.epsilon ({a.epsilon}){src}"),
+        (a.dual_clip == 0 or a.dual_clip > 1, f"algo.dual_clip must be 0 (off) or > 1, got {a.dual_clip}"),
+        (a.num_iterations >= 1, f"algo.num_iterations must be >= 1, got {a.num_iterations}"),
+        (a.beta >= 0, f"algo.beta must be >= 0, got {a.beta}"),
+        (a.min_group_std is None or a.min_group_std >= 0,
+         f"algo.min_group_std must be >= 0 or null, got {a.min_group_std}"),
+        (not a.dynamic_sampling or a.max_sampling_rounds >= 1,
+         f"algo.dynamic_sampling needs a cap: algo.max_sampling_rounds must be >= 1, got {a.max_sampling_rounds}{src}"),
+        (a.entropy_coef >= 0, f"algo.entropy_coef must be >= 0, got {a.entropy_coef}"),
+        (a.is_cap >= 1, f"algo.is_cap must be >= 1, got {a.is_cap}"),
+    ]

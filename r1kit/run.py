@@ -6,6 +6,7 @@ trainer.py holds the algorithm; this module holds the bookkeeping, so each stays
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 import time
@@ -91,7 +92,7 @@ def setup_run(cfg: Config) -> Run:
                                   weight_decay=cfg.train.weight_decay)
     name = "constant_with_warmup" if cfg.train.lr_scheduler == "constant" else cfg.train.lr_scheduler
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.train.warmup_steps,
-                              num_training_steps=max(cfg.train.max_steps, 1))
+                              num_training_steps=max(cfg.train.max_steps * cfg.algo.num_iterations, 1))
     model, optimizer = accelerator.prepare(model, optimizer)
     state = RunState()
     if resume_dir is not None:
@@ -151,16 +152,24 @@ def make_reference(cfg: Config, tokenizer, device):
 # ---------------------------------------------------------------- per-step helpers
 
 
-def step_prompt_indices(seed: int, step: int, count: int, num_rows: int) -> list[int]:
-    """Which rows step `step` trains on: a pure function of (seed, step), so a resume replays exactly."""
-    rng = random.Random(seed * 1_000_003 + step)
+def _step_seed(seed: int, step: int, draw: int) -> int:
+    """One integer per (seed, step, draw); draw > 0 are DAPO's extra sampling rounds of a step."""
+    if draw == 0:
+        return seed * 1_000_003 + step
+    return int(hashlib.sha256(f"{seed}/{step}/{draw}".encode()).hexdigest()[:15], 16)
+
+
+def step_prompt_indices(seed: int, step: int, count: int, num_rows: int, draw: int = 0) -> list[int]:
+    """Which rows step `step` (sampling round `draw`) trains on: a pure function of its arguments,
+    so a resumed run replays exactly."""
+    rng = random.Random(_step_seed(seed, step, draw))
     return [rng.randrange(num_rows) for _ in range(count)]
 
 
-def sampling_params(cfg: Config, step: int) -> SamplingParams:
+def sampling_params(cfg: Config, step: int, draw: int = 0) -> SamplingParams:
     r = cfg.rollout
     return SamplingParams(max_new_tokens=r.max_completion_length, temperature=r.temperature, top_p=r.top_p,
-                          top_k=r.top_k, seed=cfg.seed * 1_000_003 + step)
+                          top_k=r.top_k, seed=_step_seed(cfg.seed, step, draw))
 
 
 def run_eval(run: Run, when: str) -> dict:
