@@ -103,7 +103,8 @@ def sample_and_score(run: Run, algo: AlgoCfg, step: int, timer: PhaseTimer):
     Without dynamic sampling this is one draw. With it (DAPO), groups whose rewards do not vary
     (std <= algo.min_group_std, or 0) are set aside and B fresh prompts are drawn again, up to
     algo.max_sampling_rounds extra draws; the step then trains on the informative groups found
-    (possibly fewer than B). Reward metrics cover every completion drawn.
+    (possibly fewer than B; if none at all, the first draw, whose advantages are all zero).
+    Reward metrics cover every completion drawn.
     """
     cfg = run.cfg
     B, G = cfg.prompts_per_step, cfg.rollout.num_generations
@@ -117,6 +118,8 @@ def sample_and_score(run: Run, algo: AlgoCfg, step: int, timer: PhaseTimer):
         with timer("reward"):
             scored = _score(run, draw_rows, draw_completions)
         drawn_scores.append(scored)
+        if draw == 0:
+            first_draw = (draw_rows, draw_completions, [scored])
         if algo.dynamic_sampling:
             useful = informative_groups(torch.tensor(scored.total), G, algo.min_group_std).tolist()
             groups = [g for g, ok in enumerate(useful) if ok][: B - len(rows)]
@@ -128,10 +131,12 @@ def sample_and_score(run: Run, algo: AlgoCfg, step: int, timer: PhaseTimer):
             rows.append(draw_rows[g])
         if len(rows) == B:
             break
+    informative = len(rows)
+    if not rows:  # no draw had a group with signal: train on the first draw (zero advantages, as without DAPO)
+        rows, completions, kept_scores = first_draw
     everything = _concat(drawn_scores)
-    kept = _concat(kept_scores) if kept_scores else RewardResult([], {k: [] for k in everything.per_func}, {})
-    return rows, completions, kept, {
-        **everything.metrics(), "sampling/draws": float(len(drawn_scores)), "sampling/groups_kept": float(len(rows)),
+    return rows, completions, _concat(kept_scores), {
+        **everything.metrics(), "sampling/draws": float(len(drawn_scores)), "sampling/groups_kept": float(informative),
         "groups/zero_variance_fraction": zero_variance_groups(torch.tensor(everything.total), G).float().mean().item()}
 
 
