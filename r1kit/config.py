@@ -140,6 +140,7 @@ class TrainCfg:
     batch_size: int = 128  # completions per step = prompts per step x num_generations
     micro_batch_size: int = 64  # completions per forward/backward (gradient accumulation covers the rest)
     max_steps: int = 100
+    max_minutes: float = 0.0  # wall-clock budget for training (resumed sessions included); 0: none
     learning_rate: float = 5e-5
     lr_scheduler: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
@@ -378,6 +379,7 @@ def validate(cfg: Config) -> None:
         (0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}"),
         (r.generation_batch_size >= 1, f"rollout.generation_batch_size must be >= 1, got {r.generation_batch_size}"),
         (t.max_steps >= 0, f"train.max_steps must be >= 0, got {t.max_steps}"),
+        (t.max_minutes >= 0, f"train.max_minutes must be >= 0, got {t.max_minutes}"),
         (t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}"),
         (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
         (t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}"),

@@ -56,6 +56,15 @@ class Run:
     state: RunState
     started: float = field(default_factory=time.time)
 
+    def training_seconds(self) -> float:
+        """Wall time of this run so far, earlier (resumed-from) sessions included."""
+        return self.state.wall_seconds + time.time() - self.started
+
+    def should_continue(self) -> bool:
+        """Steps left and, if train.max_minutes is set, time left in the budget."""
+        budget = self.cfg.train.max_minutes
+        return self.state.step < self.cfg.train.max_steps and not (budget and self.training_seconds() >= 60 * budget)
+
     def bar_info(self, m: dict) -> str:
         return format_metrics(m, ["reward", "rewards/accuracy/mean", "completion/mean_length", "time/step"])
 
@@ -227,7 +236,7 @@ def finish_run(run: Run) -> dict:
                "accuracy_after": after.get("eval/greedy_accuracy"),
                "reasoning_share_before": state.reasoning_share_before,
                "reasoning_share_after": after.get("eval/reasoning_share"),
-               "wall_seconds": state.wall_seconds + time.time() - run.started,
+               "wall_seconds": run.training_seconds(), "stopped_by_time_budget": state.step < cfg.train.max_steps,
                "eval_history": state.eval_history, "run_dir": str(cfg.run_dir), "final_model": str(final),
                "checkpoints": [str(p) for p in list_checkpoints(cfg.run_dir / "checkpoints")]}
     (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

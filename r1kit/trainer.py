@@ -43,7 +43,7 @@ def train(cfg: Config) -> dict:
                   f"loss_type={algo.loss_type} -> {cfg.run_dir}")
     with run.progress as bar:
         task = bar.add_task("grpo", total=cfg.train.max_steps, completed=run.state.step, info="")
-        while run.state.step < cfg.train.max_steps:
+        while run.should_continue():  # steps left (and time, with train.max_minutes)
             step = run.state.step + 1
             step_start = time.perf_counter()
 

@@ -111,3 +111,9 @@ def test_kl_estimators_and_is_correction_run(small_model_dir, tmp_path, kl):
 def test_contradictory_settings_fail_naming_the_keys(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_recipe(None, overrides)
+
+
+def test_a_wall_clock_budget_stops_the_run_and_still_saves(small_model_dir, tmp_path):
+    summary = train(cfg_for(small_model_dir, tmp_path, "train.max_steps=50", "train.max_minutes=0.000001", *QUIET))
+    assert summary["steps"] < 50 and summary["stopped_by_time_budget"]
+    assert (tmp_path / "t" / "final" / "model.safetensors").exists()
