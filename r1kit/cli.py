@@ -9,12 +9,15 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 USAGE = """examples:
   r1kit train                                   GRPO on the built-in tiny world (CPU, minutes)
   r1kit train recipes/tiny/grpo.yaml train.max_steps=50 name=short
   r1kit sft recipes/tiny/sft.yaml               rebuild the cold-start checkpoint
   r1kit eval runs/tiny-grpo/final --n 4         greedy and sampled pass@1 on the held-out split
+  r1kit eval Qwen/Qwen2.5-Math-1.5B-Instruct --benchmark math500 --instruction boxed --n 4 \\
+      --temperature 0.6 --top-p 0.95 --max-new-tokens 4096    pass@1, pass@k, maj@k (shipped data, offline)
 """
 
 
@@ -48,36 +51,75 @@ def cmd_sft(args: list[str]) -> None:
 
 
 def cmd_eval(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="r1kit eval", description="Greedy and sampled pass@1 on held-out problems.")
+    parser = argparse.ArgumentParser(
+        prog="r1kit eval", description="Greedy and sampled pass@1, pass@k and maj@k on a benchmark or held-out split.")
     parser.add_argument("model", nargs="?", default=None, help="model dir or hub name (default: the recipe's model)")
-    parser.add_argument("--recipe", default=None, help="recipe whose data section says what to evaluate on")
-    parser.add_argument("--n", type=int, default=0, help="samples per problem for sampled pass@1 (0: greedy only)")
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--recipe", default=None, help="recipe whose data/eval sections are the defaults")
+    parser.add_argument("--benchmark", default=None,
+                        help="gsm8k, math500, aime24, aime25, amc23 (shipped, offline) or tiny; default: the recipe's data")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
+    parser.add_argument("--n", type=int, default=None, help="samples per problem for pass@k / maj@k (0: greedy only)")
+    parser.add_argument("--k", type=int, nargs="+", default=None, help="k values (default: powers of 2 up to n, and n)")
+    parser.add_argument("--temperature", type=float, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--max-new-tokens", type=int, default=None)
-    parser.add_argument("--output", default=None, help="write per-problem results to this jsonl file")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: the recipe's seed)")
+    parser.add_argument("--system-prompt", default=None, help="none, r1, tiny_r1, or literal text")
+    parser.add_argument("--instruction", default=None, help="none, boxed, or literal text appended to each problem")
+    parser.add_argument("--prompt-format", choices=["chat", "plain"], default=None)
+    parser.add_argument("--extract", default=None, help="answer extraction: auto, tag, boxed, hash, last_number, ...")
+    parser.add_argument("--output", default=None, help="per-problem jsonl (default: <output_dir>/eval/<model>-<benchmark>.jsonl)")
     parser.add_argument("overrides", nargs="*", help="a.b=c recipe overrides")
     ns = parser.parse_intermixed_args(argv)
+    if ns.model and "=" in ns.model:  # no model given: the first a.b=c override landed in its place
+        ns.overrides, ns.model = [ns.model, *ns.overrides], None
 
     from r1kit.config import load_recipe
-    from r1kit.data.sources import load_rows
+    from r1kit.data.sources import load_data
     from r1kit.evaluate import evaluate
+    from r1kit.evaluate.benchmarks import benchmark_data, summary_table, write_items
+    from r1kit.logging import console
     from r1kit.models import load_model, load_tokenizer, pick_device
     from r1kit.rollout.hf import HFEngine
 
     cfg = load_recipe(ns.recipe, ns.overrides)
+    d, e = cfg.data, cfg.eval
+    d = dataclasses.replace(d, **{k: v for k, v in (("system_prompt", ns.system_prompt), ("instruction", ns.instruction),
+                                                     ("prompt_format", ns.prompt_format)) if v is not None})
+    if ns.benchmark:
+        rows, checker, origin = benchmark_data(ns.benchmark, d, ns.limit)
+    else:
+        rows, report = load_data(d, d.eval_split, size=ns.limit or d.eval_size)
+        checker, origin = e.checker, report.summary()
     model_path = ns.model or cfg.model.name_or_path
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     model_cfg = dataclasses.replace(cfg.model, name_or_path=model_path)
     model = load_model(model_cfg, tokenizer, cfg.seed).to(pick_device(cfg.model.device))
-    rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size)
+    n = e.n_samples if ns.n is None else ns.n
     result = evaluate(HFEngine(model, tokenizer, cfg.rollout.generation_batch_size), tokenizer, rows,
-                      system_prompt=cfg.data.system_prompt, n_samples=ns.n, temperature=ns.temperature,
-                      max_new_tokens=ns.max_new_tokens or cfg.eval.max_new_tokens, seed=cfg.seed)
-    if ns.output:
-        with open(ns.output, "w") as f:
-            for item in result.items:
-                f.write(json.dumps(item) + "\n")
-    print(json.dumps({"model": model_path, "split": cfg.data.eval_split, **result.summary()}, indent=2))
+                      system_prompt=d.system_prompt, instruction=d.instruction, prompt_format=d.prompt_format,
+                      n_samples=n, temperature=_pick(ns.temperature, e.temperature), top_p=_pick(ns.top_p, e.top_p),
+                      max_new_tokens=_pick(ns.max_new_tokens, e.max_new_tokens), seed=_pick(ns.seed, cfg.seed),
+                      extract=_pick(ns.extract, e.extract), checker=checker, ks=ns.k)
+    name = ns.benchmark or d.source.replace("/", "_")
+    output = Path(ns.output) if ns.output else cfg.run_dir.parent / "eval" / f"{_slug(model_path)}-{name}.jsonl"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_items(output, result.items)
+    summary = {"model": model_path, "benchmark": name, "data": origin, "checker": checker, **result.summary()}
+    output.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
+    console.print(summary_table(f"{model_path} on {name}", result.summary()))
+    console.print(f"per-problem results: {output}")
+    print(json.dumps(summary, indent=2))
+
+
+def _pick(flag, default):
+    return default if flag is None else flag
+
+
+def _slug(model_path: str) -> str:
+    """A file-name-safe short name for a model: its last path component(s)."""
+    parts = [p for p in model_path.replace(":", "/").split("/") if p not in ("", ".", "..")]
+    return "-".join(parts[-2:]) or "model"
 
 
 COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval}

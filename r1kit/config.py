@@ -63,14 +63,20 @@ class ColumnsCfg:
 
 @dataclass
 class DataCfg:
-    source: str = "tiny_arith"  # tiny_arith, a .jsonl/.parquet/.csv path, or a hub dataset name
+    # tiny_arith; a shipped benchmark (gsm8k, math500, aime24, aime25, amc23: offline copies inside r1kit);
+    # a .jsonl/.parquet/.csv path; reasoning_gym:<task> (extra: r1kit[reasoning-gym]); or a hub dataset name
+    source: str = "tiny_arith"
     subset: str | None = None  # hub dataset configuration name (e.g. "main" for openai/gsm8k)
     split: str = "train"  # split used for training prompts
     eval_split: str = "heldout"  # split used for evaluation
     train_size: int = 20000  # rows to draw from a procedural source (files use all rows)
     eval_size: int = 200  # held-out problems evaluated (first N rows)
-    columns: ColumnsCfg = field(default_factory=ColumnsCfg)
+    columns: ColumnsCfg = field(default_factory=ColumnsCfg)  # files and hub datasets (shipped ones know theirs)
+    skip_invalid: bool = False  # rows without a usable question/answer: error naming the row (false) or skip and count
+    task_config: dict[str, Any] = field(default_factory=dict)  # reasoning_gym:<task> options (e.g. min_terms)
     system_prompt: str = "none"  # none, r1, tiny_r1, or the literal text of a system prompt
+    instruction: str = "none"  # appended to each question: none, boxed (R1 / Qwen-Math eval), or literal text
+    prompt_format: Literal["chat", "plain"] = "chat"  # chat: the tokenizer's chat template; plain: "User: ..\nAssistant:"
     answer_tag_style: Literal["think", "reasoning"] = "think"  # <think> (R1) or <reasoning> (Tiny-R1) traces
     task: TaskCfg = field(default_factory=TaskCfg)
 
@@ -141,9 +147,12 @@ class EvalCfg:
     before: bool = True  # evaluate the start model before training
     after: bool = True  # and the final model after
     every: int = 25  # also every N steps (0: never)
-    n_samples: int = 0  # sampled pass@1 over n samples per problem (0: greedy only)
-    temperature: float = 1.0  # sampling temperature for sampled pass@1
+    n_samples: int = 0  # samples per problem for sampled pass@1, pass@k and maj@k (0: greedy only)
+    temperature: float = 1.0  # sampling temperature for the sampled metrics
+    top_p: float = 1.0  # nucleus sampling for the sampled metrics
     max_new_tokens: int = 64
+    extract: str = "auto"  # how the final answer is found: auto, tag, boxed, hash, last_number, auto_last_number
+    checker: Literal["auto", "numeric", "math"] = "auto"  # answer comparison; a shipped benchmark uses its own
 
 
 @dataclass
