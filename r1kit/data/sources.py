@@ -195,7 +195,7 @@ def _normalise(raw: list[dict], columns, origin: str, skip_invalid: bool = False
         if not bad and "####" in str(row[columns.answer]) and extract_hash_answer(str(row[columns.answer])) is None:
             bad = ["answer"]  # a GSM8K-style solution whose "#### N" line is empty
         if bad:
-            reason = f"empty {bad[0]}"
+            reason = f"missing or empty {bad[0]}"
             _reject(report, reason, i, f"{origin} row {i}: {reason} (column {getattr(columns, bad[0])!r})", skip_invalid)
             continue
         rows.append({**row, "question": str(row[columns.question]), "answer": str(row[columns.answer])})
