@@ -99,3 +99,8 @@ def format_reward(
         raise ValueError(f"format style must be one of {list(FORMAT_STYLES)}, got {style!r}")
     check, think = _FORMAT_CHECKS[mode], FORMAT_STYLES[style]
     return [1.0 if check(completion_text(c), think) else 0.0 for c in completions]
+
+
+# The shaping rewards (tag_count, think_tags, unique_chars, length, repetition, soft_overlong) live in
+# their own module; importing it here registers them whenever the catalog is loaded.
+from r1kit.rewards import shaping  # noqa: E402, F401
