@@ -151,7 +151,9 @@ class EvalCfg:
     temperature: float = 1.0  # sampling temperature for the sampled metrics
     top_p: float = 1.0  # nucleus sampling for the sampled metrics
     max_new_tokens: int = 64
-    extract: str = "auto"  # how the final answer is found: auto, tag, boxed, hash, last_number, auto_last_number
+    # how the final answer is found (r1kit.data.answers.extract_answer): <answer> tag, else \boxed{}, else "#### N"
+    # (auto); one of them alone; or a last-number fallback (last_number, auto_last_number)
+    extract: Literal["auto", "tag", "boxed", "hash", "last_number", "auto_last_number"] = "auto"
     checker: Literal["auto", "numeric", "math"] = "auto"  # answer comparison; a shipped benchmark uses its own
 
 
@@ -359,6 +361,12 @@ def validate(cfg: Config) -> None:
          "sft.direct_fraction and sft.large_direct_fraction must be in [0, 1]"),
         (cfg.sft.batch_size >= 1 and cfg.sft.steps >= 0, "sft.batch_size must be >= 1 and sft.steps >= 0"),
         (cfg.eval.n_samples >= 0 and cfg.eval.every >= 0, "eval.n_samples and eval.every must be >= 0"),
+        (cfg.eval.temperature > 0, f"eval.temperature must be > 0 (greedy is always reported), got {cfg.eval.temperature}"),
+        (0 < cfg.eval.top_p <= 1, f"eval.top_p must be in (0, 1], got {cfg.eval.top_p}"),
+        (cfg.eval.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {cfg.eval.max_new_tokens}"),
+        (bool(cfg.data.source.strip()), "data.source must name a dataset (tiny_arith, gsm8k, a file, ...)"),
+        (not cfg.data.task_config or cfg.data.source.startswith("reasoning_gym:"),
+         f"data.task_config is only used by reasoning_gym:<task> sources, not {cfg.data.source!r}"),
     ]
     for ok, message in checks:
         if not ok:
