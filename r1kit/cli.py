@@ -15,6 +15,7 @@ USAGE = """examples:
   r1kit train                                   GRPO on the built-in tiny world (CPU, minutes)
   r1kit train recipes/tiny/grpo.yaml train.max_steps=50 name=short
   r1kit sft recipes/tiny/sft.yaml               rebuild the cold-start checkpoint
+  r1kit data gsm8k --split train --traces gsm8k-sft.jsonl    check a data source; GSM8K -> Tiny-R1 SFT samples
   r1kit eval runs/tiny-grpo/final --n 4         greedy and sampled pass@1 on the held-out split
   r1kit eval Qwen/Qwen2.5-Math-1.5B-Instruct --benchmark math500 --instruction boxed --n 4 \\
       --temperature 0.6 --top-p 0.95 --max-new-tokens 4096    pass@1, pass@k, maj@k (shipped data, offline)
@@ -122,13 +123,52 @@ def _slug(model_path: str) -> str:
     return "-".join(parts[-2:]) or "model"
 
 
-COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval}
+def cmd_data(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="r1kit data", description="Check a data source: rows read, kept, skipped and why.")
+    parser.add_argument("source", help="gsm8k, math500, aime24, aime25, amc23, tiny_arith, reasoning_gym:<task>, a file, "
+                                       "or a hub name")
+    parser.add_argument("--split", default=None, help="split to read (default: test for benchmarks, else train)")
+    parser.add_argument("--question", default=None, help="column holding the question (files, hub)")
+    parser.add_argument("--answer", default=None, help="column holding the answer (files, hub)")
+    parser.add_argument("--skip-invalid", action="store_true", help="skip and count unusable rows instead of failing")
+    parser.add_argument("--traces", default=None,
+                        help="write Tiny-R1 SFT samples (messages jsonl) of GSM8K-style solutions ('... #### N') here")
+    parser.add_argument("--tag-style", choices=["reasoning", "think"], default="reasoning", help="reasoning tag of --traces")
+    parser.add_argument("overrides", nargs="*", help="a.b=c recipe overrides (e.g. data.system_prompt=tiny_r1)")
+    ns = parser.parse_intermixed_args(argv)
+
+    from r1kit.config import ColumnsCfg, load_recipe
+    from r1kit.data.benchmarks import BENCHMARKS
+    from r1kit.data.sources import DataError, load_data
+
+    cfg = load_recipe(None, [f"data.source={ns.source}", *ns.overrides])
+    columns = ColumnsCfg(ns.question or cfg.data.columns.question, ns.answer or cfg.data.columns.answer)
+    data = dataclasses.replace(cfg.data, columns=columns, skip_invalid=ns.skip_invalid or cfg.data.skip_invalid)
+    split = ns.split or ("test" if ns.source in BENCHMARKS else "train")
+    rows, report = load_data(data, split)
+    print(report.summary())
+    print(json.dumps({k: rows[0][k] for k in ("question", "answer")}, ensure_ascii=False, indent=2))
+    if ns.traces:
+        from r1kit.data.traces import gsm8k_sft_samples
+
+        system = data.system_prompt if data.system_prompt != "none" else "tiny_r1"
+        try:
+            samples = gsm8k_sft_samples(rows, system, ns.tag_style, data.instruction)
+        except ValueError as e:  # not GSM8K-style solutions
+            raise DataError(f"--traces: {e}") from None
+        with open(ns.traces, "w") as f:
+            for sample in samples:
+                f.write(json.dumps(sample, ensure_ascii=False) + "\n")
+        print(f"wrote {len(samples)} SFT samples to {ns.traces} (train on them with sft.source={ns.traces})")
+
+
+COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: r1kit {train,sft,eval} [RECIPE] [a.b=c ...]\n\n" + USAGE)
+        print("usage: r1kit {train,sft,eval,data} [RECIPE] [a.b=c ...]\n\n" + USAGE)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     from r1kit.config import ConfigError
     from r1kit.data.sources import DataError

@@ -129,7 +129,7 @@ class TrainCfg:
 
 @dataclass
 class SFTCfg:
-    source: str = "tiny_arith"  # tiny_arith traces, or a .jsonl with prompt/completion or messages columns
+    source: str = "tiny_arith"  # tiny_arith traces, gsm8k (Tiny-R1 traces of GSM8K train), or a .jsonl (prompt/completion or messages)
     direct_fraction: float = 0.8  # tiny_arith: share of traces that answer directly (the rest show working)
     large_from: int = 15  # tiny_arith: problems whose first number is >= this use large_direct_fraction (0: off)
     large_direct_fraction: float = 0.1  # direct share on those problems: big numbers are mostly worked out

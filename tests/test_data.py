@@ -139,3 +139,33 @@ def test_hub_dataset_names_go_through_datasets(monkeypatch):
     assert calls == [("openai/gsm8k", "main", "test")] and rows[0]["answer"].endswith("#### 4")
     with pytest.raises(DataError, match="could not load hub dataset 'owner/offline'.*no internet"):
         load_rows(DataCfg(source="owner/offline"), "train")
+
+
+@pytest.mark.parametrize("solution, style, expected", [
+    ("Natalia sold 48/2 = <<48/2=24>>24 clips.\nIn all 48+24 = <<48+24=72>>72.\n#### 72", "reasoning",
+     "<reasoning>\nNatalia sold 48/2 = 24 clips.\nIn all 48+24 = 72.\n</reasoning>\n<answer>\n72\n</answer>"),
+    ("It costs 1,000+80 = <<1000+80=1080>>1,080.\n#### 1,080", "think",
+     "<think>\nIt costs 1,000+80 = 1,080.\n</think>\n<answer>\n1080\n</answer>"),
+    ("#### 5", "reasoning", "<reasoning>\n\n</reasoning>\n<answer>\n5\n</answer>"),
+])
+def test_gsm8k_traces(solution, style, expected):
+    from r1kit.data.traces import gsm8k_trace
+
+    assert gsm8k_trace(solution, style) == expected
+
+
+def test_gsm8k_traces_on_the_shipped_train_split():
+    from r1kit.data.traces import gsm8k_sft_samples, gsm8k_trace
+
+    rows = load_rows(DataCfg(source="gsm8k"), "train")
+    samples = gsm8k_sft_samples(rows)
+    assert len(samples) == 7473
+    roles = [m["role"] for m in samples[0]["messages"]]
+    assert roles == ["system", "user", "assistant"] and samples[0]["messages"][0]["content"] == SYSTEM_PROMPTS["tiny_r1"]
+    targets = [s["messages"][-1]["content"] for s in samples]
+    assert not any("<<" in t or "####" in t for t in targets)
+    assert all(extract_tag(t) == r["answer"] for t, r in zip(targets, rows))  # the answer is the "#### N" value
+    with pytest.raises(ValueError, match="row 1: GSM8K solution has no '#### N'"):
+        gsm8k_sft_samples([rows[0], {"question": "q", "answer": "no final line"}])
+    with pytest.raises(ValueError, match="tag_style"):
+        gsm8k_trace("#### 1", "xml")
