@@ -10,6 +10,7 @@ All follow the TRL contract (registry.py). Sources, and where r1kit differs:
                  short correct answers earn most, long wrong answers are punished least.
   repetition     open-r1's n-gram penalty: (1 - distinct n-grams / n-grams) * max_penalty over words.
   soft_overlong  DAPO's soft overlong punishment on the token count ``len(completion_ids[i])``.
+  reasoning_gym  a reasoning-gym task's own scorer, for rows from a ``reasoning_gym:<task>`` source.
 The seed tutorial's 0.7 think + 0.3 unique mix is a recipe (recipes/tiny/think-unique.yaml), not a function.
 """
 
@@ -154,4 +155,26 @@ def soft_overlong_reward(completions: list, completion_ids: list | None = None, 
             rewards.append(0.0)
         else:
             rewards.append(max(-1.0, (expected - length) / overlong_buffer))
+    return rewards
+
+
+@register("reasoning_gym")
+def reasoning_gym_reward(completions: list, metadata: list, question: list | None = None, answer: list | None = None,
+                         extract: str = "tag", **kwargs: Any) -> list[float | None]:
+    """A reasoning-gym task's own score (0..1) of the extracted answer; rows without task metadata: None.
+
+    Needs the reasoning-gym extra and rows from a ``reasoning_gym:<task>`` source, whose ``metadata``
+    column names the task. Answers are extracted with ``extract`` (default: the ``<answer>`` tag).
+    """
+    import reasoning_gym  # the data source already required it
+
+    rewards: list[float | None] = []
+    for i, (c, meta) in enumerate(zip(completions, metadata, strict=True)):
+        if not isinstance(meta, dict) or "source_dataset" not in meta:
+            rewards.append(None)
+            continue
+        entry = {"question": question[i] if question else "", "answer": answer[i] if answer else None, "metadata": meta}
+        pred = extract_answer(completion_text(c), extract)
+        score = reasoning_gym.get_score_answer_fn(meta["source_dataset"])(pred, entry) if pred is not None else 0.0
+        rewards.append(float(score))
     return rewards
