@@ -116,7 +116,8 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
 def sft_eval(cfg: Config, model, tokenizer, rows: list[dict]) -> dict:
     """Held-out greedy accuracy; in the tiny world also the accuracy of each forced answer style."""
     engine = HFEngine(model, tokenizer)
-    kwargs = dict(system_prompt=cfg.data.system_prompt, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed)
+    kwargs = dict(system_prompt=cfg.data.system_prompt, instruction=cfg.data.instruction,
+                  prompt_format=cfg.data.prompt_format, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed)
     result = evaluate(engine, tokenizer, rows, **kwargs)
     metrics = {"eval/greedy_accuracy": result.greedy_accuracy, "eval/mean_length": result.mean_length,
                "eval/reasoning_share": result.reasoning_share}
