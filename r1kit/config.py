@@ -69,14 +69,20 @@ class ColumnsCfg:
 
 @dataclass
 class DataCfg:
-    source: str = "tiny_arith"  # tiny_arith, a .jsonl/.parquet/.csv path, or a hub dataset name
+    # tiny_arith; a shipped benchmark (gsm8k, math500, aime24, aime25, amc23: offline copies inside r1kit);
+    # a .jsonl/.parquet/.csv path; reasoning_gym:<task> (extra: r1kit[reasoning-gym]); or a hub dataset name
+    source: str = "tiny_arith"
     subset: str | None = None  # hub dataset configuration name (e.g. "main" for openai/gsm8k)
     split: str = "train"  # split used for training prompts
     eval_split: str = "heldout"  # split used for evaluation
     train_size: int = 20000  # rows to draw from a procedural source (files use all rows)
     eval_size: int = 200  # held-out problems evaluated (first N rows)
-    columns: ColumnsCfg = field(default_factory=ColumnsCfg)
+    columns: ColumnsCfg = field(default_factory=ColumnsCfg)  # files and hub datasets (shipped ones know theirs)
+    skip_invalid: bool = False  # rows without a usable question/answer: error naming the row (false) or skip and count
+    task_config: dict[str, Any] = field(default_factory=dict)  # reasoning_gym:<task> options (e.g. min_terms)
     system_prompt: str = "none"  # none, r1, tiny_r1, or the literal text of a system prompt
+    instruction: str = "none"  # appended to each question: none, boxed (R1 / Qwen-Math eval), or literal text
+    prompt_format: Literal["chat", "plain"] = "chat"  # chat: the tokenizer's chat template; plain: "User: ..\nAssistant:"
     answer_tag_style: Literal["think", "reasoning"] = "think"  # <think> (R1) or <reasoning> (Tiny-R1) traces
     task: TaskCfg = field(default_factory=TaskCfg)
 
@@ -156,7 +162,7 @@ class TrainCfg:
 
 @dataclass
 class SFTCfg:
-    source: str = "tiny_arith"  # tiny_arith traces, or a .jsonl with prompt/completion or messages columns
+    source: str = "tiny_arith"  # tiny_arith traces, gsm8k (Tiny-R1 traces of GSM8K train), or a .jsonl (prompt/completion or messages)
     direct_fraction: float = 0.8  # tiny_arith: share of traces that answer directly (the rest show working)
     large_from: int = 15  # tiny_arith: problems whose first number is >= this use large_direct_fraction (0: off)
     large_direct_fraction: float = 0.1  # direct share on those problems: big numbers are mostly worked out
@@ -174,9 +180,14 @@ class EvalCfg:
     before: bool = True  # evaluate the start model before training
     after: bool = True  # and the final model after
     every: int = 25  # also every N steps (0: never)
-    n_samples: int = 0  # sampled pass@1 over n samples per problem (0: greedy only)
-    temperature: float = 1.0  # sampling temperature for sampled pass@1
+    n_samples: int = 0  # samples per problem for sampled pass@1, pass@k and maj@k (0: greedy only)
+    temperature: float = 1.0  # sampling temperature for the sampled metrics
+    top_p: float = 1.0  # nucleus sampling for the sampled metrics
     max_new_tokens: int = 64
+    # how the final answer is found (r1kit.data.answers.extract_answer): <answer> tag, else \boxed{}, else "#### N"
+    # (auto); one of them alone; or a last-number fallback (last_number, auto_last_number)
+    extract: Literal["auto", "tag", "boxed", "hash", "last_number", "auto_last_number"] = "auto"
+    checker: Literal["auto", "numeric", "math"] = "auto"  # answer comparison; a shipped benchmark uses its own
 
 
 @dataclass
@@ -389,6 +400,12 @@ def validate(cfg: Config) -> None:
          "sft.direct_fraction and sft.large_direct_fraction must be in [0, 1]"),
         (cfg.sft.batch_size >= 1 and cfg.sft.steps >= 0, "sft.batch_size must be >= 1 and sft.steps >= 0"),
         (cfg.eval.n_samples >= 0 and cfg.eval.every >= 0, "eval.n_samples and eval.every must be >= 0"),
+        (cfg.eval.temperature > 0, f"eval.temperature must be > 0 (greedy is always reported), got {cfg.eval.temperature}"),
+        (0 < cfg.eval.top_p <= 1, f"eval.top_p must be in (0, 1], got {cfg.eval.top_p}"),
+        (cfg.eval.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {cfg.eval.max_new_tokens}"),
+        (bool(cfg.data.source.strip()), "data.source must name a dataset (tiny_arith, gsm8k, a file, ...)"),
+        (not cfg.data.task_config or cfg.data.source.startswith("reasoning_gym:"),
+         f"data.task_config is only used by reasoning_gym:<task> sources, not {cfg.data.source!r}"),
     ]
     for ok, message in checks + _algo_checks(cfg.algo.resolved()):
         if not ok:

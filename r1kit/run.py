@@ -139,7 +139,8 @@ def _with_prompts(rows: list[dict], cfg: Config, tokenizer) -> list[dict]:
     """Rows plus their prompt text and token ids (encoded once, reused every step)."""
     out = []
     for row in rows:
-        ids = encode_prompt(tokenizer, build_messages(row["question"], cfg.data.system_prompt))
+        d = cfg.data
+        ids = encode_prompt(tokenizer, build_messages(row["question"], d.system_prompt, d.instruction), d.prompt_format)
         out.append({**row, "prompt_text": tokenizer.decode(ids), "prompt_ids": ids})
     return out
 
@@ -182,10 +183,15 @@ def sampling_params(cfg: Config, step: int, draw: int = 0) -> SamplingParams:
 
 
 def run_eval(run: Run, when: str) -> dict:
-    e = run.cfg.eval
-    result = evaluate(run.engine, run.tokenizer, run.eval_rows, system_prompt=run.cfg.data.system_prompt,
-                      max_new_tokens=e.max_new_tokens, n_samples=e.n_samples, temperature=e.temperature,
-                      seed=run.cfg.seed)
+    from r1kit.data.benchmarks import BENCHMARKS
+
+    e, d = run.cfg.eval, run.cfg.data
+    bench = BENCHMARKS.get(d.source)  # a shipped benchmark compares answers its own way unless eval.checker says
+    checker = bench.checker if bench is not None and e.checker == "auto" else e.checker
+    result = evaluate(run.engine, run.tokenizer, run.eval_rows, system_prompt=d.system_prompt,
+                      instruction=d.instruction, prompt_format=d.prompt_format, max_new_tokens=e.max_new_tokens,
+                      n_samples=e.n_samples, temperature=e.temperature, top_p=e.top_p, seed=run.cfg.seed,
+                      extract=e.extract, checker=checker)
     metrics = {f"eval/{k}": v for k, v in result.summary().items()}
     run.state.eval_history.append((run.state.step, result.greedy_accuracy))
     console.print(f"eval ({when}, step {run.state.step}): " + format_metrics(metrics, sorted(metrics)))
