@@ -413,6 +413,11 @@ def validate(cfg: Config) -> None:
     for i, reward in enumerate(cfg.rewards):
         if not isinstance(reward.name, str) or not reward.name:
             raise ConfigError(f"rewards[{i}].name must be a non-empty string")
+        cap = reward.params.get("max_completion_length", cfg.rollout.max_completion_length)
+        if reward.name == "soft_overlong" and cap != cfg.rollout.max_completion_length:
+            raise ConfigError(f"rewards[{i}] (soft_overlong).max_completion_length ({cap}) must equal "
+                              f"rollout.max_completion_length ({cfg.rollout.max_completion_length}); leave it out "
+                              "to use the rollout's")
 
 
 def _algo_checks(a: AlgoCfg) -> list[tuple[bool, str]]:

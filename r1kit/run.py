@@ -125,8 +125,12 @@ def setup_run(cfg: Config) -> Run:
 
 
 def _build_rewards(cfg: Config) -> list:
+    entries = [{"name": r.name, "weight": r.weight, **r.params} for r in cfg.rewards]
+    for entry in entries:  # DAPO's overlong punishment is measured against the rollout's own length cap
+        if entry["name"] == "soft_overlong":
+            entry.setdefault("max_completion_length", cfg.rollout.max_completion_length)
     try:
-        return build_rewards([{"name": r.name, "weight": r.weight, **r.params} for r in cfg.rewards])
+        return build_rewards(entries)
     except (ValueError, KeyError, ImportError, AttributeError) as e:
         raise ConfigError(f"rewards: {e}") from e
 

@@ -29,6 +29,16 @@ def test_every_preset_trains_and_changes_the_parameters(small_model_dir, tmp_pat
     assert m["entropy"] > 0 and m["is/ratio_mean"] == pytest.approx(1.0, abs=1e-4)
 
 
+def test_dapo_with_its_soft_overlong_reward(small_model_dir, tmp_path):
+    # max_completion_length 12, buffer 4: completions over 8 tokens are punished, down to -1 at 12
+    train(cfg_for(small_model_dir, tmp_path, "train.max_steps=1", "algo.loss_type=dapo",
+                  "rewards=[{name: reward_fixtures.length_reward}, {name: soft_overlong, overlong_buffer: 4}]", *QUIET))
+    m = metrics(tmp_path)[0]
+    assert -1 <= m["rewards/soft_overlong/mean"] < 0  # a random model runs long
+    with pytest.raises(ConfigError, match=r"soft_overlong\).max_completion_length \(50\) must equal"):
+        load_recipe(None, ["rewards=[{name: soft_overlong, max_completion_length: 50}]"])
+
+
 def test_several_updates_per_batch_use_old_logprobs(small_model_dir, tmp_path):
     train(cfg_for(small_model_dir, tmp_path, "train.max_steps=2", "algo.num_iterations=3", "algo.epsilon=0.05",
                   "train.learning_rate=1e-2", "train.lr_scheduler=cosine", *QUIET))
