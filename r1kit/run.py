@@ -211,6 +211,10 @@ def maybe_eval(run: Run, step: int) -> dict:
 
 def log_step(run: Run, step: int, metrics: dict, rows, completions, scored, advantages) -> None:
     run.logger.log(step, metrics)
+    for label, count in scored.errors.items():  # only with train.reward_on_error=none: the run goes on
+        if count:
+            console.print(f"[yellow]step {step}: reward {label!r} raised on {count} call(s); scored None "
+                          f"(rewards/{label}/errors in metrics.jsonl)[/]")
     log = run.cfg.log
     if log.console_every and step % log.console_every == 0:
         console.print(f"step {step}: " + format_metrics(metrics, [

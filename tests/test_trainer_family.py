@@ -127,3 +127,14 @@ def test_a_wall_clock_budget_stops_the_run_and_still_saves(small_model_dir, tmp_
     summary = train(cfg_for(small_model_dir, tmp_path, "train.max_steps=50", "train.max_minutes=0.000001", *QUIET))
     assert summary["steps"] < 50 and summary["stopped_by_time_budget"]
     assert (tmp_path / "t" / "final" / "model.safetensors").exists()
+
+
+def test_a_reward_that_raises_stops_the_run_or_is_counted(small_model_dir, tmp_path, capsys):
+    broken = "rewards=[{name: reward_fixtures.length_reward}, {name: algo_fixtures.always_raises}]"
+    with pytest.raises(Exception, match="always_raises.*bug in my reward|bug in my reward"):
+        train(cfg_for(small_model_dir, tmp_path, "train.max_steps=1", broken, *QUIET))  # the default: raise
+    train(cfg_for(small_model_dir, tmp_path, "train.max_steps=2", broken, "train.reward_on_error=none", "name=t2",
+                  *QUIET))
+    lines = [json.loads(x) for x in (tmp_path / "t2" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["rewards/always_raises/errors"] for m in lines] == [1.0, 1.0]
+    assert "reward 'always_raises' raised" in capsys.readouterr().out
