@@ -59,7 +59,6 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self.policy = policy  # what a sleeping engine reloads from when asked to generate
         self.on_gpu = torch.cuda.is_available()
-        self._set_env()
         vllm = import_vllm("rollout.engine=vllm")
         self.sleep_mode = bool(vllm_cfg.sleep_mode and self.on_gpu)
         if vllm_cfg.sleep_mode and not self.on_gpu:
@@ -73,7 +72,15 @@ class VLLMEngine:
             kwargs.update(gpu_memory_utilization=vllm_cfg.gpu_memory_utilization, enable_sleep_mode=self.sleep_mode)
             if vllm_cfg.kv_cache_gb:
                 kwargs["kv_cache_memory_bytes"] = int(vllm_cfg.kv_cache_gb * 2**30)
-        self.llm = vllm.LLM(**kwargs)
+        saved = self._set_env()
+        try:
+            self.llm = vllm.LLM(**kwargs)  # reads the environment now (its worker processes inherit it)
+        finally:
+            for key, value in saved.items():  # other engines in this process are not affected
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         self._vllm = vllm
         self.stop_ids = _stop_ids(model_path, tokenizer)
         self.asleep = False
@@ -81,11 +88,14 @@ class VLLMEngine:
         self.weights_dir = tempfile.mkdtemp(prefix="r1kit-vllm-weights-", dir=shm)
         self.sync_seconds: list[float] = []  # one entry per update_weights call
 
-    def _set_env(self) -> None:
+    def _set_env(self) -> dict:
+        """Set vLLM's environment knobs for the engine being built; returns their previous values to restore."""
+        saved = {key: os.environ.get(key) for key in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_ENABLE_V1_MULTIPROCESSING")}
         if not self.on_gpu and self.cfg.kv_cache_gb:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{self.cfg.kv_cache_gb:g}"  # else it reserves most of the RAM
         if self.cfg.weight_sync == "direct":
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        return saved
 
     # ------------------------------------------------------------ sampling
 
