@@ -183,3 +183,20 @@ def test_importing_r1kit_never_imports_vllm():
             "r1kit.serve.reference; print('vllm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_layout_recipes_load_and_differ_from_their_base_only_in_layout():
+    from dataclasses import replace
+    from pathlib import Path
+
+    recipes = Path(__file__).parent.parent / "recipes"
+    base = load_recipe(recipes / "tiny" / "grpo.yaml")
+    colocated = load_recipe(recipes / "tiny" / "grpo-vllm.yaml")
+    assert colocated.rollout.engine == "vllm"
+    assert replace(colocated, name=base.name, rollout=replace(colocated.rollout, engine="hf", vllm=base.rollout.vllm)) == base
+    served = load_recipe(recipes / "tiny" / "grpo-server.yaml")
+    assert served.rollout.engine == "server" and served.services.reference_url and served.algo.beta > 0
+    gsm = load_recipe(recipes / "gsm8k" / "qwen2.5-0.5b-grpo.yaml")
+    for name in ("qwen2.5-0.5b-grpo-vllm.yaml", "qwen2.5-0.5b-grpo-nodes.yaml"):
+        layout = load_recipe(recipes / "gsm8k" / name)
+        assert replace(layout, name=gsm.name, rollout=gsm.rollout, services=gsm.services) == gsm, name

