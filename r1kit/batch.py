@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from r1kit.algo.loss import selective_log_softmax
+from r1kit.algo.loss import logprobs_and_entropy
 from r1kit.rollout.hf import left_pad
 from r1kit.types import Completion
 
@@ -37,17 +37,24 @@ class RolloutBatch:
     def to(self, device) -> "RolloutBatch":
         return RolloutBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
-    def weight(self, full: "RolloutBatch", agg: str) -> float:
+    def weight(self, full: "RolloutBatch", agg: str, num_micro_batches: int) -> float:
         """This micro-batch's share of the full batch's loss, so accumulated gradients equal the full-batch one."""
-        if agg == "token_mean":
+        if agg == "token_mean":  # every token of the full batch weighs the same
             return self.completion_mask.sum().item() / max(full.completion_mask.sum().item(), 1)
-        return len(self) / len(full)  # per-sequence means: each sequence weighs 1/N
+        if agg == "local_token_mean":  # (bnpo) each micro-batch's token mean, averaged over micro-batches
+            return 1.0 / num_micro_batches
+        return len(self) / len(full)  # per-sequence aggregations: each sequence weighs 1/N
 
-    def logprob_gap(self, trainer_logprobs: torch.Tensor) -> dict:
-        """|engine - trainer| logprobs over real tokens: sum, max and token count (for batch mean/max)."""
-        gap = (self.engine_logprobs.to(trainer_logprobs.device) - trainer_logprobs).abs()
-        gap = gap[self.completion_mask.bool().to(gap.device)]
-        return {"sum": gap.sum().item(), "max": gap.max().item() if gap.numel() else 0.0, "tokens": gap.numel()}
+    def logprob_gap(self, trainer_logprobs: torch.Tensor, old_logprobs: torch.Tensor) -> dict:
+        """Sampler-vs-trainer statistics over real tokens, as sums, maxima and a token count (for batch
+        mean/max): |engine - trainer| logprobs, and the importance ratio pi_old / pi_engine."""
+        m = self.completion_mask.bool().to(trainer_logprobs.device)
+        engine = self.engine_logprobs.to(trainer_logprobs.device)
+        gap = (engine - trainer_logprobs).abs()[m]
+        ratio = torch.exp(old_logprobs.to(engine.device) - engine)[m]
+        empty = not gap.numel()
+        return {"sum": gap.sum().item(), "max": 0.0 if empty else gap.max().item(), "tokens": gap.numel(),
+                "ratio_sum": ratio.sum().item(), "ratio_max": 0.0 if empty else ratio.max().item()}
 
     def length_metrics(self) -> dict:
         lengths = self.completion_mask.sum(-1).float()
@@ -85,6 +92,13 @@ def completion_logprobs(model, batch: RolloutBatch, temperature: float = 1.0,
     if micro_batch_size is not None and micro_batch_size < len(batch):
         return torch.cat([completion_logprobs(model, batch.slice(s, s + micro_batch_size), temperature)
                           for s in range(0, len(batch), micro_batch_size)])
+    return completion_logprobs_and_entropy(model, batch, temperature, with_entropy=False)[0]
+
+
+def completion_logprobs_and_entropy(model, batch: RolloutBatch, temperature: float = 1.0, with_entropy: bool = True,
+                                    entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, C) logprobs of the completion tokens and (N, C) entropy of the temperature-scaled next-token
+    distribution at each completion position (None unless with_entropy; detached unless entropy_grad)."""
     device = next(model.parameters()).device
     batch = batch.to(device)
     input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)  # (N, P+C)
@@ -94,4 +108,4 @@ def completion_logprobs(model, batch: RolloutBatch, temperature: float = 1.0,
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    use_cache=False, logits_to_keep=C + 1).logits  # (N, C+1, V)
     logits = logits[:, :-1, :] / temperature  # position t predicts completion token t
-    return selective_log_softmax(logits, batch.completion_ids)
+    return logprobs_and_entropy(logits, batch.completion_ids, with_entropy, entropy_grad)

@@ -9,12 +9,16 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 USAGE = """examples:
   r1kit train                                   GRPO on the built-in tiny world (CPU, minutes)
   r1kit train recipes/tiny/grpo.yaml train.max_steps=50 name=short
   r1kit sft recipes/tiny/sft.yaml               rebuild the cold-start checkpoint
+  r1kit data gsm8k --split train --traces gsm8k-sft.jsonl    check a data source; GSM8K -> Tiny-R1 SFT samples
   r1kit eval runs/tiny-grpo/final --n 4         greedy and sampled pass@1 on the held-out split
+  r1kit eval Qwen/Qwen2.5-Math-1.5B-Instruct --benchmark math500 --instruction boxed --n 4 \\
+      --temperature 0.6 --top-p 0.95 --max-new-tokens 4096    pass@1, pass@k, maj@k (shipped data, offline)
   r1kit serve-gen builtin:tiny-sft --port 8000  vLLM generation server with a weight-update route
   r1kit serve-ref builtin:tiny-sft --port 8001  reference-model server (per-token logprobs)
 """
@@ -50,36 +54,118 @@ def cmd_sft(args: list[str]) -> None:
 
 
 def cmd_eval(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="r1kit eval", description="Greedy and sampled pass@1 on held-out problems.")
+    parser = argparse.ArgumentParser(
+        prog="r1kit eval", description="Greedy and sampled pass@1, pass@k and maj@k on a benchmark or held-out split.")
     parser.add_argument("model", nargs="?", default=None, help="model dir or hub name (default: the recipe's model)")
-    parser.add_argument("--recipe", default=None, help="recipe whose data section says what to evaluate on")
-    parser.add_argument("--n", type=int, default=0, help="samples per problem for sampled pass@1 (0: greedy only)")
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--recipe", default=None, help="recipe whose data/eval sections are the defaults")
+    parser.add_argument("--benchmark", default=None,
+                        help="gsm8k, math500, aime24, aime25, amc23 (shipped, offline) or tiny; default: the recipe's data")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
+    parser.add_argument("--n", type=int, default=None, help="samples per problem for pass@k / maj@k (0: greedy only)")
+    parser.add_argument("--k", type=int, nargs="+", default=None, help="k values (default: powers of 2 up to n, and n)")
+    parser.add_argument("--temperature", type=float, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--max-new-tokens", type=int, default=None)
-    parser.add_argument("--output", default=None, help="write per-problem results to this jsonl file")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: the recipe's seed)")
+    parser.add_argument("--system-prompt", default=None, help="none, r1, tiny_r1, or literal text")
+    parser.add_argument("--instruction", default=None, help="none, boxed, or literal text appended to each problem")
+    parser.add_argument("--prompt-format", choices=["chat", "plain"], default=None)
+    parser.add_argument("--extract", default=None, help="answer extraction: auto, tag, boxed, hash, last_number, ...")
+    parser.add_argument("--output", default=None, help="per-problem jsonl (default: <output_dir>/eval/<model>-<benchmark>.jsonl)")
     parser.add_argument("overrides", nargs="*", help="a.b=c recipe overrides")
     ns = parser.parse_intermixed_args(argv)
+    if ns.model and "=" in ns.model:  # no model given: the first a.b=c override landed in its place
+        ns.overrides, ns.model = [ns.model, *ns.overrides], None
 
     from r1kit.config import load_recipe
-    from r1kit.data.sources import load_rows
+    from r1kit.data.sources import load_data
     from r1kit.evaluate import evaluate
+    from r1kit.evaluate.benchmarks import benchmark_data, summary_table, write_items
+    from r1kit.logging import console
     from r1kit.models import load_model, load_tokenizer, pick_device
     from r1kit.rollout.hf import HFEngine
 
     cfg = load_recipe(ns.recipe, ns.overrides)
+    d, e = cfg.data, cfg.eval
+    d = dataclasses.replace(d, **{k: v for k, v in (("system_prompt", ns.system_prompt), ("instruction", ns.instruction),
+                                                     ("prompt_format", ns.prompt_format)) if v is not None})
+    if ns.benchmark:
+        rows, checker, origin = benchmark_data(ns.benchmark, d, ns.limit)
+    else:
+        rows, report = load_data(d, d.eval_split, size=ns.limit or d.eval_size)
+        checker, origin = e.checker, report.summary()
     model_path = ns.model or cfg.model.name_or_path
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     model_cfg = dataclasses.replace(cfg.model, name_or_path=model_path)
     model = load_model(model_cfg, tokenizer, cfg.seed).to(pick_device(cfg.model.device))
-    rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size)
+    n = e.n_samples if ns.n is None else ns.n
     result = evaluate(HFEngine(model, tokenizer, cfg.rollout.generation_batch_size), tokenizer, rows,
-                      system_prompt=cfg.data.system_prompt, n_samples=ns.n, temperature=ns.temperature,
-                      max_new_tokens=ns.max_new_tokens or cfg.eval.max_new_tokens, seed=cfg.seed)
-    if ns.output:
-        with open(ns.output, "w") as f:
-            for item in result.items:
-                f.write(json.dumps(item) + "\n")
-    print(json.dumps({"model": model_path, "split": cfg.data.eval_split, **result.summary()}, indent=2))
+                      system_prompt=d.system_prompt, instruction=d.instruction, prompt_format=d.prompt_format,
+                      n_samples=n, temperature=_pick(ns.temperature, e.temperature), top_p=_pick(ns.top_p, e.top_p),
+                      max_new_tokens=_pick(ns.max_new_tokens, e.max_new_tokens), seed=_pick(ns.seed, cfg.seed),
+                      extract=_pick(ns.extract, e.extract), checker=checker, ks=ns.k)
+    name = ns.benchmark or d.source.replace("/", "_")
+    output = Path(ns.output) if ns.output else cfg.run_dir.parent / "eval" / f"{_slug(model_path)}-{name}.jsonl"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_items(output, result.items)
+    summary = {"model": model_path, "benchmark": name, "data": origin, "checker": checker, **result.summary()}
+    output.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
+    console.print(summary_table(f"{model_path} on {name}", result.summary()))
+    console.print(f"per-problem results: {output}")
+    print(json.dumps(summary, indent=2))
+
+
+def _pick(flag, default):
+    return default if flag is None else flag
+
+
+def _slug(model_path: str) -> str:
+    """A file-name-safe short name for a model: its last path component(s)."""
+    parts = [p for p in model_path.replace(":", "/").split("/") if p not in ("", ".", "..")]
+    return "-".join(parts[-2:]) or "model"
+
+
+def cmd_data(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="r1kit data", description="Check a data source: rows read, kept, skipped and why.")
+    parser.add_argument("source", help="gsm8k, math500, aime24, aime25, amc23, tiny_arith, reasoning_gym:<task>, a file, "
+                                       "or a hub name")
+    parser.add_argument("--split", default=None, help="split to read (default: test for benchmarks, else train)")
+    parser.add_argument("--question", default=None, help="column holding the question (files, hub)")
+    parser.add_argument("--answer", default=None, help="column holding the answer (files, hub)")
+    parser.add_argument("--skip-invalid", action="store_true", help="skip and count unusable rows instead of failing")
+    parser.add_argument("--traces", default=None,
+                        help="write Tiny-R1 SFT samples (messages jsonl) of GSM8K-style solutions ('... #### N') here")
+    parser.add_argument("--tag-style", choices=["reasoning", "think"], default="reasoning", help="reasoning tag of --traces")
+    parser.add_argument("overrides", nargs="*", help="a.b=c recipe overrides (e.g. data.system_prompt=tiny_r1)")
+    ns = parser.parse_intermixed_args(argv)
+
+    from r1kit.config import ColumnsCfg, load_recipe
+    from r1kit.data.benchmarks import BENCHMARKS
+    from r1kit.data.sources import DataError, load_data
+
+    cfg = load_recipe(None, [f"data.source={ns.source}", *ns.overrides])
+    columns = ColumnsCfg(ns.question or cfg.data.columns.question, ns.answer or cfg.data.columns.answer)
+    data = dataclasses.replace(cfg.data, columns=columns, skip_invalid=ns.skip_invalid or cfg.data.skip_invalid)
+    split = ns.split or ("test" if ns.source in BENCHMARKS else "train")
+    rows, report = load_data(data, split)
+    print(report.summary())
+    print(json.dumps({k: rows[0][k] for k in ("question", "answer")}, ensure_ascii=False, indent=2))
+    if ns.traces:
+        from r1kit.data.traces import gsm8k_sft_samples
+
+        system = data.system_prompt if data.system_prompt != "none" else "tiny_r1"
+        try:
+            samples = gsm8k_sft_samples(rows, system, ns.tag_style, data.instruction)
+        except ValueError as e:  # not GSM8K-style solutions
+            raise DataError(f"--traces: {e}") from None
+        with open(ns.traces, "w") as f:
+            for sample in samples:
+                f.write(json.dumps(sample, ensure_ascii=False) + "\n")
+        print(f"wrote {len(samples)} SFT samples to {ns.traces} (train on them with sft.source={ns.traces})")
+
+
+COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "data": cmd_data, "serve-gen": cmd_serve_gen,
+            "serve-ref": cmd_serve_ref}
 
 
 def _server_parser(prog: str, description: str, port: int) -> argparse.ArgumentParser:
@@ -143,14 +229,12 @@ def _split_double_dash(argv: list[str]) -> tuple[list[str], str, list[str]]:
     return argv, "", []
 
 
-COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "serve-gen": cmd_serve_gen,
-            "serve-ref": cmd_serve_ref}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: r1kit {train,sft,eval} [RECIPE] [a.b=c ...] | r1kit {serve-gen,serve-ref} MODEL [options]\n\n"
+        print("usage: r1kit {train,sft,eval,data} [RECIPE] [a.b=c ...] | r1kit {serve-gen,serve-ref} MODEL [options]\n\n"
               + USAGE)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     from r1kit.config import ConfigError

@@ -23,6 +23,12 @@ from typing import Any, Literal
 
 import yaml
 
+from r1kit.presets import PRESETS
+
+AggMode = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm", "local_token_mean"]
+PRESET_KNOBS = ("advantage_estimator", "scale_rewards", "loss_agg", "importance_sampling_level", "epsilon",
+                "epsilon_high", "dynamic_sampling")
+
 
 class ConfigError(ValueError):
     """A recipe or override is wrong; the message names the key and what was expected."""
@@ -63,14 +69,20 @@ class ColumnsCfg:
 
 @dataclass
 class DataCfg:
-    source: str = "tiny_arith"  # tiny_arith, a .jsonl/.parquet/.csv path, or a hub dataset name
+    # tiny_arith; a shipped benchmark (gsm8k, math500, aime24, aime25, amc23: offline copies inside r1kit);
+    # a .jsonl/.parquet/.csv path; reasoning_gym:<task> (extra: r1kit[reasoning-gym]); or a hub dataset name
+    source: str = "tiny_arith"
     subset: str | None = None  # hub dataset configuration name (e.g. "main" for openai/gsm8k)
     split: str = "train"  # split used for training prompts
     eval_split: str = "heldout"  # split used for evaluation
     train_size: int = 20000  # rows to draw from a procedural source (files use all rows)
     eval_size: int = 200  # held-out problems evaluated (first N rows)
-    columns: ColumnsCfg = field(default_factory=ColumnsCfg)
+    columns: ColumnsCfg = field(default_factory=ColumnsCfg)  # files and hub datasets (shipped ones know theirs)
+    skip_invalid: bool = False  # rows without a usable question/answer: error naming the row (false) or skip and count
+    task_config: dict[str, Any] = field(default_factory=dict)  # reasoning_gym:<task> options (e.g. min_terms)
     system_prompt: str = "none"  # none, r1, tiny_r1, or the literal text of a system prompt
+    instruction: str = "none"  # appended to each question: none, boxed (R1 / Qwen-Math eval), or literal text
+    prompt_format: Literal["chat", "plain"] = "chat"  # chat: the tokenizer's chat template; plain: "User: ..\nAssistant:"
     answer_tag_style: Literal["think", "reasoning"] = "think"  # <think> (R1) or <reasoning> (Tiny-R1) traces
     task: TaskCfg = field(default_factory=TaskCfg)
 
@@ -124,12 +136,38 @@ class ServicesCfg:
 
 @dataclass
 class AlgoCfg:
-    loss_type: Literal["grpo"] = "grpo"  # more variants arrive with the algorithm registry
-    scale_rewards: Literal["group", "none"] = "group"  # divide advantages by the group std (group) or not (none)
-    epsilon: float = 0.2  # PPO clip range for the ratio
+    """The GRPO family. `loss_type` picks a preset (r1kit.presets); knobs left None take its values."""
+
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "gspo"] = "grpo"  # preset for the knobs set to None
+    # --- knobs a preset fills when None
+    advantage_estimator: Literal["grpo", "rloo"] | None = None  # baseline: group mean, or leave-one-out mean
+    scale_rewards: Literal["group", "batch", "none"] | None = None  # divide by the group std, the batch std, or not
+    loss_agg: AggMode | None = None  # how per-token losses become one number (see r1kit.algo.loss)
+    importance_sampling_level: Literal["token", "sequence"] | None = None  # per-token ratio, or GSPO's per-sequence
+    epsilon: float | None = None  # clip the ratio below at 1 - epsilon
+    epsilon_high: float | None = None  # ... and above at 1 + epsilon_high (DAPO clip-higher); None: = epsilon
+    dynamic_sampling: bool | None = None  # DAPO: redraw prompts until the batch is full of informative groups
+    # --- knobs no preset touches
+    max_sampling_rounds: int = 4  # dynamic sampling: extra generation rounds per step at most (the cap)
+    dual_clip: float = 0.0  # dual-clip c > 1 caps the loss of negative-advantage tokens at c*|A| (0: off)
+    num_iterations: int = 1  # mu: optimizer steps per generated batch (> 1 computes old logprobs once per batch)
     beta: float = 0.0  # KL coefficient to the reference model; 0 means no reference is loaded
-    kl_estimator: Literal["k3"] = "k3"
-    loss_agg: Literal["seq_mean_token_mean", "token_mean"] = "seq_mean_token_mean"  # how token losses become one number
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"  # Schulman's estimators of KL(pi || ref)
+    min_group_std: float | None = None  # drop groups whose reward std <= this (0.0: zero-variance ones); None keeps all
+    drop_negative_advantages: bool = False  # train only on completions with advantage >= 0 (off by default)
+    mask_truncated_completions: bool = False  # completions cut at max_completion_length get no loss
+    entropy_coef: float = 0.0  # entropy bonus: loss -= entropy_coef * mean token entropy (entropy is always logged)
+    is_correction: bool = False  # truncated importance sampling: weight tokens by min(pi_trainer/pi_engine, is_cap)
+    is_cap: float = 2.0  # the truncation C of that weight
+
+    def resolved(self) -> "AlgoCfg":
+        """A copy with every None knob filled from the `loss_type` preset."""
+        preset = PRESETS[self.loss_type]
+        filled = {f: getattr(preset, f) for f in PRESET_KNOBS if getattr(self, f) is None}
+        out = dataclasses.replace(self, **filled)
+        if out.epsilon_high is None:
+            out.epsilon_high = out.epsilon
+        return out
 
 
 @dataclass
@@ -137,6 +175,7 @@ class TrainCfg:
     batch_size: int = 128  # completions per step = prompts per step x num_generations
     micro_batch_size: int = 64  # completions per forward/backward (gradient accumulation covers the rest)
     max_steps: int = 100
+    max_minutes: float = 0.0  # wall-clock budget for training (resumed sessions included); 0: none
     learning_rate: float = 5e-5
     lr_scheduler: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
@@ -152,7 +191,7 @@ class TrainCfg:
 
 @dataclass
 class SFTCfg:
-    source: str = "tiny_arith"  # tiny_arith traces, or a .jsonl with prompt/completion or messages columns
+    source: str = "tiny_arith"  # tiny_arith traces, gsm8k (Tiny-R1 traces of GSM8K train), or a .jsonl (prompt/completion or messages)
     direct_fraction: float = 0.8  # tiny_arith: share of traces that answer directly (the rest show working)
     large_from: int = 15  # tiny_arith: problems whose first number is >= this use large_direct_fraction (0: off)
     large_direct_fraction: float = 0.1  # direct share on those problems: big numbers are mostly worked out
@@ -170,9 +209,14 @@ class EvalCfg:
     before: bool = True  # evaluate the start model before training
     after: bool = True  # and the final model after
     every: int = 25  # also every N steps (0: never)
-    n_samples: int = 0  # sampled pass@1 over n samples per problem (0: greedy only)
-    temperature: float = 1.0  # sampling temperature for sampled pass@1
+    n_samples: int = 0  # samples per problem for sampled pass@1, pass@k and maj@k (0: greedy only)
+    temperature: float = 1.0  # sampling temperature for the sampled metrics
+    top_p: float = 1.0  # nucleus sampling for the sampled metrics
     max_new_tokens: int = 64
+    # how the final answer is found (r1kit.data.answers.extract_answer): <answer> tag, else \boxed{}, else "#### N"
+    # (auto); one of them alone; or a last-number fallback (last_number, auto_last_number)
+    extract: Literal["auto", "tag", "boxed", "hash", "last_number", "auto_last_number"] = "auto"
+    checker: Literal["auto", "numeric", "math"] = "auto"  # answer comparison; a shipped benchmark uses its own
 
 
 @dataclass
@@ -213,6 +257,10 @@ class Config:
 
 
 def _type_name(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return f"one of {list(typing.get_args(tp))}"
+    if tp is type(None):
+        return "null"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -349,7 +397,10 @@ def _merge(tree: dict, update: dict) -> None:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write the config with the algorithm preset resolved, so the file says what the run really did."""
+    tree = to_dict(cfg)
+    tree["algo"] = to_dict(cfg.algo.resolved())
+    Path(path).write_text(yaml.safe_dump(tree, sort_keys=False))
 
 
 # ---------------------------------------------------------------- cross-field checks
@@ -368,9 +419,8 @@ def validate(cfg: Config) -> None:
         (r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}"),
         (0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}"),
         (r.generation_batch_size >= 1, f"rollout.generation_batch_size must be >= 1, got {r.generation_batch_size}"),
-        (a.epsilon > 0, f"algo.epsilon must be > 0, got {a.epsilon}"),
-        (a.beta >= 0, f"algo.beta must be >= 0, got {a.beta}"),
         (t.max_steps >= 0, f"train.max_steps must be >= 0, got {t.max_steps}"),
+        (t.max_minutes >= 0, f"train.max_minutes must be >= 0, got {t.max_minutes}"),
         (t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}"),
         (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
         (t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}"),
@@ -380,14 +430,44 @@ def validate(cfg: Config) -> None:
          "sft.direct_fraction and sft.large_direct_fraction must be in [0, 1]"),
         (cfg.sft.batch_size >= 1 and cfg.sft.steps >= 0, "sft.batch_size must be >= 1 and sft.steps >= 0"),
         (cfg.eval.n_samples >= 0 and cfg.eval.every >= 0, "eval.n_samples and eval.every must be >= 0"),
+        (cfg.eval.temperature > 0, f"eval.temperature must be > 0 (greedy is always reported), got {cfg.eval.temperature}"),
+        (0 < cfg.eval.top_p <= 1, f"eval.top_p must be in (0, 1], got {cfg.eval.top_p}"),
+        (cfg.eval.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {cfg.eval.max_new_tokens}"),
+        (bool(cfg.data.source.strip()), "data.source must name a dataset (tiny_arith, gsm8k, a file, ...)"),
+        (not cfg.data.task_config or cfg.data.source.startswith("reasoning_gym:"),
+         f"data.task_config is only used by reasoning_gym:<task> sources, not {cfg.data.source!r}"),
     ]
-    for ok, message in checks:
+    for ok, message in checks + _algo_checks(cfg.algo.resolved()):
         if not ok:
             raise ConfigError(message)
     _validate_services(cfg)
     for i, reward in enumerate(cfg.rewards):
         if not isinstance(reward.name, str) or not reward.name:
             raise ConfigError(f"rewards[{i}].name must be a non-empty string")
+        cap = reward.params.get("max_completion_length", cfg.rollout.max_completion_length)
+        if reward.name == "soft_overlong" and cap != cfg.rollout.max_completion_length:
+            raise ConfigError(f"rewards[{i}] (soft_overlong).max_completion_length ({cap}) must equal "
+                              f"rollout.max_completion_length ({cfg.rollout.max_completion_length}); leave it out "
+                              "to use the rollout's")
+
+
+def _algo_checks(a: AlgoCfg) -> list[tuple[bool, str]]:
+    """Range and consistency checks on the resolved algorithm knobs (preset values included)."""
+    src = f" (loss_type={a.loss_type} preset and recipe combined)"
+    return [
+        (a.epsilon > 0, f"algo.epsilon must be > 0, got {a.epsilon}"),
+        (a.epsilon_high >= a.epsilon,
+         f"algo.epsilon_high ({a.epsilon_high}) must be >= algo.epsilon ({a.epsilon}){src}"),
+        (a.dual_clip == 0 or a.dual_clip > 1, f"algo.dual_clip must be 0 (off) or > 1, got {a.dual_clip}"),
+        (a.num_iterations >= 1, f"algo.num_iterations must be >= 1, got {a.num_iterations}"),
+        (a.beta >= 0, f"algo.beta must be >= 0, got {a.beta}"),
+        (a.min_group_std is None or a.min_group_std >= 0,
+         f"algo.min_group_std must be >= 0 or null, got {a.min_group_std}"),
+        (not a.dynamic_sampling or a.max_sampling_rounds >= 1,
+         f"algo.dynamic_sampling needs a cap: algo.max_sampling_rounds must be >= 1, got {a.max_sampling_rounds}{src}"),
+        (a.entropy_coef >= 0, f"algo.entropy_coef must be >= 0, got {a.entropy_coef}"),
+        (a.is_cap >= 1, f"algo.is_cap must be >= 1, got {a.is_cap}"),
+    ]
 
 
 def _validate_services(cfg: Config) -> None:

@@ -6,6 +6,7 @@ trainer.py holds the algorithm; this module holds the bookkeeping, so each stays
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 import time
@@ -57,6 +58,15 @@ class Run:
     state: RunState
     started: float = field(default_factory=time.time)
 
+    def training_seconds(self) -> float:
+        """Wall time of this run so far, earlier (resumed-from) sessions included."""
+        return self.state.wall_seconds + time.time() - self.started
+
+    def should_continue(self) -> bool:
+        """Steps left and, if train.max_minutes is set, time left in the budget."""
+        budget = self.cfg.train.max_minutes
+        return self.state.step < self.cfg.train.max_steps and not (budget and self.training_seconds() >= 60 * budget)
+
     def bar_info(self, m: dict) -> str:
         return format_metrics(m, ["reward", "rewards/accuracy/mean", "completion/mean_length", "time/step"])
 
@@ -93,7 +103,7 @@ def setup_run(cfg: Config) -> Run:
                                   weight_decay=cfg.train.weight_decay)
     name = "constant_with_warmup" if cfg.train.lr_scheduler == "constant" else cfg.train.lr_scheduler
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.train.warmup_steps,
-                              num_training_steps=max(cfg.train.max_steps, 1))
+                              num_training_steps=max(cfg.train.max_steps * cfg.algo.num_iterations, 1))
     model, optimizer = accelerator.prepare(model, optimizer)
     state = RunState()
     if resume_dir is not None:
@@ -117,8 +127,12 @@ def setup_run(cfg: Config) -> Run:
 
 
 def _build_rewards(cfg: Config) -> list:
+    entries = [{"name": r.name, "weight": r.weight, **r.params} for r in cfg.rewards]
+    for entry in entries:  # DAPO's overlong punishment is measured against the rollout's own length cap
+        if entry["name"] == "soft_overlong":
+            entry.setdefault("max_completion_length", cfg.rollout.max_completion_length)
     try:
-        return build_rewards([{"name": r.name, "weight": r.weight, **r.params} for r in cfg.rewards])
+        return build_rewards(entries)
     except (ValueError, KeyError, ImportError, AttributeError) as e:
         raise ConfigError(f"rewards: {e}") from e
 
@@ -131,7 +145,8 @@ def _with_prompts(rows: list[dict], cfg: Config, tokenizer) -> list[dict]:
     """Rows plus their prompt text and token ids (encoded once, reused every step)."""
     out = []
     for row in rows:
-        ids = encode_prompt(tokenizer, build_messages(row["question"], cfg.data.system_prompt))
+        d = cfg.data
+        ids = encode_prompt(tokenizer, build_messages(row["question"], d.system_prompt, d.instruction), d.prompt_format)
         out.append({**row, "prompt_text": tokenizer.decode(ids), "prompt_ids": ids})
     return out
 
@@ -178,23 +193,36 @@ def make_reference(cfg: Config, tokenizer, device):
 # ---------------------------------------------------------------- per-step helpers
 
 
-def step_prompt_indices(seed: int, step: int, count: int, num_rows: int) -> list[int]:
-    """Which rows step `step` trains on: a pure function of (seed, step), so a resume replays exactly."""
-    rng = random.Random(seed * 1_000_003 + step)
+def _step_seed(seed: int, step: int, draw: int) -> int:
+    """One integer per (seed, step, draw); draw > 0 are DAPO's extra sampling rounds of a step."""
+    if draw == 0:
+        return seed * 1_000_003 + step
+    return int(hashlib.sha256(f"{seed}/{step}/{draw}".encode()).hexdigest()[:15], 16)
+
+
+def step_prompt_indices(seed: int, step: int, count: int, num_rows: int, draw: int = 0) -> list[int]:
+    """Which rows step `step` (sampling round `draw`) trains on: a pure function of its arguments,
+    so a resumed run replays exactly."""
+    rng = random.Random(_step_seed(seed, step, draw))
     return [rng.randrange(num_rows) for _ in range(count)]
 
 
-def sampling_params(cfg: Config, step: int) -> SamplingParams:
+def sampling_params(cfg: Config, step: int, draw: int = 0) -> SamplingParams:
     r = cfg.rollout
     return SamplingParams(max_new_tokens=r.max_completion_length, temperature=r.temperature, top_p=r.top_p,
-                          top_k=r.top_k, seed=cfg.seed * 1_000_003 + step)
+                          top_k=r.top_k, seed=_step_seed(cfg.seed, step, draw))
 
 
 def run_eval(run: Run, when: str) -> dict:
-    e = run.cfg.eval
-    result = evaluate(run.engine, run.tokenizer, run.eval_rows, system_prompt=run.cfg.data.system_prompt,
-                      max_new_tokens=e.max_new_tokens, n_samples=e.n_samples, temperature=e.temperature,
-                      seed=run.cfg.seed)
+    from r1kit.data.benchmarks import BENCHMARKS
+
+    e, d = run.cfg.eval, run.cfg.data
+    bench = BENCHMARKS.get(d.source)  # a shipped benchmark compares answers its own way unless eval.checker says
+    checker = bench.checker if bench is not None and e.checker == "auto" else e.checker
+    result = evaluate(run.engine, run.tokenizer, run.eval_rows, system_prompt=d.system_prompt,
+                      instruction=d.instruction, prompt_format=d.prompt_format, max_new_tokens=e.max_new_tokens,
+                      n_samples=e.n_samples, temperature=e.temperature, top_p=e.top_p, seed=run.cfg.seed,
+                      extract=e.extract, checker=checker)
     metrics = {f"eval/{k}": v for k, v in result.summary().items()}
     run.state.eval_history.append((run.state.step, result.greedy_accuracy))
     console.print(f"eval ({when}, step {run.state.step}): " + format_metrics(metrics, sorted(metrics)))
@@ -210,6 +238,10 @@ def maybe_eval(run: Run, step: int) -> dict:
 
 def log_step(run: Run, step: int, metrics: dict, rows, completions, scored, advantages) -> None:
     run.logger.log(step, metrics)
+    for label, count in scored.errors.items():  # only with train.reward_on_error=none: the run goes on
+        if count:
+            console.print(f"[yellow]step {step}: reward {label!r} raised on {count} call(s); scored None "
+                          f"(rewards/{label}/errors in metrics.jsonl)[/]")
     log = run.cfg.log
     if log.console_every and step % log.console_every == 0:
         console.print(f"step {step}: " + format_metrics(metrics, [
@@ -245,7 +277,7 @@ def finish_run(run: Run) -> dict:
                "accuracy_after": after.get("eval/greedy_accuracy"),
                "reasoning_share_before": state.reasoning_share_before,
                "reasoning_share_after": after.get("eval/reasoning_share"),
-               "wall_seconds": state.wall_seconds + time.time() - run.started,
+               "wall_seconds": run.training_seconds(), "stopped_by_time_budget": state.step < cfg.train.max_steps,
                "eval_history": state.eval_history, "run_dir": str(cfg.run_dir), "final_model": str(final),
                "checkpoints": [str(p) for p in list_checkpoints(cfg.run_dir / "checkpoints")]}
     (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

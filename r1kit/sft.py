@@ -4,6 +4,8 @@ Loss is on completion tokens only (the prompt is context, not a target), end-of-
 included so the model learns to stop. Sources:
   tiny_arith   traces of the built-in task: a seeded mix of direct answers and step-by-step
                working (see direct_share and r1kit.data.tasks for why the mix matters)
+  gsm8k        the shipped GSM8K train split as Tiny-R1 traces (r1kit.data.traces): worked steps in
+               <reasoning> (data.answer_tag_style), "#### N" as the <answer>, prompts styled by data.*
   *.jsonl      rows with `prompt` + `completion` strings, or `messages` (the last turn is the target)
 
     r1kit sft recipes/tiny/sft.yaml   # builds the shipped builtin:tiny-sft checkpoint
@@ -11,6 +13,7 @@ included so the model learns to stop. Sources:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -24,6 +27,7 @@ from r1kit.config import Config, save_config
 from r1kit.data import tasks
 from r1kit.data.sources import DataError, load_rows
 from r1kit.data.templates import build_messages, encode_prompt
+from r1kit.data.traces import gsm8k_sft_samples
 from r1kit.evaluate import evaluate, tiny_style_prefills
 from r1kit.logging import MetricsLogger, console, format_metrics, progress_bar
 from r1kit.models import load_model, load_tokenizer, pick_device
@@ -43,7 +47,18 @@ def build_examples(cfg: Config, tokenizer) -> list[tuple[list[int], list[int]]]:
             prompt = encode_prompt(tokenizer, build_messages(row["question"], cfg.data.system_prompt))
             examples.append((prompt, encode(tasks.trace(row, style, cfg.data.answer_tag_style)) + eos))
         return examples
-    return [(encode_prompt(tokenizer, messages), encode(target) + eos) for messages, target in _read_chat_file(cfg.sft.source)]
+    if cfg.sft.source == "gsm8k":
+        pairs = _gsm8k_pairs(cfg)
+    else:
+        pairs = _read_chat_file(cfg.sft.source)
+    return [(encode_prompt(tokenizer, messages, cfg.data.prompt_format), encode(target) + eos) for messages, target in pairs]
+
+
+def _gsm8k_pairs(cfg: Config) -> list[tuple[list[dict], str]]:
+    """(prompt messages, assistant trace) for every GSM8K train problem, in the recipe's prompt style."""
+    rows = load_rows(dataclasses.replace(cfg.data, source="gsm8k"), "train")
+    samples = gsm8k_sft_samples(rows, cfg.data.system_prompt, cfg.data.answer_tag_style, cfg.data.instruction)
+    return [(s["messages"][:-1], s["messages"][-1]["content"]) for s in samples]
 
 
 def direct_share(row: dict, sft_cfg) -> float:
@@ -63,7 +78,7 @@ def direct_share(row: dict, sft_cfg) -> float:
 def _read_chat_file(path: str) -> list[tuple[list[dict], str]]:
     """(prompt messages, assistant target) from a jsonl of prompt/completion or messages rows."""
     if not Path(path).is_file():
-        raise DataError(f"sft.source {path!r}: file not found (expected tiny_arith or a .jsonl file)")
+        raise DataError(f"sft.source {path!r}: file not found (expected tiny_arith, gsm8k or a .jsonl file)")
     out = []
     with open(path) as f:
         for line_no, line in enumerate(f, 1):
@@ -101,7 +116,8 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
 def sft_eval(cfg: Config, model, tokenizer, rows: list[dict]) -> dict:
     """Held-out greedy accuracy; in the tiny world also the accuracy of each forced answer style."""
     engine = HFEngine(model, tokenizer)
-    kwargs = dict(system_prompt=cfg.data.system_prompt, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed)
+    kwargs = dict(system_prompt=cfg.data.system_prompt, instruction=cfg.data.instruction,
+                  prompt_format=cfg.data.prompt_format, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed)
     result = evaluate(engine, tokenizer, rows, **kwargs)
     metrics = {"eval/greedy_accuracy": result.greedy_accuracy, "eval/mean_length": result.mean_length,
                "eval/reasoning_share": result.reasoning_share}

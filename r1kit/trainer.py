@@ -4,107 +4,88 @@ One step, as the loop below reads:
   1. sample B prompts (a pure function of seed and step, so a resumed run sees the same ones)
   2. generate G completions per prompt with the Engine (token ids, text, finish reason, logprobs)
   3. score them with every reward function, and the weighted total
-  4. group-relative advantages
-  5. (beta > 0) reference logprobs from a frozen copy of the start model
-  6. micro-batched forward/backward of the clipped-ratio loss, clip the gradient, AdamW step
-  7. metrics, samples, periodic eval, atomic checkpoint
-Set-up, batching and bookkeeping live in r1kit.run; this file is the algorithm's story.
+     (DAPO dynamic sampling: draw again until B groups carry signal, at most max_sampling_rounds times)
+  4. advantages, then the filters that decide which completions enter the loss
+  5. (beta > 0) reference logprobs; (num_iterations > 1) old logprobs, once per batch
+  6. num_iterations optimizer steps: micro-batched forward/backward of the loss, clip, AdamW
+  7. the engine gets the new weights
+  8. metrics, samples, periodic eval, atomic checkpoint
+`algo` is the config's algorithm section with the `loss_type` preset resolved (r1kit.presets);
+the math is in r1kit.algo, set-up and bookkeeping in r1kit.run. This file is the algorithm's story.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import nullcontext
 
 import torch
 
-from r1kit.algo.advantages import group_advantages, zero_variance_groups
-from r1kit.algo.loss import policy_loss
-from r1kit.config import Config
+from r1kit.algo.advantages import compute_advantages, zero_variance_groups
+from r1kit.algo.filters import informative_groups, keep_rows
+from r1kit.algo.loss import policy_loss, truncated_is_weights
+from r1kit.batch import RolloutBatch, completion_logprobs, completion_logprobs_and_entropy, make_batch
+from r1kit.config import AlgoCfg, Config
 from r1kit.logging import PhaseTimer, console
 from r1kit.rewards import combine
-from r1kit.batch import completion_logprobs, make_batch
-from r1kit.run import (finish_run, log_step, maybe_checkpoint, maybe_eval, sampling_params, setup_run,
+from r1kit.rewards.registry import RewardResult
+from r1kit.run import (Run, finish_run, log_step, maybe_checkpoint, maybe_eval, sampling_params, setup_run,
                        step_prompt_indices)
 
 
 def train(cfg: Config) -> dict:
     run = setup_run(cfg)  # model, tokenizer, engine, rewards, data, optimizer, logger; resumes if asked
-    model, tok, acc = run.model, run.tokenizer, run.accelerator
+    model, tok, algo = run.model, run.tokenizer, cfg.algo.resolved()
     B, G = cfg.prompts_per_step, cfg.rollout.num_generations
     timer = PhaseTimer()
-    console.print(f"[bold]r1kit train[/] {cfg.name}: {cfg.train.max_steps} steps of {B} prompts x {G} completions "
-                  f"-> {cfg.run_dir}")
+    console.print(f"[bold]r1kit train[/] {cfg.name}: {cfg.train.max_steps} steps of {B} prompts x {G} completions, "
+                  f"loss_type={algo.loss_type} -> {cfg.run_dir}")
     with run.progress as bar:
         task = bar.add_task("grpo", total=cfg.train.max_steps, completed=run.state.step, info="")
-        while run.state.step < cfg.train.max_steps:
+        while run.should_continue():  # steps left (and time, with train.max_minutes)
             step = run.state.step + 1
             step_start = time.perf_counter()
 
-            # ---------------- 1-2. sample prompts, generate G completions each
-            rows = [run.train_rows[i] for i in step_prompt_indices(cfg.seed, step, B, len(run.train_rows))]
-            with timer("generate"):
-                completions = run.engine.generate([r["prompt_ids"] for r in rows], G, sampling_params(cfg, step))
+            # ---------------- 1-3. prompts -> G completions each -> rewards (DAPO: redraw uninformative groups)
+            rows, completions, scored, sampling = sample_and_score(run, algo, step, timer)
+            rewards = torch.tensor(scored.total, dtype=torch.float32)  # (B*G,)
 
-            # ---------------- 3. rewards: each function and the weighted total
-            with timer("reward"):
-                columns = {k: [rows[c.prompt_index][k] for c in completions] for k in rows[0] if k != "prompt_ids"}
-                columns["prompts"] = columns.pop("prompt_text")
-                columns["completion_ids"] = [c.token_ids for c in completions]  # as TRL passes them
-                scored = combine(run.reward_funcs, [c.text for c in completions], columns, cfg.train.reward_on_error)
-                rewards = torch.tensor(scored.total, dtype=torch.float32)  # (B*G,)
+            # ---------------- 4. advantages over every sampled completion, then the loss filters
+            advantages = compute_advantages(rewards, G, algo.advantage_estimator, algo.scale_rewards)  # (B*G,)
+            full = make_batch(completions, rows, advantages, tok.pad_token_id)
+            keep = keep_rows(rewards, advantages, full.truncated, G, min_group_std=algo.min_group_std,
+                             drop_negative_advantages=algo.drop_negative_advantages,
+                             mask_truncated=algo.mask_truncated_completions)  # (B*G,) bool
+            batch = full.select(torch.nonzero(keep).squeeze(-1))  # dropped: no backward, not in the normaliser
 
-            # ---------------- 4. group-relative advantages
-            advantages = group_advantages(rewards, G, cfg.algo.scale_rewards)  # (B*G,)
-            batch = make_batch(completions, rows, advantages, tok.pad_token_id)
-
-            # ---------------- 5. reference logprobs (only when the KL term is on)
-            ref_logprobs = None
-            if run.reference is not None:
+            # ---------------- 5. reference logprobs (KL on) and old logprobs (several updates per batch)
+            ref_logprobs = old_logprobs = None
+            if run.reference is not None and len(batch):
                 with timer("reference"):
-                    ref_logprobs = run.reference.logprobs(batch)  # (B*G, C)
+                    ref_logprobs = run.reference.logprobs(batch)  # (N, C)
+            if algo.num_iterations > 1 and len(batch):
+                with timer("old_logprobs"), torch.no_grad():  # mu = 1 needs none: old = current, detached
+                    old_logprobs = completion_logprobs(model, batch, cfg.rollout.temperature,
+                                                       cfg.train.micro_batch_size)  # (N, C)
 
-            # ---------------- 6. update: micro-batches accumulate into one optimizer step
+            # ---------------- 6. num_iterations optimizer steps on this batch
             with timer("update"):
-                model.train()
-                rows_to_update = _rows_with_gradient(batch, cfg, acc.num_processes)
-                loss_sum, stats, mismatch = 0.0, [], []
-                # (an empty tensor splits into one empty chunk: no signal means no chunk at all)
-                chunks = rows_to_update.split(cfg.train.micro_batch_size) if len(rows_to_update) else ()
-                for i, chunk in enumerate(chunks):
-                    part = batch.select(chunk)
-                    weight = part.weight(batch, cfg.algo.loss_agg)  # share of the full batch's loss
-                    with nullcontext() if i == len(chunks) - 1 else acc.no_sync(model):  # DDP syncs once
-                        logprobs = completion_logprobs(model, part, cfg.rollout.temperature)  # (mb, C)
-                        # One update per batch: old = current (detached); the ratio is 1 and its gradient
-                        # is the policy gradient. The engine's own logprobs measure the sampler mismatch.
-                        loss, st = policy_loss(
-                            logprobs, logprobs.detach(), part.advantages, part.completion_mask,
-                            epsilon=cfg.algo.epsilon, beta=cfg.algo.beta, agg=cfg.algo.loss_agg,
-                            ref_logprobs=None if ref_logprobs is None else ref_logprobs[chunk].to(logprobs.device))
-                        acc.backward(loss * weight)
-                    loss_sum += loss.item() * weight
-                    stats.append(st)
-                    mismatch.append(part.logprob_gap(logprobs.detach()))
-                grad_norm = float("nan")
-                if len(chunks):  # a batch without any learning signal makes no update
-                    if cfg.train.max_grad_norm > 0:
-                        grad_norm = float(acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm))
-                    run.optimizer.step()
-                    run.optimizer.zero_grad(set_to_none=True)
-            with timer("weight_sync"):  # the engine samples the next step from the new weights
-                run.engine.update_weights(model)
-                run.scheduler.step()
+                updates = [update_policy(run, algo, batch, old_logprobs, ref_logprobs)
+                           for _ in range(algo.num_iterations)]
 
-            # ---------------- 7. metrics, samples, eval, checkpoint
+            # ---------------- 7. the engine samples the next step from the new weights
+            with timer("weight_sync"):
+                run.engine.update_weights(model)
+
+            # ---------------- 8. metrics, samples, eval, checkpoint
             run.state.step = step
             metrics = {
-                **scored.metrics(), "loss": loss_sum, "grad_norm": grad_norm,
-                "lr": run.scheduler.get_last_lr()[0], **_mean_stats(stats),
-                "update/rows_fraction": len(rows_to_update) / len(batch),
-                "groups/zero_variance_fraction": zero_variance_groups(rewards, G).float().mean().item(),
-                **batch.length_metrics(), **{f"engine/{k}": v for k, v in _merge_gaps(mismatch).items()},
-                **timer.pop(), "time/step": time.perf_counter() - step_start,
+                **sampling, **updates[0], **_last_iteration(updates),
+                "lr": run.scheduler.get_last_lr()[0],
+                "update/kept_fraction": len(batch) / len(full),  # after the filters
+                "update/rows_fraction": updates[0]["update/backward_rows"] / len(full),  # rows that ran a backward
+                **full.length_metrics(), **timer.pop(), "time/step": time.perf_counter() - step_start,
             }
             metrics |= maybe_eval(run, step)
             log_step(run, step, metrics, rows, completions, scored, advantages)
@@ -113,27 +94,158 @@ def train(cfg: Config) -> dict:
     return finish_run(run)
 
 
-def _rows_with_gradient(batch, cfg: Config, num_processes: int) -> torch.Tensor:
+# ---------------------------------------------------------------- 1-3. sampling and scoring
+
+
+def sample_and_score(run: Run, algo: AlgoCfg, step: int, timer: PhaseTimer):
+    """B prompts' groups of G completions with their rewards, and sampling metrics.
+
+    Without dynamic sampling this is one draw. With it (DAPO), groups whose rewards do not vary
+    (std <= algo.min_group_std, or 0) are set aside and B fresh prompts are drawn again, up to
+    algo.max_sampling_rounds extra draws; the step then trains on the informative groups found
+    (possibly fewer than B; if none at all, the first draw, whose advantages are all zero).
+    Reward metrics cover every completion drawn.
+    """
+    cfg = run.cfg
+    B, G = cfg.prompts_per_step, cfg.rollout.num_generations
+    rows, completions, kept_scores, drawn_scores = [], [], [], []
+    draws = 1 + (algo.max_sampling_rounds if algo.dynamic_sampling else 0)
+    for draw in range(draws):
+        draw_rows = [run.train_rows[i] for i in step_prompt_indices(cfg.seed, step, B, len(run.train_rows), draw)]
+        with timer("generate"):
+            draw_completions = run.engine.generate([r["prompt_ids"] for r in draw_rows], G,
+                                                   sampling_params(cfg, step, draw))
+        with timer("reward"):
+            scored = _score(run, draw_rows, draw_completions)
+        drawn_scores.append(scored)
+        if draw == 0:
+            first_draw = (draw_rows, draw_completions, [scored])
+        if algo.dynamic_sampling:
+            useful = informative_groups(torch.tensor(scored.total), G, algo.min_group_std).tolist()
+            groups = [g for g, ok in enumerate(useful) if ok][: B - len(rows)]
+        else:
+            groups = list(range(B))
+        for g in groups:
+            completions += [dataclasses.replace(c, prompt_index=len(rows)) for c in draw_completions[g * G:(g + 1) * G]]
+            kept_scores.append(_select(scored, range(g * G, (g + 1) * G)))
+            rows.append(draw_rows[g])
+        if len(rows) == B:
+            break
+    informative = len(rows)
+    if not rows:  # no draw had a group with signal: train on the first draw (zero advantages, as without DAPO)
+        rows, completions, kept_scores = first_draw
+    everything = _concat(drawn_scores)
+    return rows, completions, _concat(kept_scores), {
+        **everything.metrics(), "sampling/draws": float(len(drawn_scores)), "sampling/groups_kept": float(informative),
+        "groups/zero_variance_fraction": zero_variance_groups(torch.tensor(everything.total), G).float().mean().item()}
+
+
+def _score(run: Run, rows: list[dict], completions: list) -> RewardResult:
+    """Every reward function on `completions`; dataset columns arrive per completion, as TRL passes them."""
+    columns = {k: [rows[c.prompt_index][k] for c in completions] for k in rows[0] if k != "prompt_ids"}
+    columns["prompts"] = columns.pop("prompt_text")
+    columns["completion_ids"] = [c.token_ids for c in completions]
+    return combine(run.reward_funcs, [c.text for c in completions], columns, run.cfg.train.reward_on_error)
+
+
+def _select(result: RewardResult, indices) -> RewardResult:
+    idx = list(indices)
+    return RewardResult([result.total[i] for i in idx], {k: [v[i] for i in idx] for k, v in result.per_func.items()},
+                        dict(result.errors))
+
+
+def _concat(results: list[RewardResult]) -> RewardResult:
+    return RewardResult([t for r in results for t in r.total],
+                        {k: [v for r in results for v in r.per_func[k]] for k in results[0].per_func},
+                        {k: sum(r.errors.get(k, 0) for r in results) for k in results[0].per_func})
+
+
+# ---------------------------------------------------------------- 6. one optimizer step
+
+
+def update_policy(run: Run, algo: AlgoCfg, batch: RolloutBatch, old_logprobs: torch.Tensor | None,
+                  ref_logprobs: torch.Tensor | None) -> dict:
+    """One optimizer step on `batch` (micro-batches accumulate); returns that step's statistics.
+
+    old_logprobs is None with one update per batch: the ratio is then taken against the current
+    logprobs, detached, so it is 1 and the gradient is the plain policy gradient.
+    """
+    cfg, model, acc = run.cfg, run.model, run.accelerator
+    model.train()
+    rows = _rows_with_gradient(batch, algo, acc.num_processes)
+    # (an empty tensor splits into one empty chunk: no signal means no chunk at all)
+    chunks = rows.split(cfg.train.micro_batch_size) if len(rows) else ()
+    loss_sum, stats, gaps = 0.0, [], []
+    for i, chunk in enumerate(chunks):
+        part = batch.select(chunk)
+        with nullcontext() if i == len(chunks) - 1 else acc.no_sync(model):  # DDP syncs once
+            logprobs, entropy = completion_logprobs_and_entropy(
+                model, part, cfg.rollout.temperature, entropy_grad=algo.entropy_coef > 0)  # (mb, C) each
+            old = logprobs.detach() if old_logprobs is None else old_logprobs[chunk].to(logprobs.device)
+            engine_logprobs = part.engine_logprobs.to(logprobs.device)
+            loss, st = policy_loss(
+                logprobs, old, part.advantages.to(logprobs.device), part.completion_mask.to(logprobs.device),
+                epsilon=algo.epsilon, epsilon_high=algo.epsilon_high, dual_clip=algo.dual_clip,
+                level=algo.importance_sampling_level, agg=algo.loss_agg, max_len=cfg.rollout.max_completion_length,
+                beta=algo.beta, kl_estimator=algo.kl_estimator,
+                ref_logprobs=None if ref_logprobs is None else ref_logprobs[chunk].to(logprobs.device),
+                is_weights=truncated_is_weights(old, engine_logprobs, algo.is_cap) if algo.is_correction else None,
+                entropy=entropy, entropy_coef=algo.entropy_coef)
+            weight = part.weight(batch, algo.loss_agg, len(chunks))  # share of the whole batch's loss
+            acc.backward(loss * weight)
+        loss_sum += loss.item() * weight
+        stats.append(st)
+        gaps.append(part.logprob_gap(logprobs.detach(), old))
+    grad_norm = float("nan")
+    if len(chunks):  # a batch without any learning signal makes no update
+        if cfg.train.max_grad_norm > 0:
+            grad_norm = float(acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm))
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    return {"loss": loss_sum, "grad_norm": grad_norm, "update/backward_rows": float(len(rows)), **_mean_stats(stats),
+            **_merge_gaps(gaps)}
+
+
+def _rows_with_gradient(batch: RolloutBatch, algo: AlgoCfg, num_processes: int) -> torch.Tensor:
     """Indices of the completions whose loss has a gradient.
 
-    With no KL term, a completion with zero advantage (every member of a zero-variance group) adds
-    exactly zero gradient, so its forward/backward is skipped; the normaliser still counts it
-    (RolloutBatch.weight), so the update equals the full batch's. Under DDP every rank must run
-    the same number of backward passes, so nothing is skipped there.
+    With no KL term and no entropy bonus, a completion with zero advantage (every member of a
+    zero-variance group) adds exactly zero gradient, so its forward/backward is skipped; the
+    normaliser still counts it (RolloutBatch.weight), so the update equals the full batch's. Not
+    under DDP (every rank must run the same backward passes) nor with per-micro-batch
+    normalisation (local_token_mean), where the micro-batches' composition matters.
     """
-    if cfg.algo.beta > 0 or num_processes > 1:
+    if algo.beta > 0 or algo.entropy_coef > 0 or num_processes > 1 or algo.loss_agg == "local_token_mean":
         return torch.arange(len(batch))
     return torch.nonzero(batch.advantages != 0).squeeze(-1)
 
 
 def _mean_stats(stats: list) -> dict:
+    keys = ("clip_fraction", "dual_clip_fraction", "kl", "ratio_mean", "entropy")
     if not stats:
-        return {"kl": float("nan"), "clip_fraction": float("nan")}
-    return {"kl": sum(s.kl for s in stats) / len(stats), "clip_fraction": sum(s.clip_fraction for s in stats) / len(stats)}
+        return {k: float("nan") for k in keys}
+    return {k: sum(getattr(s, k) for s in stats) / len(stats) for k in keys}
+
+
+def _last_iteration(updates: list[dict]) -> dict:
+    """With several updates per batch the first has ratio 1; the last shows how far the policy moved."""
+    if len(updates) == 1:
+        return {}
+    last = updates[-1]
+    return {"update/last_ratio_mean": last["ratio_mean"], "update/last_clip_fraction": last["clip_fraction"],
+            "update/last_loss": last["loss"]}
 
 
 def _merge_gaps(parts: list[dict]) -> dict:
-    """Combine per-micro-batch |engine - trainer| logprob gaps into batch mean and max."""
+    """Combine per-micro-batch engine-vs-trainer statistics into batch mean and max.
+
+    engine/logprob_gap: |log pi_engine - log pi_trainer| per token; is/ratio: pi_old/pi_engine, the
+    importance weight the correction uses before truncation (1 when sampler and trainer agree).
+    """
     tokens = sum(p["tokens"] for p in parts)
-    return {"logprob_gap_mean": sum(p["sum"] for p in parts) / tokens if tokens else float("nan"),
-            "logprob_gap_max": max(p["max"] for p in parts) if parts else float("nan")}
+    nan = float("nan")
+    return {"engine/logprob_gap_mean": sum(p["sum"] for p in parts) / tokens if tokens else nan,
+            "engine/logprob_gap_max": max(p["max"] for p in parts) if parts else nan,
+            "is/ratio_mean": sum(p["ratio_sum"] for p in parts) / tokens if tokens else nan,
+            "is/ratio_max": max(p["ratio_max"] for p in parts) if parts else nan}

@@ -35,7 +35,7 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "data.source=missing.jsonl", f"output_dir={tmp_path}", "name=x"]) == 2
     assert "missing.jsonl' does not exist" in capsys.readouterr().err
     assert main(["train", "rewards=[{name: acuracy}]", f"output_dir={tmp_path}", "name=y"]) == 2
-    assert "unknown reward 'acuracy'; available: accuracy, format" in capsys.readouterr().err
+    assert "unknown reward 'acuracy'; available: accuracy, format, length, " in capsys.readouterr().err
     assert main(["train", "rewards=[{name: format, mdoe: strict}]", f"output_dir={tmp_path}", "name=z"]) == 2
     assert "reward 'format' has no parameter 'mdoe'" in capsys.readouterr().err
     assert main(["bogus"]) == 2 and "usage" in capsys.readouterr().out
@@ -54,3 +54,22 @@ def test_eval_seeds_sampling_with_the_recipe_seed(small_model_dir, monkeypatch, 
     monkeypatch.setattr(r1kit.evaluate, "evaluate", spy)
     assert main(["eval", small_model_dir, "--n", "1", "seed=7", "data.eval_size=2", "eval.max_new_tokens=4"]) == 0
     assert seen["seed"] == 7 and seen["n_samples"] == 1
+
+
+def test_data_command_reports_health_and_writes_traces(tmp_path, capsys):
+    traces = tmp_path / "sft.jsonl"
+    assert main(["data", "gsm8k", "--split", "test", "--traces", str(traces)]) == 0
+    out = capsys.readouterr().out
+    assert "gsm8k[test]" in out and "read 1319 rows, kept 1319, skipped 0" in out
+    first = json.loads(traces.read_text().splitlines()[0])
+    assert first["messages"][-1]["content"].endswith("<answer>\n18\n</answer>")
+    bad = tmp_path / "d.jsonl"
+    bad.write_text('{"q": "1+1?", "a": "2"}\n{"q": "2+2?", "a": ""}\n')
+    assert main(["data", str(bad)]) == 2
+    assert "unknown question column 'question'; columns present: ['a', 'q']" in capsys.readouterr().err
+    assert main(["data", str(bad), "--question", "q", "--answer", "a"]) == 2
+    assert "d.jsonl row 1: missing or empty answer (column 'a')" in capsys.readouterr().err
+    assert main(["data", str(bad), "--question", "q", "--answer", "a", "--skip-invalid"]) == 0
+    assert "read 2 rows, kept 1, skipped 1 (1 missing or empty answer (first: row 1))" in capsys.readouterr().out
+    assert main(["data", "math500", "--traces", str(traces)]) == 2
+    assert "--traces: GSM8K row 0: GSM8K solution has no '#### N'" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import pytest
 from r1kit.config import DataCfg
 from r1kit.data import tasks
 from r1kit.data.answers import extract_tag
-from r1kit.data.sources import DataError, load_rows
+from r1kit.data.sources import DataError, load_data, load_rows
 from r1kit.data.templates import SYSTEM_PROMPTS, build_messages, encode_prompt
 
 
@@ -63,7 +63,18 @@ def test_local_files(tmp_path):
 def test_bad_data_errors_name_file_and_row(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"question": "a", "answer": "1"}\n{"question": "b"}\n')
-    with pytest.raises(DataError, match=r"row 1: missing answer column 'answer'"):
+    with pytest.raises(DataError, match=r"d.jsonl row 1: missing or empty answer \(column 'answer'\); fix the data "
+                                        "or set data.skip_invalid=true"):
+        load_rows(DataCfg(source=str(path)), "train")
+    rows, report = load_data(DataCfg(source=str(path), skip_invalid=True), "train")
+    assert [r["question"] for r in rows] == ["a"] and report.summary().endswith(
+        "read 2 rows, kept 1, skipped 1 (1 missing or empty answer (first: row 1))")
+    path.write_text('{"question": "a", "answer": "x\\n#### "}\n')
+    with pytest.raises(DataError, match="row 0: missing or empty answer"):  # a GSM8K solution without its value
+        load_rows(DataCfg(source=str(path)), "train")
+    path.write_text('{"q": "a", "a": "1"}\n')
+    with pytest.raises(DataError, match=r"unknown question column 'question'; columns present: \['a', 'q'\]; "
+                                        "set data.columns.question"):
         load_rows(DataCfg(source=str(path)), "train")
     path.write_text('{"question": "a", "answer": "1"}\nnot json\n')
     with pytest.raises(DataError, match=r"d.jsonl:2: not valid JSON"):
@@ -73,8 +84,26 @@ def test_bad_data_errors_name_file_and_row(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(DataError, match="empty"):
         load_rows(DataCfg(source=str(tmp_path / "empty.jsonl")), "train")
-    with pytest.raises(DataError, match="neither tiny_arith"):
+    with pytest.raises(DataError, match="not tiny_arith, a shipped benchmark"):
         load_rows(DataCfg(source="no_such_source"), "train")
+    (tmp_path / "d.txt").write_text("question,answer\n")
+    with pytest.raises(DataError, match=r"d.txt': expected a .jsonl, .parquet or .csv file, got '.txt'"):
+        load_rows(DataCfg(source=str(tmp_path / "d.txt")), "train")
+    (tmp_path / "d.parquet").write_text("not parquet")
+    with pytest.raises(DataError, match="d.parquet: not a readable parquet file"):
+        load_rows(DataCfg(source=str(tmp_path / "d.parquet")), "train")
+    (tmp_path / "header_only.csv").write_text("question,answer\n")
+    with pytest.raises(DataError, match="header_only.csv is empty"):
+        load_rows(DataCfg(source=str(tmp_path / "header_only.csv")), "train")
+
+
+def test_json_array_files(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([{"question": "1+1?", "answer": 2}]))
+    assert load_rows(DataCfg(source=str(path)), "train")[0]["answer"] == "2"
+    path.write_text(json.dumps([1, 2]))
+    with pytest.raises(DataError, match="row 0: expected a JSON object, got int"):
+        load_rows(DataCfg(source=str(path)), "train")
 
 
 def test_messages_and_templates(tiny_tokenizer):
@@ -110,3 +139,33 @@ def test_hub_dataset_names_go_through_datasets(monkeypatch):
     assert calls == [("openai/gsm8k", "main", "test")] and rows[0]["answer"].endswith("#### 4")
     with pytest.raises(DataError, match="could not load hub dataset 'owner/offline'.*no internet"):
         load_rows(DataCfg(source="owner/offline"), "train")
+
+
+@pytest.mark.parametrize("solution, style, expected", [
+    ("Natalia sold 48/2 = <<48/2=24>>24 clips.\nIn all 48+24 = <<48+24=72>>72.\n#### 72", "reasoning",
+     "<reasoning>\nNatalia sold 48/2 = 24 clips.\nIn all 48+24 = 72.\n</reasoning>\n<answer>\n72\n</answer>"),
+    ("It costs 1,000+80 = <<1000+80=1080>>1,080.\n#### 1,080", "think",
+     "<think>\nIt costs 1,000+80 = 1,080.\n</think>\n<answer>\n1080\n</answer>"),
+    ("#### 5", "reasoning", "<reasoning>\n\n</reasoning>\n<answer>\n5\n</answer>"),
+])
+def test_gsm8k_traces(solution, style, expected):
+    from r1kit.data.traces import gsm8k_trace
+
+    assert gsm8k_trace(solution, style) == expected
+
+
+def test_gsm8k_traces_on_the_shipped_train_split():
+    from r1kit.data.traces import gsm8k_sft_samples, gsm8k_trace
+
+    rows = load_rows(DataCfg(source="gsm8k"), "train")
+    samples = gsm8k_sft_samples(rows)
+    assert len(samples) == 7473
+    roles = [m["role"] for m in samples[0]["messages"]]
+    assert roles == ["system", "user", "assistant"] and samples[0]["messages"][0]["content"] == SYSTEM_PROMPTS["tiny_r1"]
+    targets = [s["messages"][-1]["content"] for s in samples]
+    assert not any("<<" in t or "####" in t for t in targets)
+    assert all(extract_tag(t) == r["answer"] for t, r in zip(targets, rows))  # the answer is the "#### N" value
+    with pytest.raises(ValueError, match="row 1: GSM8K solution has no '#### N'"):
+        gsm8k_sft_samples([rows[0], {"question": "q", "answer": "no final line"}])
+    with pytest.raises(ValueError, match="tag_style"):
+        gsm8k_trace("#### 1", "xml")

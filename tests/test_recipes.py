@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from r1kit.config import load_recipe
 
 RECIPES = Path(__file__).parent.parent / "recipes"
@@ -9,3 +11,11 @@ RECIPES = Path(__file__).parent.parent / "recipes"
 
 def test_tiny_grpo_recipe_is_the_default():
     assert load_recipe(RECIPES / "tiny" / "grpo.yaml") == load_recipe(None)
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES.rglob("*.yaml")), ids=lambda p: str(p.relative_to(RECIPES)))
+def test_every_recipe_loads_and_validates(recipe):
+    cfg = load_recipe(recipe)  # unknown keys, wrong types and cross-field errors raise here
+    from r1kit.rewards import build_rewards
+
+    build_rewards([{"name": r.name, "weight": r.weight, **r.params} for r in cfg.rewards])  # names and params exist

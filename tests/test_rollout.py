@@ -54,7 +54,7 @@ def test_engine_logprobs_equal_trainer_logprobs(small_model, tiny_tokenizer, tem
     mask = batch.completion_mask.bool()
     gap = (trainer - batch.engine_logprobs)[mask].abs().max().item()
     assert gap <= 1e-5, gap
-    assert batch.logprob_gap(trainer)["max"] == pytest.approx(gap)
+    assert batch.logprob_gap(trainer, trainer)["max"] == pytest.approx(gap)
 
 
 def test_greedy_is_argmax(small_model, tiny_tokenizer):

@@ -55,3 +55,19 @@ def test_short_sft_run_lowers_loss(small_model_dir, tmp_path):
     assert len(losses) == 30 and sum(losses[-5:]) < 0.7 * sum(losses[:5])
     assert (tmp_path / "s" / "final" / "model.safetensors").exists()
     assert {"forced_direct_accuracy", "forced_working_accuracy", "greedy_accuracy"} <= set(summary)
+
+
+def test_sft_on_gsm8k_traces(small_model_dir, tmp_path, tiny_tokenizer):
+    cfg = load_recipe(None, [f"model.name_or_path={small_model_dir}", f"output_dir={tmp_path}", "name=g",
+                             "sft.source=gsm8k", "data.source=gsm8k", "data.eval_split=test", "data.eval_size=2",
+                             "data.system_prompt=tiny_r1", "data.answer_tag_style=reasoning", "sft.steps=2",
+                             "sft.batch_size=2", "sft.warmup_steps=0", "sft.eval_every=0", "eval.max_new_tokens=4",
+                             "log.progress=false"])
+    examples = build_examples(cfg, tiny_tokenizer)
+    assert len(examples) == 7473
+    completion = tiny_tokenizer.decode(examples[0][1])
+    assert completion.startswith("<reasoning>\nNatalia sold 48/2 = 24 clips") and completion.endswith(
+        "</reasoning>\n<answer>\n72\n</answer><|end|>")
+    assert tiny_tokenizer.decode(examples[0][0]).startswith("<|system|>Respond in the following format")
+    summary = run_sft(cfg)
+    assert summary["steps"] == 2 and "greedy_accuracy" in summary

@@ -100,7 +100,7 @@ def test_refuses_to_overwrite_a_run(small_model_dir, tmp_path):
         train(cfg_for(small_model_dir, tmp_path, "train.max_steps=1"))
 
 
-@pytest.mark.parametrize("agg", ["seq_mean_token_mean", "token_mean"])
+@pytest.mark.parametrize("agg", ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"])
 def test_skipping_zero_advantage_rows_keeps_the_gradient(small_model, tiny_tokenizer, agg):
     """The trainer skips rows with zero advantage (beta = 0); the accumulated gradient must equal the full batch's."""
     from r1kit.algo.loss import policy_loss
@@ -122,11 +122,11 @@ def test_skipping_zero_advantage_rows_keeps_the_gradient(small_model, tiny_token
         for chunk in chunks:
             part = batch.select(chunk)
             lp = completion_logprobs(small_model, part)
-            loss, _ = policy_loss(lp, lp.detach(), part.advantages, part.completion_mask, agg=agg)
-            (loss * part.weight(batch, agg)).backward()
+            loss, _ = policy_loss(lp, lp.detach(), part.advantages, part.completion_mask, agg=agg, max_len=10)
+            (loss * part.weight(batch, agg, len(chunks))).backward()
         return [p.grad.clone() for p in small_model.parameters()]
 
-    active = _rows_with_gradient(batch, Config(), num_processes=1)
+    active = _rows_with_gradient(batch, Config().algo.resolved(), num_processes=1)
     assert active.tolist() == [1, 2]
     full, skipped = grads([torch.arange(8)]), grads(active.split(1))
     for a, b in zip(full, skipped):

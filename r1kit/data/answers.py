@@ -288,3 +288,25 @@ def answers_match(pred: str, gold: str) -> bool:
     if _normalise_ws(pred) == _normalise_ws(gold):
         return True
     return _math_verify_equal(pred, gold)
+
+
+def _numeric_match(pred: str, gold: str) -> bool:
+    return numbers_match(pred, gold)
+
+
+# How a benchmark compares answers: "numeric" (GSM8K, AIME, AMC) accepts only numbers that agree,
+# "math" (MATH-500) is the full answers_match chain with math-verify, "auto" is the same chain.
+CHECKERS: dict[str, Callable[[str, str], bool]] = {
+    "auto": answers_match,
+    "math": answers_match,
+    "numeric": _numeric_match,
+}
+
+
+def check_answer(pred: str | None, gold: str | None, checker: str = "auto") -> bool:
+    """True when the extracted ``pred`` is the ``gold`` answer under ``checker`` (see CHECKERS)."""
+    if checker not in CHECKERS:
+        raise ValueError(f"unknown answer checker {checker!r}; expected one of {list(CHECKERS)}")
+    if pred is None or gold is None:
+        return False
+    return CHECKERS[checker](str(pred), str(gold))

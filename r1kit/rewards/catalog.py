@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from r1kit.data.answers import answers_match, extract_answer, extract_hash_answer
+from r1kit.data.answers import check_answer, extract_answer, extract_hash_answer
 from r1kit.rewards.registry import register
 
 
@@ -37,13 +37,14 @@ def gold_answer(gold: Any) -> str | None:
 
 @register("accuracy")
 def accuracy_reward(
-    completions: list, answer: list, extract: str = "auto", **kwargs: Any
+    completions: list, answer: list, extract: str = "auto", checker: str = "auto", **kwargs: Any
 ) -> list[float | None]:
     """1.0 when the completion's final answer equals the gold ``answer`` column, else 0.0.
 
     The answer is taken with ``extract_answer(text, extract)`` (default: ``<answer>`` tag, else
-    ``\\boxed{}``, else ``####``) and compared with ``answers_match`` (numbers, strings, then
-    math-verify). No extracted answer scores 0.0; a row without gold scores None. Use
+    ``\\boxed{}``, else ``####``) and compared with ``check_answer(pred, gold, checker)``:
+    ``"auto"``/``"math"`` try numbers, strings, then math-verify; ``"numeric"`` accepts only equal
+    numbers (GSM8K, AIME, AMC). No extracted answer scores 0.0; a row without gold scores None. Use
     ``extract="tag"`` to credit only answers given inside ``<answer>``, never ones left in the
     reasoning.
     """
@@ -54,7 +55,7 @@ def accuracy_reward(
             rewards.append(None)
             continue
         pred = extract_answer(completion_text(completion), mode=extract)
-        rewards.append(1.0 if pred is not None and answers_match(pred, target) else 0.0)
+        rewards.append(1.0 if check_answer(pred, target, checker) else 0.0)
     return rewards
 
 
@@ -98,3 +99,8 @@ def format_reward(
         raise ValueError(f"format style must be one of {list(FORMAT_STYLES)}, got {style!r}")
     check, think = _FORMAT_CHECKS[mode], FORMAT_STYLES[style]
     return [1.0 if check(completion_text(c), think) else 0.0 for c in completions]
+
+
+# The shaping rewards (tag_count, think_tags, unique_chars, length, repetition, soft_overlong) live in
+# their own module; importing it here registers them whenever the catalog is loaded.
+from r1kit.rewards import shaping  # noqa: E402, F401

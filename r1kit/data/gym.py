@@ -1,0 +1,53 @@
+"""reasoning-gym tasks as a data source: ``data.source: reasoning_gym:<task>``, options in ``data.task_config``.
+
+reasoning-gym (optional extra: ``pip install 'r1kit[reasoning-gym]'``) generates procedural problems
+with checkable answers offline, e.g. ``reasoning_gym:chain_sum`` with ``task_config: {min_terms: 2,
+max_terms: 4}``. Splits work like the built-in task: ``train`` draws from seed ``data.task.seed``, the
+held-out split (``heldout`` or ``test``) from a different seed, and train skips every question that
+appears among the first 1,000 held-out ones. Rows keep the task's ``metadata``, which the
+``reasoning_gym`` reward hands back to the task's own scorer.
+"""
+
+from __future__ import annotations
+
+HELDOUT_SEED_OFFSET = 1_000_003
+HELDOUT_GUARD = 1000  # held-out questions kept out of the train split
+
+
+def _create(task: str, size: int, seed: int, task_config: dict):
+    from r1kit.data.sources import DataError
+
+    try:
+        import reasoning_gym
+    except ImportError:
+        raise DataError(f"data.source 'reasoning_gym:{task}' needs the reasoning-gym package: "
+                        "pip install 'r1kit[reasoning-gym]'") from None
+    try:
+        return reasoning_gym.create_dataset(task, size=size, seed=seed, **task_config)
+    except ValueError as e:  # unknown task name
+        raise DataError(f"data.source 'reasoning_gym:{task}': {e}") from None
+    except TypeError as e:  # an option the task's config does not have
+        raise DataError(f"data.task_config {task_config!r} for reasoning_gym:{task}: {e}") from None
+
+
+def _row(entry: dict) -> dict:
+    return {"question": entry["question"], "answer": str(entry["answer"]), "metadata": entry["metadata"]}
+
+
+def gym_rows(task: str, split: str, size: int, seed: int = 0, task_config: dict | None = None) -> list[dict]:
+    """`size` rows of a reasoning-gym task's split (deterministic in all arguments)."""
+    from r1kit.data.sources import DataError
+
+    if split not in ("train", "heldout", "test"):
+        raise DataError(f"reasoning_gym:{task} has splits train and heldout (or test), not {split!r}")
+    config = dict(task_config or {})
+    if split != "train":
+        return [_row(e) for e in _create(task, size, seed + HELDOUT_SEED_OFFSET, config)]
+    banned = {e["question"] for e in _create(task, HELDOUT_GUARD, seed + HELDOUT_SEED_OFFSET, config)}
+    # a train draw of size + HELDOUT_GUARD leaves `size` rows unless held-out questions repeat in it
+    entries = _create(task, size + HELDOUT_GUARD, seed, config)
+    rows = [_row(e) for e in entries if e["question"] not in banned][:size]
+    if len(rows) < size:
+        raise DataError(f"reasoning_gym:{task}: only {len(rows)} of {size} train questions differ from the held-out "
+                        "ones; the task has too few distinct problems for this data.task_config")
+    return rows

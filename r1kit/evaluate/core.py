@@ -1,0 +1,125 @@
+"""Evaluation through any Engine: greedy accuracy, sampled pass@1, pass@k and maj@k.
+
+Greedy accuracy is the deterministic headline number. With ``n_samples`` > 0 each problem is also
+sampled n times at ``temperature``/``top_p`` (seeded): sampled pass@1 (R1's estimator), the
+unbiased pass@k and maj@k for each k in ``ks`` (metrics.py). Answers are extracted with
+``extract`` (answers.extract_answer) and compared with ``checker`` (numeric for GSM8K/AIME/AMC,
+math for MATH-500: math-verify). A ``prefill`` forces the start of the answer, which the tiny world
+uses to measure each answer style separately (e.g. ``<think></think><answer>`` forces a direct answer).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from r1kit.data.answers import check_answer, extract_answer
+from r1kit.data.tasks import first_number
+from r1kit.data.templates import build_messages, encode_prompt
+from r1kit.evaluate.metrics import default_ks, maj_at_k, pass_at_k
+from r1kit.rewards import gold_answer
+from r1kit.types import SamplingParams
+
+
+@dataclass
+class EvalResult:
+    greedy_accuracy: float  # fraction of problems whose greedy answer is correct
+    sampled_pass1: float | None  # mean correctness over n samples per problem (None if n = 0)
+    num_problems: int
+    mean_length: float  # greedy completion length in tokens
+    truncated: float  # fraction of greedy completions cut at the length cap
+    reasoning_share: float  # fraction of greedy completions with non-empty <think>/<reasoning> content
+    items: list[dict] = field(default_factory=list)  # per problem: question, answer, completion, correct, ...
+    n_samples: int = 0
+    pass_at: dict[int, float] = field(default_factory=dict)  # k -> mean unbiased pass@k over problems
+    maj_at: dict[int, float] = field(default_factory=dict)  # k -> share of problems whose majority answer is right
+    no_answer: float = 0.0  # fraction of greedy completions with no extractable answer
+
+    def summary(self) -> dict:
+        out = {"greedy_accuracy": self.greedy_accuracy, "num_problems": self.num_problems,
+               "mean_length": self.mean_length, "truncated": self.truncated, "reasoning_share": self.reasoning_share,
+               "no_answer": self.no_answer}
+        if self.sampled_pass1 is not None:
+            out["n_samples"] = self.n_samples
+            out["sampled_pass1"] = self.sampled_pass1
+            out |= {f"pass@{k}": v for k, v in self.pass_at.items()}
+            out |= {f"maj@{k}": v for k, v in self.maj_at.items()}
+        return out
+
+
+def evaluate(engine, tokenizer, rows: list[dict], *, system_prompt: str = "none", max_new_tokens: int = 64,
+             n_samples: int = 0, temperature: float = 1.0, seed: int = 0,
+             prefill: Callable[[dict], str] | None = None, instruction: str = "none", prompt_format: str = "chat",
+             top_p: float = 1.0, extract: str = "auto", checker: str = "auto",
+             ks: list[int] | None = None) -> EvalResult:
+    """Score `rows` (question/answer dicts); see the module docstring."""
+    if not rows:
+        raise ValueError("evaluate: no problems to evaluate")
+    ks = ks or default_ks(n_samples)
+    if n_samples > 0 and [k for k in ks if not 1 <= k <= n_samples]:
+        raise ValueError(f"evaluate: every k must be in [1, n_samples={n_samples}], got {ks}")
+    prefixes = [prefill(row) if prefill else "" for row in rows]
+    prompts = [encode_prompt(tokenizer, build_messages(row["question"], system_prompt, instruction), prompt_format)
+               + (tokenizer(p, add_special_tokens=False).input_ids if p else []) for row, p in zip(rows, prefixes)]
+    golds = [gold_answer(row["answer"]) for row in rows]
+
+    def score(texts: list[str], gold: str | None) -> tuple[list[str | None], list[bool]]:
+        preds = [extract_answer(t, extract) for t in texts]
+        return preds, [check_answer(p, gold, checker) for p in preds]
+
+    greedy = engine.generate(prompts, 1, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
+    items = []
+    for i, (row, c) in enumerate(zip(rows, greedy)):
+        text = prefixes[i] + c.text
+        (pred,), (ok,) = score([text], golds[i])
+        items.append({"index": i, "question": row["question"], "answer": golds[i], "completion": text,
+                      "extracted": pred, "correct": float(ok), "length": len(c.token_ids),
+                      "finish_reason": c.finish_reason})
+
+    result = EvalResult(
+        greedy_accuracy=sum(it["correct"] for it in items) / len(rows), sampled_pass1=None, num_problems=len(rows),
+        mean_length=sum(len(c.token_ids) for c in greedy) / len(greedy),
+        truncated=sum(c.finish_reason == "length" for c in greedy) / len(greedy),
+        reasoning_share=sum(shows_reasoning(it["completion"]) for it in items) / len(items), items=items,
+        no_answer=sum(it["extracted"] is None for it in items) / len(items))
+    if n_samples > 0:
+        _sample(result, engine, prompts, prefixes, golds, score, n_samples, ks, checker,
+                SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed))
+    return result
+
+
+def _sample(result: EvalResult, engine, prompts, prefixes, golds, score, n: int, ks: list[int], checker: str,
+            sampling: SamplingParams) -> None:
+    """Draw n samples per problem and fill in sampled pass@1, pass@k and maj@k (per problem and mean)."""
+    samples = engine.generate(prompts, n, sampling)
+
+    def same(a: str, b: str) -> bool:  # two sampled answers vote together when the checker equates them
+        return " ".join(a.split()) == " ".join(b.split()) or check_answer(a, b, checker)
+
+    for i, item in enumerate(result.items):
+        texts = [prefixes[i] + c.text for c in samples[i * n:(i + 1) * n]]
+        preds, oks = score(texts, golds[i])
+        item["sampled_completions"], item["sampled_answers"] = texts, preds
+        item["sampled_correct"] = [float(ok) for ok in oks]
+        item["pass@k"] = {k: pass_at_k(n, sum(oks), k) for k in ks}
+        item["maj@k"] = {k: maj_at_k(preds, oks, k, same) for k in ks}
+    count = len(result.items)
+    result.n_samples = n
+    result.sampled_pass1 = sum(sum(it["sampled_correct"]) / n for it in result.items) / count
+    result.pass_at = {k: sum(it["pass@k"][k] for it in result.items) / count for k in ks}
+    result.maj_at = {k: sum(it["maj@k"][k] for it in result.items) / count for k in ks}
+
+
+def shows_reasoning(text: str) -> bool:
+    """True when the completion's <think> (or <reasoning>) block holds anything but whitespace."""
+    match = re.search(r"<(think|reasoning)>(.*?)(</\1>|$)", text, flags=re.DOTALL)
+    return bool(match and match.group(2).strip())
+
+
+def tiny_style_prefills() -> dict[str, Callable[[dict], str]]:
+    """Prefills that force each tiny_arith answer style: direct, or working (its first number given)."""
+    return {
+        "direct": lambda row: "<think></think><answer>",
+        "working": lambda row: f"<think>{first_number(row)}",
+    }

@@ -1,0 +1,14 @@
+"""Reward functions for the GRPO-family trainer tests (imported by dotted path, like a user's own)."""
+
+import zlib
+
+
+def half_the_prompts_informative(completions, prompts, **kwargs):
+    """Prompts whose text hashes even get a constant reward (a zero-variance group); the others
+    reward longer completions (their groups vary). Deterministic, so dynamic sampling is testable."""
+    return [len(c) / 10 if zlib.crc32(p.encode()) % 2 else 1.0 for c, p in zip(completions, prompts)]
+
+
+def always_raises(completions, **kwargs):
+    """A broken user reward."""
+    raise RuntimeError("bug in my reward")
