@@ -164,10 +164,6 @@ def cmd_data(argv: list[str]) -> None:
         print(f"wrote {len(samples)} SFT samples to {ns.traces} (train on them with sft.source={ns.traces})")
 
 
-COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "data": cmd_data, "serve-gen": cmd_serve_gen,
-            "serve-ref": cmd_serve_ref}
-
-
 def _server_parser(prog: str, description: str, port: int) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("model", help="model dir, hub name, or builtin:tiny-sft")
@@ -229,6 +225,8 @@ def _split_double_dash(argv: list[str]) -> tuple[list[str], str, list[str]]:
     return argv, "", []
 
 
+COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "data": cmd_data, "serve-gen": cmd_serve_gen,
+            "serve-ref": cmd_serve_ref}
 
 
 def main(argv: list[str] | None = None) -> int:
