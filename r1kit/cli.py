@@ -1,4 +1,4 @@
-"""Command line: ``r1kit train|sft|eval [RECIPE] [a.b=c ...]``.
+"""Command line: ``r1kit train|sft|eval [RECIPE] [a.b=c ...]``, ``r1kit serve-gen|serve-ref MODEL``.
 
 With no recipe, the built-in tiny world runs: the config defaults are its recipe.
 """
@@ -19,6 +19,8 @@ USAGE = """examples:
   r1kit eval runs/tiny-grpo/final --n 4         greedy and sampled pass@1 on the held-out split
   r1kit eval Qwen/Qwen2.5-Math-1.5B-Instruct --benchmark math500 --instruction boxed --n 4 \\
       --temperature 0.6 --top-p 0.95 --max-new-tokens 4096    pass@1, pass@k, maj@k (shipped data, offline)
+  r1kit serve-gen builtin:tiny-sft --port 8000  vLLM generation server with a weight-update route
+  r1kit serve-ref builtin:tiny-sft --port 8001  reference-model server (per-token logprobs)
 """
 
 
@@ -162,13 +164,76 @@ def cmd_data(argv: list[str]) -> None:
         print(f"wrote {len(samples)} SFT samples to {ns.traces} (train on them with sft.source={ns.traces})")
 
 
-COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "data": cmd_data}
+def _server_parser(prog: str, description: str, port: int) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("model", help="model dir, hub name, or builtin:tiny-sft")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--token-env", default="R1KIT_SERVICE_TOKEN",
+                        help="environment variable holding a bearer token that callers must send (unset: no token)")
+    parser.add_argument("--served-model-name", default=None, help="name clients ask for (default: MODEL as given)")
+    return parser
+
+
+def cmd_serve_gen(argv: list[str]) -> None:
+    parser = _server_parser("r1kit serve-gen", "vLLM's OpenAI-compatible server plus /r1kit/update_weights. "
+                            "Further arguments after -- go to vLLM (e.g. -- --gpu-memory-utilization 0.8).", 8000)
+    parser.add_argument("--kv-cache-gb", type=float, default=2.0,
+                        help="CPU build: KV cache in GiB (VLLM_CPU_KVCACHE_SPACE, unless already set); GPU: use "
+                             "vLLM's --gpu-memory-utilization / --kv-cache-memory-bytes after --")
+    own, _, extra = _split_double_dash(argv)
+    ns = parser.parse_args(own)
+    from r1kit.serve.generation import main as serve
+
+    try:
+        serve(ns.model, ns.host, ns.port, ns.token_env, ns.kv_cache_gb, extra, ns.served_model_name)
+    except ImportError as e:  # no vLLM here: say so and how to install it, without a traceback
+        print(f"r1kit serve-gen: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def cmd_serve_ref(argv: list[str]) -> None:
+    parser = _server_parser("r1kit serve-ref", "Reference-model server: per-token logprobs of given completions.", 8001)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--micro-batch-size", type=int, default=64, help="completions per forward pass")
+    ns = parser.parse_args(argv)
+    import os
+
+    from r1kit.serve.reference import load_service, make_server
+
+    service = load_service(ns.model, ns.dtype, ns.device, ns.micro_batch_size, ns.served_model_name)
+    token = os.environ.get(ns.token_env) or None
+    server = make_server(service, ns.host, ns.port, token)
+    host, port = server.server_address[:2]
+    print(f"r1kit serve-ref: serving {service.name!r} on http://{host}:{port} "
+          f"({'token required' if token else 'no token: anyone who can reach the port may call it'})",
+          file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def _split_double_dash(argv: list[str]) -> tuple[list[str], str, list[str]]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], "--", argv[i + 1:]
+    return argv, "", []
+
+
+COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "data": cmd_data, "serve-gen": cmd_serve_gen,
+            "serve-ref": cmd_serve_ref}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: r1kit {train,sft,eval,data} [RECIPE] [a.b=c ...]\n\n" + USAGE)
+        print("usage: r1kit {train,sft,eval,data} [RECIPE] [a.b=c ...] | r1kit {serve-gen,serve-ref} MODEL [options]\n\n"
+              + USAGE)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     from r1kit.config import ConfigError
     from r1kit.data.sources import DataError

@@ -95,14 +95,43 @@ class RewardCfg:
 
 
 @dataclass
+class VllmCfg:
+    """vLLM in the training process (rollout.engine=vllm); the memory knobs also document serve-gen's flags."""
+
+    gpu_memory_utilization: float = 0.3  # GPU share vLLM may take (weights + KV cache); the rest is training's
+    kv_cache_gb: float = 2.0  # KV-cache size in GiB (CPU: VLLM_CPU_KVCACHE_SPACE; GPU: kv_cache_memory_bytes; 0: vLLM decides)
+    max_model_len: int | None = None  # prompt + completion tokens per sequence; None: the model's maximum
+    enforce_eager: bool = True  # skip graph capture/compilation: starts in seconds instead of a minute
+    sleep_mode: bool = True  # GPU: free the KV cache and offload weights while training (CPU builds: a no-op)
+    weight_sync: Literal["disk", "direct"] = "disk"  # disk: safetensors + reload_weights RPC (multiprocess vLLM);
+    # direct: vLLM in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), tensors handed over without a file
+
+
+@dataclass
 class RolloutCfg:
-    engine: Literal["hf"] = "hf"  # hf: transformers generate in the training process
+    engine: Literal["hf", "vllm", "server"] = "hf"  # hf: transformers generate in the training process;
+    # vllm: vLLM's LLM in the training process; server: a `r1kit serve-gen` vLLM server at services.generation_url
     num_generations: int = 16  # G: completions sampled per prompt (the group)
     max_completion_length: int = 64  # new tokens per completion; longer ones are cut and flagged truncated
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 disables top-k
     generation_batch_size: int = 256  # completions generated per model.generate call (memory knob)
+    vllm: VllmCfg = field(default_factory=VllmCfg)  # rollout.engine=vllm only
+
+
+@dataclass
+class ServicesCfg:
+    """Where the generation and reference servers run (the xDAN-style nodes section). Empty: all in-process."""
+
+    generation_url: str | None = None  # rollout.engine=server: base URL of `r1kit serve-gen`, e.g. http://10.0.0.2:8000
+    reference_url: str | None = None  # set (with algo.beta > 0): reference logprobs from `r1kit serve-ref` at this URL
+    token_env: str = "R1KIT_SERVICE_TOKEN"  # environment variable holding the servers' bearer token (unset: no token)
+    timeout_s: float = 300.0  # one request's limit (a generation call of a whole batch included)
+    retries: int = 4  # further tries after a failed request (connection refused, timeout, 5xx)
+    backoff_s: float = 2.0  # wait before the first retry; doubles each time
+    weight_transfer: Literal["http", "path"] = "http"  # http: POST the weights; path: write them to shared_dir
+    shared_dir: str | None = None  # weight_transfer=path: a directory both the trainer and the server can read
 
 
 @dataclass
@@ -208,6 +237,7 @@ class Config:
     data: DataCfg = field(default_factory=DataCfg)
     rewards: list[RewardCfg] = field(default_factory=lambda: [RewardCfg("accuracy", 1.0)])
     rollout: RolloutCfg = field(default_factory=RolloutCfg)
+    services: ServicesCfg = field(default_factory=ServicesCfg)
     algo: AlgoCfg = field(default_factory=AlgoCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     sft: SFTCfg = field(default_factory=SFTCfg)
@@ -410,6 +440,7 @@ def validate(cfg: Config) -> None:
     for ok, message in checks + _algo_checks(cfg.algo.resolved()):
         if not ok:
             raise ConfigError(message)
+    _validate_services(cfg)
     for i, reward in enumerate(cfg.rewards):
         if not isinstance(reward.name, str) or not reward.name:
             raise ConfigError(f"rewards[{i}].name must be a non-empty string")
@@ -437,3 +468,29 @@ def _algo_checks(a: AlgoCfg) -> list[tuple[bool, str]]:
         (a.entropy_coef >= 0, f"algo.entropy_coef must be >= 0, got {a.entropy_coef}"),
         (a.is_cap >= 1, f"algo.is_cap must be >= 1, got {a.is_cap}"),
     ]
+
+
+def _validate_services(cfg: Config) -> None:
+    """rollout.vllm and services: URLs where they are needed, and nowhere they would be ignored."""
+    r, v, s = cfg.rollout, cfg.rollout.vllm, cfg.services
+    checks = [
+        (0 < v.gpu_memory_utilization <= 1, f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {v.gpu_memory_utilization}"),
+        (v.kv_cache_gb >= 0, f"rollout.vllm.kv_cache_gb must be >= 0, got {v.kv_cache_gb}"),
+        (r.engine != "server" or bool(s.generation_url),
+         "rollout.engine=server needs services.generation_url (the URL of `r1kit serve-gen`)"),
+        (r.engine == "server" or not s.generation_url,
+         f"services.generation_url is set but rollout.engine={r.engine!r}: set rollout.engine=server or drop the URL"),
+        (not s.reference_url or cfg.algo.beta > 0,
+         "services.reference_url is set but algo.beta is 0, so no reference is used: set algo.beta or drop the URL"),
+        (s.timeout_s > 0 and s.retries >= 0 and s.backoff_s >= 0,
+         "services.timeout_s must be > 0, services.retries and services.backoff_s >= 0"),
+        (s.weight_transfer != "path" or bool(s.shared_dir),
+         "services.weight_transfer=path needs services.shared_dir (a directory the server can read)"),
+    ]
+    for url_key in ("generation_url", "reference_url"):
+        url = getattr(s, url_key)
+        checks.append((not url or url.startswith(("http://", "https://")),
+                       f"services.{url_key} must start with http:// or https://, got {url!r}"))
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

@@ -3,6 +3,7 @@
 The trainer asks one question of it, ``reference.logprobs(batch) -> (N, C)``, so the same loop
 runs with a frozen in-process copy of the start model (below) or a remote reference server.
 No reference exists at all when ``algo.beta == 0``.
+The remote one (``services.reference_url``) talks to ``r1kit serve-ref`` (r1kit/serve/reference.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Protocol
 import torch
 
 from r1kit.batch import RolloutBatch, completion_logprobs
+from r1kit.rollout.http import ServiceError
 
 
 class Reference(Protocol):
@@ -31,3 +33,38 @@ class LocalReference:
     def logprobs(self, batch: RolloutBatch) -> torch.Tensor:
         out = completion_logprobs(self.model, batch, self.temperature, self.micro_batch_size)
         return out.float().cpu() * batch.completion_mask.to(out.device).cpu()
+
+
+class RemoteReference:
+    """Reference logprobs from `r1kit serve-ref` (services.reference_url): the same numbers, another machine.
+
+    The server must serve the start model under the name the trainer expects (model.name_or_path by
+    default); that is checked once here, so a wrong server fails at set-up, not at step 1.
+    """
+
+    def __init__(self, client, model_name: str, temperature: float):
+        self.client = client  # r1kit.rollout.http.ServiceClient
+        self.model_name = model_name
+        self.temperature = temperature
+        served = client.get("/health").get("model")
+        if served != model_name:
+            raise ServiceError(f"reference server at {client.url} serves model {served!r}, not {model_name!r} "
+                               f"(start it with `r1kit serve-ref {model_name}`, or --served-model-name)")
+
+    def logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        prompt_mask, completion_mask = batch.prompt_mask.bool().cpu(), batch.completion_mask.bool().cpu()
+        prompts = [row[m].tolist() for row, m in zip(batch.prompt_ids.cpu(), prompt_mask)]
+        completions = [row[m].tolist() for row, m in zip(batch.completion_ids.cpu(), completion_mask)]
+        answer = self.client.post("/v1/logprobs", {"model": self.model_name, "prompt_ids": prompts,
+                                                   "completion_ids": completions, "temperature": self.temperature})
+        out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)  # (N, C)
+        rows = answer.get("logprobs")
+        if not isinstance(rows, list) or len(rows) != len(completions):
+            raise ServiceError(f"reference server at {self.client.url} answered {len(rows or [])} rows for "
+                               f"{len(completions)} completions")
+        for i, (values, ids) in enumerate(zip(rows, completions)):
+            if len(values) != len(ids):
+                raise ServiceError(f"reference server at {self.client.url} answered {len(values)} logprobs for a "
+                                   f"{len(ids)}-token completion")
+            out[i, :len(ids)] = torch.tensor(values, dtype=torch.float32)
+        return out

@@ -22,10 +22,12 @@ from r1kit.data.sources import load_rows
 from r1kit.data.templates import build_messages, encode_prompt
 from r1kit.evaluate import evaluate
 from r1kit.logging import MetricsLogger, append_jsonl, console, format_metrics, progress_bar
-from r1kit.models import load_model, load_tokenizer, pick_device
+from r1kit.models import load_model, load_tokenizer, pick_device, resolve_model_path
 from r1kit.rewards import build_rewards
-from r1kit.reference import LocalReference
-from r1kit.rollout.hf import HFEngine
+from r1kit.reference import LocalReference, RemoteReference
+from r1kit.rollout.hf import HFEngine, eos_ids
+from r1kit.rollout.http import ServiceClient
+from r1kit.rollout.remote import START_HINT, RemoteEngine
 from r1kit.types import SamplingParams
 
 
@@ -150,15 +152,40 @@ def _with_prompts(rows: list[dict], cfg: Config, tokenizer) -> list[dict]:
 
 
 def make_engine(cfg: Config, model, tokenizer):
-    if cfg.rollout.engine == "hf":
+    """The rollout engine the recipe names; vLLM is imported only for the vllm and server engines.
+
+    vllm and server engines start from the model's files, then receive the policy's current
+    weights at once, so a resumed run samples from its checkpoint, not from the start model.
+    """
+    engine = cfg.rollout.engine
+    if engine == "hf":
         return HFEngine(model, tokenizer, cfg.rollout.generation_batch_size)
-    raise ValueError(f"rollout.engine={cfg.rollout.engine!r} is not available; expected 'hf'")
+    if engine == "vllm":
+        from r1kit.rollout.vllm import VLLMEngine
+
+        vllm_engine = VLLMEngine(resolve_model_path(cfg.model.name_or_path), tokenizer, cfg.rollout.vllm,
+                                 dtype=cfg.model.dtype, seed=cfg.seed, policy=model)
+        vllm_engine.update_weights(model)
+        return vllm_engine
+    if engine == "server":
+        s = cfg.services
+        client = ServiceClient.from_services("generation server", s.generation_url, s, hint=START_HINT)
+        remote = RemoteEngine(client, cfg.model.name_or_path, tokenizer, s.weight_transfer, s.shared_dir,
+                              stop_ids=eos_ids(getattr(model, "module", model), tokenizer))
+        remote.update_weights(model)
+        return remote
+    raise ValueError(f"rollout.engine={engine!r} is not available; expected 'hf', 'vllm' or 'server'")
 
 
 def make_reference(cfg: Config, tokenizer, device):
-    """The KL reference: None when beta == 0 (nothing is loaded), else a frozen copy of the start model."""
+    """The KL reference: None when beta == 0 (nothing is loaded); a `r1kit serve-ref` server when
+    services.reference_url is set; else a frozen copy of the start model in this process."""
     if cfg.algo.beta == 0:
         return None
+    if cfg.services.reference_url:
+        client = ServiceClient.from_services("reference server", cfg.services.reference_url, cfg.services,
+                                             hint="Start it with `r1kit serve-ref MODEL`.")
+        return RemoteReference(client, cfg.model.name_or_path, cfg.rollout.temperature)
     ref_model = load_model(_with_path(cfg.model, cfg.model.name_or_path), tokenizer).to(device)
     return LocalReference(ref_model, cfg.rollout.temperature, cfg.train.micro_batch_size)
 

@@ -1,0 +1,105 @@
+"""A vLLM server as the Engine (``rollout.engine: server``): generation on its own GPU or node.
+
+The server is ``r1kit serve-gen MODEL`` (r1kit/serve/generation.py) at ``services.generation_url``.
+Per step:
+
+- ``generate``: one /v1/completions request per prompt (token ids in, ``n`` samples, sampled-token
+  logprobs, token ids back), sent concurrently so the server batches them. Each prompt i gets seed
+  ``seed + i``, as the colocated engine does.
+- ``update_weights``: the new weights go to the server (``services.weight_transfer``): ``http`` POSTs
+  the safetensors bytes (works across nodes, no shared disk), ``path`` writes them to
+  ``services.shared_dir`` and sends the path (a shared filesystem: one copy less). The server
+  reloads them in place and resets its prefix cache.
+
+Every request has a timeout and bounded retries with backoff (r1kit.rollout.http); then the run
+stops with a ServiceError naming the server and URL. Checkpoints are written atomically, so the
+last one stays intact and ``train.resume_from=latest`` continues once the server is back: the
+engine pushes the resumed policy's weights to the server when it is built.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from r1kit.rollout.http import ServiceClient, ServiceError
+from r1kit.rollout.weights import export_state_dict, save_weights, weights_bytes
+from r1kit.types import Completion, SamplingParams
+
+START_HINT = "Start it with `r1kit serve-gen MODEL` (see README, 'Generation and reference servers')."
+
+
+class RemoteEngine:
+    def __init__(self, client: ServiceClient, model_name: str, tokenizer, weight_transfer: str = "http",
+                 shared_dir: str | None = None, stop_ids: set[int] | None = None, max_concurrency: int = 64):
+        self.client = client
+        self.model_name = model_name
+        self.tokenizer = tokenizer
+        self.weight_transfer = weight_transfer
+        self.shared_dir = shared_dir
+        self.stop_ids = sorted(stop_ids or {tokenizer.eos_token_id})
+        self.max_concurrency = max_concurrency
+        self.sync_seconds: list[float] = []
+        info = client.get("/r1kit/info")
+        if info.get("model") != model_name:
+            raise ServiceError(f"generation server at {client.url} serves model {info.get('model')!r}, not "
+                               f"{model_name!r} (start it with `r1kit serve-gen {model_name}`, or --served-model-name)")
+        if info.get("logprobs_mode") != "processed_logprobs":
+            raise ServiceError(f"generation server at {client.url} reports logprobs_mode {info.get('logprobs_mode')!r};"
+                               " r1kit needs processed_logprobs (start it with `r1kit serve-gen`)")
+
+    # ------------------------------------------------------------ sampling
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams) -> list[Completion]:
+        greedy = sampling.temperature == 0
+        base = {"model": self.model_name, "n": n, "max_tokens": sampling.max_new_tokens,
+                "temperature": sampling.temperature, "top_p": 1.0 if greedy else sampling.top_p,
+                "top_k": 0 if greedy else sampling.top_k, "logprobs": 0, "return_token_ids": True,
+                "stop_token_ids": self.stop_ids, "skip_special_tokens": False}
+
+        def one(i: int) -> list[Completion]:
+            payload = {**base, "prompt": list(prompts[i])}
+            if sampling.seed is not None:
+                payload["seed"] = sampling.seed + i
+            return self._parse(i, n, self.client.post("/v1/completions", payload))
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(prompts)))) as pool:
+            groups = list(pool.map(one, range(len(prompts))))
+        return [c for group in groups for c in group]
+
+    def _parse(self, prompt_index: int, n: int, answer: dict) -> list[Completion]:
+        choices = sorted(answer.get("choices") or [], key=lambda c: c["index"])
+        if len(choices) != n:
+            raise ServiceError(f"generation server at {self.client.url} returned {len(choices)} choices, asked for {n}")
+        out = []
+        for choice in choices:
+            tokens = choice.get("token_ids")
+            logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
+            if tokens is None or logprobs is None or len(tokens) != len(logprobs):
+                raise ServiceError(f"generation server at {self.client.url} returned no token ids or logprobs "
+                                   "(is it `r1kit serve-gen`, vLLM >= 0.10?)")
+            finish = "stop" if choice.get("finish_reason") == "stop" else "length"
+            out.append(Completion(prompt_index=prompt_index, token_ids=list(tokens),
+                                  text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                                  finish_reason=finish, logprobs=[float(x) for x in logprobs]))
+        return out
+
+    # ------------------------------------------------------------ weights
+
+    def update_weights(self, model) -> None:
+        """Push `model`'s weights; the server reloads them in place and resets its prefix cache."""
+        start = time.perf_counter()
+        state = export_state_dict(model)
+        if self.weight_transfer == "path":
+            directory = os.path.join(self.shared_dir, "r1kit-weights")
+            save_weights(state, directory)
+            answer = self.client.post("/r1kit/update_weights", {"path": os.path.abspath(directory)})
+        else:
+            answer = self.client.post("/r1kit/update_weights", weights_bytes(state))
+        if "weights_version" not in answer:
+            raise ServiceError(f"weight push to the generation server at {self.client.url} failed: {answer}")
+        self.sync_seconds.append(time.perf_counter() - start)
+
+    def close(self) -> None:
+        pass  # the server outlives the run; stop it where it was started

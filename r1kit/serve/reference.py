@@ -1,0 +1,144 @@
+"""`r1kit serve-ref MODEL`: a reference-model server that returns per-token logprobs (Minimal-R1 / xDAN layout).
+
+The KL term needs log p_ref(completion token | prefix) for every sampled token. On a big model the
+frozen reference copy costs as much memory as the policy, so those systems put it on its own GPU or
+node. This server runs exactly the code the in-process reference runs (``r1kit.batch.completion_logprobs``
+on a frozen model), so its answers equal ``LocalReference``'s for the same weights and inputs
+(tests/test_services.py).
+
+Routes (JSON):
+  GET  /health          {"status": "ok", "model": NAME}            (never needs the token)
+  POST /v1/logprobs     {"model": NAME, "prompt_ids": [[int]], "completion_ids": [[int]], "temperature": 1.0}
+                     -> {"model": NAME, "logprobs": [[float]]}      one list per completion, its length
+
+Security: it binds 127.0.0.1 unless --host says otherwise. Anyone who can reach the port can use
+it; with a token (the variable --token-env names, R1KIT_SERVICE_TOKEN by default) every route but
+/health needs ``Authorization: Bearer TOKEN``. Put it behind a firewall or an SSH tunnel between nodes.
+Standard library HTTP server (one request at a time: the model is the bottleneck anyway).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import torch
+
+from r1kit.batch import completion_logprobs, make_batch
+from r1kit.types import Completion
+
+MAX_BODY = 256 * 1024 * 1024  # a request larger than this is refused (413)
+
+
+class ReferenceService:
+    """The model behind the routes: validates a request and scores it."""
+
+    def __init__(self, model, pad_id: int, name: str, micro_batch_size: int = 64):
+        self.model = model.requires_grad_(False).eval()
+        self.pad_id = pad_id
+        self.name = name
+        self.micro_batch_size = micro_batch_size
+        self.vocab = model.get_input_embeddings().weight.shape[0]
+        self.lock = threading.Lock()
+
+    def logprobs(self, request: dict) -> tuple[int, dict]:
+        """(HTTP status, JSON body) for a /v1/logprobs request."""
+        model = request.get("model")
+        if model is not None and model != self.name:
+            return 404, {"error": f"this reference server serves model {self.name!r}, not {model!r}"}
+        prompts, completions = request.get("prompt_ids"), request.get("completion_ids")
+        temperature = request.get("temperature", 1.0)
+        problem = _check_ids(prompts, completions, self.vocab)
+        if problem is None and not (isinstance(temperature, (int, float)) and temperature > 0):
+            problem = f"temperature must be a number > 0, got {temperature!r}"
+        if problem:
+            return 400, {"error": problem}
+        if not prompts:
+            return 200, {"model": self.name, "logprobs": []}
+        rows = [{"prompt_ids": p} for p in prompts]
+        items = [Completion(i, c, "", "stop") for i, c in enumerate(completions)]
+        batch = make_batch(items, rows, torch.zeros(len(items)), self.pad_id)
+        with self.lock, torch.no_grad():
+            out = completion_logprobs(self.model, batch, float(temperature), self.micro_batch_size).float().cpu()
+        return 200, {"model": self.name, "logprobs": [out[i, :len(c)].tolist() for i, c in enumerate(completions)]}
+
+
+def _check_ids(prompts, completions, vocab: int) -> str | None:
+    if not isinstance(prompts, list) or not isinstance(completions, list) or len(prompts) != len(completions):
+        return "prompt_ids and completion_ids must be lists of token-id lists of the same length"
+    for name, lists in (("prompt_ids", prompts), ("completion_ids", completions)):
+        for i, ids in enumerate(lists):
+            if not isinstance(ids, list) or not ids or not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
+                return f"{name}[{i}] must be a non-empty list of token ids in [0, {vocab})"
+    return None
+
+
+def make_handler(service: ReferenceService, token: str | None):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt, *args):  # one quiet line per request on stderr
+            pass
+
+        def _send(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _authorized(self) -> bool:
+            if not token:
+                return True
+            given = self.headers.get("Authorization", "")
+            return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+        def do_GET(self):
+            if self.path == "/health":
+                return self._send(200, {"status": "ok", "model": service.name})
+            return self._send(404, {"error": f"no route GET {self.path}"})
+
+        def do_POST(self):
+            if self.path != "/v1/logprobs":
+                return self._send(404, {"error": f"no route POST {self.path}"})
+            if not self._authorized():
+                return self._send(401, {"error": "missing or wrong bearer token"})
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                return self._send(413, {"error": f"request body over {MAX_BODY} bytes"})
+            try:
+                request = json.loads(self.rfile.read(length) or b"{}")
+            except ValueError as e:
+                return self._send(400, {"error": f"body is not JSON: {e}"})
+            if not isinstance(request, dict):
+                return self._send(400, {"error": "body must be a JSON object"})
+            try:
+                status, body = service.logprobs(request)
+            except Exception as e:  # a server error is reported, never a dropped connection
+                status, body = 500, {"error": f"{type(e).__name__}: {e}"}
+            return self._send(status, body)
+
+    return Handler
+
+
+def make_server(service: ReferenceService, host: str = "127.0.0.1", port: int = 8001,
+                token: str | None = None) -> ThreadingHTTPServer:
+    """A bound server (port 0 picks a free port: server.server_address[1]); call serve_forever()."""
+    server = ThreadingHTTPServer((host, port), make_handler(service, token))
+    server.daemon_threads = True
+    return server
+
+
+def load_service(model_name: str, dtype: str = "float32", device: str = "auto", micro_batch_size: int = 64,
+                 served_name: str | None = None, trust_remote_code: bool = False) -> ReferenceService:
+    """Load MODEL the way the trainer loads its reference (r1kit.models), frozen, on `device`."""
+    from r1kit.config import ModelCfg
+    from r1kit.models import load_model, load_tokenizer, pick_device
+
+    tokenizer = load_tokenizer(model_name, trust_remote_code)
+    cfg = ModelCfg(name_or_path=model_name, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    model = load_model(cfg, tokenizer).to(pick_device(device))
+    return ReferenceService(model, tokenizer.pad_token_id, served_name or model_name, micro_batch_size)
