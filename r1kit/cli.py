@@ -83,7 +83,7 @@ def cmd_eval(argv: list[str]) -> None:
     from r1kit.evaluate.benchmarks import benchmark_data, summary_table, write_items
     from r1kit.logging import console
     from r1kit.models import load_model, load_tokenizer, pick_device
-    from r1kit.rollout.hf import HFEngine
+    from r1kit.run import make_engine
 
     cfg = load_recipe(ns.recipe, ns.overrides)
     d, e = cfg.data, cfg.eval
@@ -95,20 +95,25 @@ def cmd_eval(argv: list[str]) -> None:
         rows, report = load_data(d, d.eval_split, size=ns.limit or d.eval_size)
         checker, origin = e.checker, report.summary()
     model_path = ns.model or cfg.model.name_or_path
+    cfg.model = dataclasses.replace(cfg.model, name_or_path=model_path)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    model_cfg = dataclasses.replace(cfg.model, name_or_path=model_path)
-    model = load_model(model_cfg, tokenizer, cfg.seed).to(pick_device(cfg.model.device))
+    model = load_model(cfg.model, tokenizer, cfg.seed).to(pick_device(cfg.model.device))
     n = e.n_samples if ns.n is None else ns.n
-    result = evaluate(HFEngine(model, tokenizer, cfg.rollout.generation_batch_size), tokenizer, rows,
-                      system_prompt=d.system_prompt, instruction=d.instruction, prompt_format=d.prompt_format,
-                      n_samples=n, temperature=_pick(ns.temperature, e.temperature), top_p=_pick(ns.top_p, e.top_p),
-                      max_new_tokens=_pick(ns.max_new_tokens, e.max_new_tokens), seed=_pick(ns.seed, cfg.seed),
-                      extract=_pick(ns.extract, e.extract), checker=checker, ks=ns.k)
+    engine = make_engine(cfg, model, tokenizer)  # rollout.engine=vllm (or server) evaluates with vLLM
+    try:
+        result = evaluate(
+            engine, tokenizer, rows, system_prompt=d.system_prompt, instruction=d.instruction,
+            prompt_format=d.prompt_format, n_samples=n, temperature=_pick(ns.temperature, e.temperature),
+            top_p=_pick(ns.top_p, e.top_p), max_new_tokens=_pick(ns.max_new_tokens, e.max_new_tokens),
+            seed=_pick(ns.seed, cfg.seed), extract=_pick(ns.extract, e.extract), checker=checker, ks=ns.k)
+    finally:
+        engine.close()
     name = ns.benchmark or d.source.replace("/", "_")
     output = Path(ns.output) if ns.output else cfg.run_dir.parent / "eval" / f"{_slug(model_path)}-{name}.jsonl"
     output.parent.mkdir(parents=True, exist_ok=True)
     write_items(output, result.items)
-    summary = {"model": model_path, "benchmark": name, "data": origin, "checker": checker, **result.summary()}
+    summary = {"model": model_path, "engine": cfg.rollout.engine, "benchmark": name, "data": origin,
+               "checker": checker, **result.summary()}
     output.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
     console.print(summary_table(f"{model_path} on {name}", result.summary()))
     console.print(f"per-problem results: {output}")
@@ -237,12 +242,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     from r1kit.config import ConfigError
     from r1kit.data.sources import DataError
+    from r1kit.rollout.http import ServiceError
 
     try:
         COMMANDS[argv[0]](argv[1:])
     except (ConfigError, DataError, FileNotFoundError, FileExistsError) as e:
         print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
         return 2
+    except (ServiceError, ImportError) as e:  # a server that stopped answering; an engine that is not installed
+        print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -190,3 +190,21 @@ def test_grpo_with_vllm_learns_like_hf(tmp_path):
     assert sum(lengths[-5:]) / 5 > 1.5 * sum(lengths[:5]) / 5
     assert max(m["engine/logprob_gap_max"] for m in metrics) < 1e-3  # vLLM samples from the trainer's weights
     assert all(m["time/weight_sync"] < 5 for m in metrics)
+
+
+def test_eval_command_with_the_vllm_engine_scores_like_hf(tmp_path, capsys):
+    """`r1kit eval ... rollout.engine=vllm`: greedy decoding matches HF's, so the score must be identical."""
+    import json
+
+    from r1kit.cli import main
+
+    scores = {}
+    for engine in ("hf", "vllm"):
+        assert main(["eval", "builtin:tiny-sft", "--benchmark", "tiny", "--limit", "40", "--n", "0",
+                     "--output", str(tmp_path / f"{engine}.jsonl"), f"rollout.engine={engine}",
+                     "rollout.vllm.kv_cache_gb=1"]) == 0
+        summary = json.loads((tmp_path / f"{engine}.summary.json").read_text())
+        assert summary["engine"] == engine
+        scores[engine] = summary["greedy_accuracy"]
+    capsys.readouterr()
+    assert scores["vllm"] == scores["hf"] and 0.1 < scores["hf"] < 0.6  # the shipped start is ~31%
