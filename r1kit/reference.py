@@ -35,6 +35,27 @@ class LocalReference:
         return out.float().cpu() * batch.completion_mask.to(out.device).cpu()
 
 
+class AdapterDisabledReference:
+    """LoRA training: the policy itself with its adapters switched off is the start model, so no
+    second copy is loaded (peft's `disable_adapter()`; the base weights never change)."""
+
+    def __init__(self, policy: torch.nn.Module, temperature: float, micro_batch_size: int):
+        self.policy = getattr(policy, "module", policy)  # unwrap DDP
+        self.temperature = temperature
+        self.micro_batch_size = micro_batch_size
+
+    @torch.no_grad()
+    def logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        was_training = self.policy.training
+        self.policy.eval()  # no adapter dropout
+        try:
+            with self.policy.disable_adapter():
+                out = completion_logprobs(self.policy, batch, self.temperature, self.micro_batch_size)
+        finally:
+            self.policy.train(was_training)
+        return out.float().cpu() * batch.completion_mask.to(out.device).cpu()
+
+
 class RemoteReference:
     """Reference logprobs from `r1kit serve-ref` (services.reference_url): the same numbers, another machine.
 

@@ -24,7 +24,7 @@ from r1kit.evaluate import evaluate
 from r1kit.logging import MetricsLogger, append_jsonl, console, format_metrics, progress_bar
 from r1kit.models import load_model, load_tokenizer, pick_device, resolve_model_path
 from r1kit.rewards import build_rewards
-from r1kit.reference import LocalReference, RemoteReference
+from r1kit.reference import AdapterDisabledReference, LocalReference, RemoteReference
 from r1kit.rollout.hf import HFEngine, eos_ids
 from r1kit.rollout.http import ServiceClient
 from r1kit.rollout.remote import START_HINT, RemoteEngine
@@ -96,7 +96,7 @@ def setup_run(cfg: Config) -> Run:
     model_path = str(resume_dir) if resume_dir else cfg.model.name_or_path
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     model = load_model(_with_path(cfg.model, model_path), tokenizer)
-    reference = make_reference(cfg, tokenizer, accelerator.device)
+    reference = make_reference(cfg, tokenizer, accelerator.device, policy=model)
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
                                   betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
@@ -177,15 +177,18 @@ def make_engine(cfg: Config, model, tokenizer):
     raise ValueError(f"rollout.engine={engine!r} is not available; expected 'hf', 'vllm' or 'server'")
 
 
-def make_reference(cfg: Config, tokenizer, device):
+def make_reference(cfg: Config, tokenizer, device, policy=None):
     """The KL reference: None when beta == 0 (nothing is loaded); a `r1kit serve-ref` server when
-    services.reference_url is set; else a frozen copy of the start model in this process."""
+    services.reference_url is set; with LoRA, the policy with its adapters disabled; else a frozen
+    copy of the start model in this process."""
     if cfg.algo.beta == 0:
         return None
     if cfg.services.reference_url:
         client = ServiceClient.from_services("reference server", cfg.services.reference_url, cfg.services,
                                              hint="Start it with `r1kit serve-ref MODEL`.")
         return RemoteReference(client, cfg.model.name_or_path, cfg.rollout.temperature)
+    if cfg.model.lora.enabled and policy is not None:
+        return AdapterDisabledReference(policy, cfg.rollout.temperature, cfg.train.micro_batch_size)
     ref_model = load_model(_with_path(cfg.model, cfg.model.name_or_path), tokenizer).to(device)
     return LocalReference(ref_model, cfg.rollout.temperature, cfg.train.micro_batch_size)
 

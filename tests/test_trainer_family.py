@@ -138,3 +138,41 @@ def test_a_reward_that_raises_stops_the_run_or_is_counted(small_model_dir, tmp_p
     lines = [json.loads(x) for x in (tmp_path / "t2" / "metrics.jsonl").read_text().splitlines()]
     assert [m["rewards/always_raises/errors"] for m in lines] == [1.0, 1.0]
     assert "reward 'always_raises' raised" in capsys.readouterr().out
+
+
+def test_lora_reference_is_the_policy_with_adapters_disabled(small_model_dir, tiny_tokenizer):
+    from r1kit.batch import completion_logprobs, make_batch
+    from r1kit.config import LoraCfg, ModelCfg
+    from r1kit.data.templates import build_messages, encode_prompt
+    from r1kit.models import load_model
+    from r1kit.reference import AdapterDisabledReference, LocalReference
+    from r1kit.rollout.hf import HFEngine
+    from r1kit.types import SamplingParams
+
+    base = load_model(ModelCfg(name_or_path=small_model_dir), tiny_tokenizer)
+    policy = load_model(ModelCfg(name_or_path=small_model_dir, lora=LoraCfg(enabled=True, r=4)), tiny_tokenizer)
+    with torch.no_grad():  # trained adapters: lora_B is zero at init, so move it
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)
+    rows = [{"prompt_ids": encode_prompt(tiny_tokenizer, build_messages(q))} for q in ("1+2?", "3+4+5?")]
+    out = HFEngine(base, tiny_tokenizer).generate([r["prompt_ids"] for r in rows], 3,
+                                                  SamplingParams(max_new_tokens=8, seed=0))
+    batch = make_batch(out, rows, torch.zeros(len(out)), tiny_tokenizer.pad_token_id)
+    ref = AdapterDisabledReference(policy, 1.0, 4).logprobs(batch)
+    torch.testing.assert_close(ref, LocalReference(base, 1.0, 4).logprobs(batch), atol=1e-5, rtol=0)
+    with torch.no_grad():  # and the adapters are back on afterwards
+        assert (completion_logprobs(policy, batch) - ref).abs().max() > 1e-3
+
+
+def test_lora_with_kl_trains_without_a_second_model(small_model_dir, tmp_path, monkeypatch):
+    import r1kit.run as run_module
+
+    loads = []
+    real = run_module.load_model
+    monkeypatch.setattr(run_module, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    train(cfg_for(small_model_dir, tmp_path, "train.max_steps=2", "algo.beta=0.1", "model.lora.enabled=true",
+                  "model.lora.r=4", "train.learning_rate=5e-2", *QUIET))
+    assert len(loads) == 1  # the policy only
+    m = metrics(tmp_path)
+    assert m[0]["kl"] == pytest.approx(0.0, abs=1e-6) and m[1]["kl"] > 0
