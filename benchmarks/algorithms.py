@@ -39,15 +39,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--minutes", type=float, default=3.0, help="wall-clock budget per run")
     parser.add_argument("--steps", type=int, default=1000, help="step cap per run")
+    parser.add_argument("--filters", nargs="+", choices=["off", "on"], default=["off", "on"],
+                        help="zero-variance filtering settings to run")
+    parser.add_argument("--tag", default="", help="suffix for run names (e.g. when overrides differ)")
     parser.add_argument("--out", default="benchmarks/results/algorithms.json")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
     results = []
     for preset in args.presets:
-        for on in (False, True):
+        for on in [f == "on" for f in args.filters]:
             for seed in args.seeds:
-                name = f"bench-algo-{preset}-{'filter' if on else 'nofilter'}-seed{seed}"
+                name = f"bench-algo-{preset}-{'filter' if on else 'nofilter'}-seed{seed}{args.tag}"
                 cfg = load_recipe(None, [f"seed={seed}", f"name={name}", "output_dir=runs/bench", "log.progress=false",
                                          "log.console_every=0", f"algo.loss_type={preset}", *filter_overrides(preset, on),
                                          f"train.max_minutes={args.minutes}", f"train.max_steps={args.steps}",
