@@ -78,6 +78,7 @@ def cmd_eval(argv: list[str]) -> None:
         ns.overrides, ns.model = [ns.model, *ns.overrides], None
 
     from r1kit.config import load_recipe
+    from r1kit.data.benchmarks import checker_for
     from r1kit.data.sources import load_data
     from r1kit.evaluate import evaluate
     from r1kit.evaluate.benchmarks import benchmark_data, summary_table, write_items
@@ -90,10 +91,11 @@ def cmd_eval(argv: list[str]) -> None:
     d = dataclasses.replace(d, **{k: v for k, v in (("system_prompt", ns.system_prompt), ("instruction", ns.instruction),
                                                      ("prompt_format", ns.prompt_format)) if v is not None})
     if ns.benchmark:
-        rows, checker, origin = benchmark_data(ns.benchmark, d, ns.limit)
+        rows, source, origin = benchmark_data(ns.benchmark, d, ns.limit)
     else:
         rows, report = load_data(d, d.eval_split, size=ns.limit or d.eval_size)
-        checker, origin = e.checker, report.summary()
+        source, origin = d.source, report.summary()
+    checker = checker_for(source, e.checker)  # as during training: a shipped benchmark's own, unless eval.checker
     model_path = ns.model or cfg.model.name_or_path
     cfg.model = dataclasses.replace(cfg.model, name_or_path=model_path)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)

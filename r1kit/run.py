@@ -18,6 +18,7 @@ from transformers import get_scheduler
 
 from r1kit.checkpoint import list_checkpoints, resolve_resume, save_checkpoint, save_final
 from r1kit.config import Config, ConfigError, save_config, to_dict
+from r1kit.data.benchmarks import checker_for
 from r1kit.data.sources import load_rows
 from r1kit.data.templates import build_messages, encode_prompt
 from r1kit.evaluate import evaluate
@@ -217,15 +218,11 @@ def sampling_params(cfg: Config, step: int, draw: int = 0) -> SamplingParams:
 
 
 def run_eval(run: Run, when: str) -> dict:
-    from r1kit.data.benchmarks import BENCHMARKS
-
     e, d = run.cfg.eval, run.cfg.data
-    bench = BENCHMARKS.get(d.source)  # a shipped benchmark compares answers its own way unless eval.checker says
-    checker = bench.checker if bench is not None and e.checker == "auto" else e.checker
     result = evaluate(run.engine, run.tokenizer, run.eval_rows, system_prompt=d.system_prompt,
                       instruction=d.instruction, prompt_format=d.prompt_format, max_new_tokens=e.max_new_tokens,
                       n_samples=e.n_samples, temperature=e.temperature, top_p=e.top_p, seed=run.cfg.seed,
-                      extract=e.extract, checker=checker)
+                      extract=e.extract, checker=checker_for(d.source, e.checker))
     metrics = {f"eval/{k}": v for k, v in result.summary().items()}
     run.state.eval_history.append((run.state.step, result.greedy_accuracy))
     console.print(f"eval ({when}, step {run.state.step}): " + format_metrics(metrics, sorted(metrics)))

@@ -52,6 +52,13 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
 )}
 
 
+def checker_for(source: str, checker: str) -> str:
+    """The answer checker for data from `source`: eval.checker when set, else ("auto") a shipped
+    benchmark's own checker. Training-time eval and `r1kit eval` both decide here."""
+    bench = BENCHMARKS.get(source)
+    return bench.checker if bench is not None and checker == "auto" else checker
+
+
 def get_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
         raise KeyError(f"unknown benchmark {name!r}; shipped: {', '.join(BENCHMARKS)}")

@@ -18,17 +18,17 @@ EVAL_BENCHMARKS = ("tiny", *shipped.BENCHMARKS)
 
 
 def benchmark_data(name: str, data_cfg, limit: int | None) -> tuple[list[dict], str, str]:
-    """(rows, checker, description) of a benchmark; `limit` keeps the first N problems (None: all)."""
+    """(rows, data source, description) of a benchmark; `limit` keeps the first N problems (None: all).
+    The source names the answer checker (r1kit.data.benchmarks.checker_for)."""
     if name == "tiny":
         cfg = dataclasses.replace(data_cfg, source="tiny_arith")
         rows, report = load_data(cfg, "heldout", size=limit or data_cfg.eval_size)
-        return rows, "auto", report.origin
+        return rows, cfg.source, report.origin
     if name not in shipped.BENCHMARKS:
         raise DataError(f"unknown benchmark {name!r}; expected one of {', '.join(EVAL_BENCHMARKS)}")
-    bench = shipped.BENCHMARKS[name]
     cfg = dataclasses.replace(data_cfg, source=name)
     rows, report = load_data(cfg, "test", size=limit)
-    return rows, bench.checker, report.summary()
+    return rows, cfg.source, report.summary()
 
 
 def write_items(path: str | Path, items: list[dict]) -> None:
