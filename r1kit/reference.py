@@ -32,28 +32,27 @@ class LocalReference:
     @torch.no_grad()
     def logprobs(self, batch: RolloutBatch) -> torch.Tensor:
         out = completion_logprobs(self.model, batch, self.temperature, self.micro_batch_size)
-        return out.float().cpu() * batch.completion_mask.to(out.device).cpu()
+        return out.float().cpu() * batch.completion_mask.cpu()
 
 
-class AdapterDisabledReference:
+class AdapterDisabledReference(LocalReference):
     """LoRA training: the policy itself with its adapters switched off is the start model, so no
     second copy is loaded (peft's `disable_adapter()`; the base weights never change)."""
 
     def __init__(self, policy: torch.nn.Module, temperature: float, micro_batch_size: int):
-        self.policy = getattr(policy, "module", policy)  # unwrap DDP
+        # no super().__init__: the policy must stay trainable; only its adapters are switched off here
+        self.model = getattr(policy, "module", policy)  # unwrap DDP
         self.temperature = temperature
         self.micro_batch_size = micro_batch_size
 
-    @torch.no_grad()
     def logprobs(self, batch: RolloutBatch) -> torch.Tensor:
-        was_training = self.policy.training
-        self.policy.eval()  # no adapter dropout
+        was_training = self.model.training
+        self.model.eval()  # no adapter dropout
         try:
-            with self.policy.disable_adapter():
-                out = completion_logprobs(self.policy, batch, self.temperature, self.micro_batch_size)
+            with self.model.disable_adapter():
+                return super().logprobs(batch)
         finally:
-            self.policy.train(was_training)
-        return out.float().cpu() * batch.completion_mask.to(out.device).cpu()
+            self.model.train(was_training)
 
 
 class RemoteReference:

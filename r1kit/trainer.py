@@ -127,15 +127,15 @@ def sample_and_score(run: Run, algo: AlgoCfg, step: int, timer: PhaseTimer):
             groups = list(range(B))
         for g in groups:
             completions += [dataclasses.replace(c, prompt_index=len(rows)) for c in draw_completions[g * G:(g + 1) * G]]
-            kept_scores.append(_select(scored, range(g * G, (g + 1) * G)))
+            kept_scores.append(scored.select(range(g * G, (g + 1) * G)))
             rows.append(draw_rows[g])
         if len(rows) == B:
             break
     informative = len(rows)
     if not rows:  # no draw had a group with signal: train on the first draw (zero advantages, as without DAPO)
         rows, completions, kept_scores = first_draw
-    everything = _concat(drawn_scores)
-    return rows, completions, _concat(kept_scores), {
+    everything = RewardResult.concat(drawn_scores)
+    return rows, completions, RewardResult.concat(kept_scores), {
         **everything.metrics(), "sampling/draws": float(len(drawn_scores)), "sampling/groups_kept": float(informative),
         "groups/zero_variance_fraction": zero_variance_groups(torch.tensor(everything.total), G).float().mean().item()}
 
@@ -146,18 +146,6 @@ def _score(run: Run, rows: list[dict], completions: list) -> RewardResult:
     columns["prompts"] = columns.pop("prompt_text")
     columns["completion_ids"] = [c.token_ids for c in completions]
     return combine(run.reward_funcs, [c.text for c in completions], columns, run.cfg.train.reward_on_error)
-
-
-def _select(result: RewardResult, indices) -> RewardResult:
-    idx = list(indices)
-    return RewardResult([result.total[i] for i in idx], {k: [v[i] for i in idx] for k, v in result.per_func.items()},
-                        dict(result.errors))
-
-
-def _concat(results: list[RewardResult]) -> RewardResult:
-    return RewardResult([t for r in results for t in r.total],
-                        {k: [v for r in results for v in r.per_func[k]] for k in results[0].per_func},
-                        {k: sum(r.errors.get(k, 0) for r in results) for k in results[0].per_func})
 
 
 # ---------------------------------------------------------------- 6. one optimizer step

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from r1kit.algo.advantages import group_std
+from r1kit.algo.advantages import zero_variance_groups
 
 
 def informative_groups(rewards: torch.Tensor, group_size: int, min_std: float | None) -> torch.Tensor:
@@ -17,7 +17,7 @@ def informative_groups(rewards: torch.Tensor, group_size: int, min_std: float | 
 
     DAPO's dynamic sampling keeps exactly these; ReasonLLM's tip is min_std = 0.1.
     """
-    return group_std(rewards, group_size) > (min_std or 0.0)
+    return ~zero_variance_groups(rewards, group_size, min_std or 0.0)
 
 
 def keep_groups(rewards: torch.Tensor, group_size: int, min_std: float | None) -> torch.Tensor:

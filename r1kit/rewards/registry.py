@@ -204,6 +204,20 @@ class RewardResult:
             out[f"{prefix}/{label}/errors"] = float(self.errors.get(label, 0))
         return out
 
+    def select(self, indices) -> "RewardResult":
+        """The results of the completions at `indices`, in that order (errors are per call: kept)."""
+        idx = list(indices)
+        return RewardResult([self.total[i] for i in idx], {k: [v[i] for i in idx] for k, v in self.per_func.items()},
+                            dict(self.errors))
+
+    @staticmethod
+    def concat(results: Sequence["RewardResult"]) -> "RewardResult":
+        """Several batches' results as one (errors summed over the calls)."""
+        labels = list(results[0].per_func)
+        return RewardResult([t for r in results for t in r.total],
+                            {k: [v for r in results for v in r.per_func[k]] for k in labels},
+                            {k: sum(r.errors.get(k, 0) for r in results) for k in labels})
+
 
 def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
