@@ -437,10 +437,9 @@ def validate(cfg: Config) -> None:
         (not cfg.data.task_config or cfg.data.source.startswith("reasoning_gym:"),
          f"data.task_config is only used by reasoning_gym:<task> sources, not {cfg.data.source!r}"),
     ]
-    for ok, message in checks + _algo_checks(cfg.algo.resolved()):
+    for ok, message in checks + _algo_checks(cfg.algo.resolved()) + _services_checks(cfg):
         if not ok:
             raise ConfigError(message)
-    _validate_services(cfg)
     for i, reward in enumerate(cfg.rewards):
         if not isinstance(reward.name, str) or not reward.name:
             raise ConfigError(f"rewards[{i}].name must be a non-empty string")
@@ -470,7 +469,7 @@ def _algo_checks(a: AlgoCfg) -> list[tuple[bool, str]]:
     ]
 
 
-def _validate_services(cfg: Config) -> None:
+def _services_checks(cfg: Config) -> list[tuple[bool, str]]:
     """rollout.vllm and services: URLs where they are needed, and nowhere they would be ignored."""
     r, v, s = cfg.rollout, cfg.rollout.vllm, cfg.services
     checks = [
@@ -491,6 +490,4 @@ def _validate_services(cfg: Config) -> None:
         url = getattr(s, url_key)
         checks.append((not url or url.startswith(("http://", "https://")),
                        f"services.{url_key} must start with http:// or https://, got {url!r}"))
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    return checks
