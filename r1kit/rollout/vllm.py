@@ -33,6 +33,7 @@ import time
 
 import torch
 
+from r1kit.rollout.hf import eos_ids
 from r1kit.rollout.weights import export_state_dict, save_weights, unwrap
 from r1kit.types import Completion, SamplingParams
 
@@ -53,7 +54,7 @@ def import_vllm(who: str):
 
 
 class VLLMEngine:
-    def __init__(self, model_path: str, tokenizer, vllm_cfg, dtype: str = "float32", seed: int = 0, policy=None):
+    def __init__(self, model_path: str, tokenizer, vllm_cfg, *, policy, dtype: str = "float32", seed: int = 0):
         """model_path: a local HF directory (resolved already); vllm_cfg: config.VllmCfg; policy: the trainer's model."""
         self.cfg = vllm_cfg
         self.tokenizer = tokenizer
@@ -86,7 +87,7 @@ class VLLMEngine:
                 else:
                     os.environ[key] = value
         self._vllm = vllm
-        self.stop_ids = _stop_ids(model_path, tokenizer)
+        self.stop_ids = eos_ids(unwrap(policy), tokenizer)  # the tokens the HF engine stops on
         self.asleep = False
         shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
         self.weights_dir = tempfile.mkdtemp(prefix="r1kit-vllm-weights-", dir=shm)
@@ -153,9 +154,6 @@ class VLLMEngine:
         self.sync_seconds.append(time.perf_counter() - start)
 
     def _wake(self, policy) -> None:
-        if policy is None:
-            raise RuntimeError("the vLLM engine is asleep with its weights released and has no policy to reload "
-                               "from: call update_weights(model) before generate")
         self.update_weights(unwrap(policy))
 
     def close(self) -> None:
@@ -167,16 +165,3 @@ class VLLMEngine:
                 log.warning("r1kit: vLLM engine shutdown raised %s: %s", type(e).__name__, e)
         shutil.rmtree(getattr(self, "weights_dir", ""), ignore_errors=True)
 
-
-def _stop_ids(model_path: str, tokenizer) -> set[int]:
-    """The tokenizer's EOS and generation_config.json's eos_token_id(s), as the HF engine stops on them."""
-    ids = {tokenizer.eos_token_id}
-    try:
-        from transformers import GenerationConfig
-
-        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
-    except OSError:  # no generation_config.json
-        eos = None
-    if eos is not None:
-        ids |= set(eos) if isinstance(eos, (list, tuple)) else {eos}
-    return {i for i in ids if i is not None}
