@@ -136,3 +136,11 @@ def test_numeric_benchmark_answers_must_parse(tmp_path, monkeypatch):
         load_rows(DataCfg(source="aime24"), "test")
     with pytest.raises(DataError, match="every row was skipped"):
         load_rows(DataCfg(source="aime24", skip_invalid=True), "test")
+
+
+def test_the_checker_is_the_benchmarks_own_unless_eval_checker_is_set():
+    from r1kit.data.benchmarks import checker_for
+
+    assert checker_for("gsm8k", "auto") == "numeric" and checker_for("math500", "auto") == "math"
+    assert checker_for("gsm8k", "math") == "math"  # an explicit eval.checker wins
+    assert checker_for("tiny_arith", "auto") == "auto" and checker_for("data.jsonl", "numeric") == "numeric"
