@@ -15,6 +15,16 @@ from r1kit.types import Completion
 
 
 @dataclass
+class Normaliser:
+    """The loss normaliser's counts for one optimizer step, over every process together."""
+
+    rows: int  # completions in the loss
+    tokens: int  # their completion tokens
+    micro_batches: int  # micro-batches that carry rows
+    processes: int = 1
+
+
+@dataclass
 class RolloutBatch:
     prompt_ids: torch.Tensor  # (N, P) left-padded, each prompt repeated G times
     prompt_mask: torch.Tensor  # (N, P) 1 on real prompt tokens
@@ -37,13 +47,16 @@ class RolloutBatch:
     def to(self, device) -> "RolloutBatch":
         return RolloutBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
-    def weight(self, full: "RolloutBatch", agg: str, num_micro_batches: int) -> float:
-        """This micro-batch's share of the full batch's loss, so accumulated gradients equal the full-batch one."""
-        if agg == "token_mean":  # every token of the full batch weighs the same
-            return self.completion_mask.sum().item() / max(full.completion_mask.sum().item(), 1)
-        if agg == "local_token_mean":  # (bnpo) each micro-batch's token mean, averaged over micro-batches
-            return 1.0 / num_micro_batches
-        return len(self) / len(full)  # per-sequence aggregations: each sequence weighs 1/N
+    def weight(self, agg: str, norm: "Normaliser") -> float:
+        """This micro-batch's share of the step's loss, so the accumulated gradient equals the whole
+        batch's. Strategies average gradients over processes, hence the factor `norm.processes`."""
+        if agg == "token_mean":  # every token of the step weighs the same
+            share = self.completion_mask.sum().item() / max(norm.tokens, 1)
+        elif agg == "local_token_mean":  # (bnpo) each micro-batch's token mean, averaged over micro-batches
+            share = 1.0 / max(norm.micro_batches, 1)
+        else:  # per-sequence aggregations: each sequence weighs 1/N
+            share = len(self) / max(norm.rows, 1)
+        return share * norm.processes
 
     def logprob_gap(self, trainer_logprobs: torch.Tensor, old_logprobs: torch.Tensor) -> dict:
         """Sampler-vs-trainer statistics over real tokens, as sums, maxima and a token count (for batch

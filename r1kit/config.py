@@ -40,7 +40,9 @@ class LoraCfg:
     r: int = 16  # adapter rank
     alpha: int = 32  # scaling numerator (scale = alpha / r)
     dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # module names to adapt, or "all-linear" (every linear layer but the output head, as peft defines it)
+    target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    save: Literal["merged", "adapter"] = "merged"  # final/ and checkpoints: merged weights, or the PEFT adapter alone
 
 
 @dataclass
@@ -50,6 +52,7 @@ class ModelCfg:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda if available, else cpu (multi-GPU: accelerate launch)
     attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2; None lets transformers choose
     gradient_checkpointing: bool = False  # trade compute for activation memory
+    load_in_4bit: bool = False  # QLoRA: frozen base weights in 4-bit NF4 (bitsandbytes, CUDA); needs lora.enabled
     trust_remote_code: bool = False
     lora: LoraCfg = field(default_factory=LoraCfg)
 
@@ -182,6 +185,7 @@ class TrainCfg:
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
+    optim: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"  # 8-bit: bitsandbytes, CUDA only
     max_grad_norm: float = 1.0  # clip the global gradient norm; 0 disables
     save_every: int = 50  # checkpoint every N steps (0: only the final model)
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
@@ -434,6 +438,11 @@ def validate(cfg: Config) -> None:
         (0 < cfg.eval.top_p <= 1, f"eval.top_p must be in (0, 1], got {cfg.eval.top_p}"),
         (cfg.eval.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {cfg.eval.max_new_tokens}"),
         (bool(cfg.data.source.strip()), "data.source must name a dataset (tiny_arith, gsm8k, a file, ...)"),
+        (not isinstance(cfg.model.lora.target_modules, str) or cfg.model.lora.target_modules == "all-linear",
+         f"model.lora.target_modules must be a list of module names or 'all-linear', got "
+         f"{cfg.model.lora.target_modules!r}"),
+        (not cfg.model.load_in_4bit or cfg.model.lora.enabled,
+         "model.load_in_4bit (QLoRA) trains adapters on a frozen 4-bit base: set model.lora.enabled=true"),
         (not cfg.data.task_config or cfg.data.source.startswith("reasoning_gym:"),
          f"data.task_config is only used by reasoning_gym:<task> sources, not {cfg.data.source!r}"),
     ]

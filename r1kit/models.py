@@ -136,12 +136,18 @@ def load_model(cfg: "ModelCfg", tokenizer, seed: int = 0):
     """The policy model for training: built-in or from_pretrained, then LoRA and checkpointing if asked."""
     from transformers import AutoModelForCausalLM
 
+    quantization = four_bit_config(cfg.dtype) if cfg.load_in_4bit else None
     if cfg.name_or_path == BUILTIN_INIT:
         model = build_tiny_model(tokenizer, seed=seed).to(torch_dtype(cfg.dtype))
     else:
         model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.name_or_path), dtype=torch_dtype(cfg.dtype),
                                                      trust_remote_code=cfg.trust_remote_code,
-                                                     attn_implementation=cfg.attn_implementation)
+                                                     attn_implementation=cfg.attn_implementation,
+                                                     quantization_config=quantization)
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False  # the cache is useless (and warned about) while checkpointing
@@ -150,20 +156,78 @@ def load_model(cfg: "ModelCfg", tokenizer, seed: int = 0):
     return model
 
 
+def require_bitsandbytes(key: str):
+    """bitsandbytes, or a clear error naming the recipe key: its 4-bit layers and 8-bit optimizers need CUDA."""
+    import torch
+
+    from r1kit.config import ConfigError
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{key} needs bitsandbytes on a CUDA GPU, and no GPU is visible here; without one, "
+                          "train LoRA on full-precision weights (model.lora.enabled) with train.optim=adamw_torch")
+    try:
+        import bitsandbytes
+    except ImportError as e:
+        raise ImportError(f"{key} needs bitsandbytes: pip install bitsandbytes ({e})") from e
+    return bitsandbytes
+
+
+def four_bit_config(dtype: str):
+    """QLoRA's quantisation: NF4 weights, double quantisation, compute in the recipe's dtype."""
+    from transformers import BitsAndBytesConfig
+
+    require_bitsandbytes("model.load_in_4bit")
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch_dtype(dtype))
+
+
+def make_optimizer(params, train_cfg):
+    """AdamW as train.optim names it: torch's, or bitsandbytes' 8-bit (optionally paged) AdamW."""
+    import torch
+
+    kwargs = dict(lr=train_cfg.learning_rate, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
+                  weight_decay=train_cfg.weight_decay)
+    if train_cfg.optim == "adamw_torch":
+        return torch.optim.AdamW(params, **kwargs)
+    bnb = require_bitsandbytes(f"train.optim={train_cfg.optim}")
+    cls = bnb.optim.PagedAdamW8bit if train_cfg.optim == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+    return cls(params, **kwargs)
+
+
 def apply_lora(model, lora_cfg):
+    """LoRA adapters on `lora_cfg.target_modules` (a list of module names, or "all-linear")."""
     from peft import LoraConfig, get_peft_model
+
+    from r1kit.config import ConfigError
 
     config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                         target_modules=lora_cfg.target_modules, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:  # peft: "Target modules {...} not found in the base model"
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
+        raise ConfigError(f"model.lora.target_modules={lora_cfg.target_modules!r} matches no module of this model "
+                          f"({e}); its linear layers are {linear}, or use all-linear") from None
 
 
-def save_model(model, tokenizer, path: str | Path) -> None:
-    """save_pretrained for model and tokenizer; a LoRA model is saved merged, so it loads like any model."""
+def save_model(model, tokenizer, path: str | Path, state_dict: dict | None = None, lora_save: str = "merged") -> None:
+    """save_pretrained for model and tokenizer.
+
+    `state_dict` is the whole model's (gathered from shards by the caller); None reads the model's own.
+    A LoRA model is saved merged (loads like any model) or, with lora_save="adapter", as the PEFT
+    adapter alone (adapter_config.json + adapter_model.safetensors; load it on the base model).
+    """
     model = getattr(model, "module", model)  # unwrap DDP
-    if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
+    if hasattr(model, "peft_config") and hasattr(model, "merge_and_unload"):
+        if lora_save == "adapter":
+            model.save_pretrained(path, safe_serialization=True)
+            tokenizer.save_pretrained(path)
+            return
         import copy
 
-        model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(path, safe_serialization=True)
+        model = copy.deepcopy(model)
+        if state_dict is not None:
+            model.load_state_dict(state_dict)
+        model, state_dict = model.merge_and_unload(), None
+    model.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(path)

@@ -16,14 +16,16 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
-from r1kit.checkpoint import list_checkpoints, resolve_resume, save_checkpoint, save_final
+from r1kit import distributed as dist
+from r1kit.checkpoint import (ACCELERATOR_DIR, list_checkpoints, load_trainer_state, resolve_resume, save_checkpoint,
+                              save_final)
 from r1kit.config import Config, ConfigError, save_config, to_dict
 from r1kit.data.benchmarks import checker_for
 from r1kit.data.sources import load_rows
 from r1kit.data.templates import build_messages, encode_prompt
-from r1kit.evaluate import evaluate
+from r1kit.evaluate import EvalResult, evaluate
 from r1kit.logging import MetricsLogger, append_jsonl, console, format_metrics, progress_bar
-from r1kit.models import load_model, load_tokenizer, pick_device, resolve_model_path
+from r1kit.models import load_model, load_tokenizer, make_optimizer, pick_device, resolve_model_path
 from r1kit.rewards import build_rewards
 from r1kit.reference import AdapterDisabledReference, LocalReference, RemoteReference
 from r1kit.rollout.hf import HFEngine, eos_ids
@@ -54,7 +56,7 @@ class Run:
     eval_rows: list[dict]
     optimizer: torch.optim.Optimizer
     scheduler: object
-    logger: MetricsLogger
+    logger: MetricsLogger | None  # the main process's; None on the others
     progress: object
     state: RunState
     started: float = field(default_factory=time.time)
@@ -76,55 +78,79 @@ class Run:
 
 
 def setup_run(cfg: Config) -> Run:
+    """Everything the loop needs, on every process; only the main process writes files.
+
+    A resumed run rebuilds the model from model.name_or_path, then `Accelerator.load_state` puts the
+    checkpoint's weights and optimizer state back (LoRA adapters included), so every strategy resumes
+    the same way.
+    """
+    acc = dist.make_accelerator(cfg.model.device, cfg.train.max_grad_norm)
+    if not acc.is_main_process:
+        console.quiet = True  # one process speaks for the run
     run_dir = cfg.run_dir
-    if cfg.train.resume_from and cfg.model.lora.enabled:
-        raise ConfigError("train.resume_from with model.lora.enabled is not supported yet: checkpoints store merged "
-                         "weights, not the adapter and its optimizer state")
     resume_dir = resolve_resume(cfg.train.resume_from, run_dir / "checkpoints") if cfg.train.resume_from else None
     if resume_dir is None and (run_dir / "metrics.jsonl").exists():
         raise FileExistsError(f"run directory {run_dir} already holds a run; pick another name= or resume it "
                               "with train.resume_from=latest")
-    # rewards and data first: a bad name or dataset fails in seconds, before anything is written or loaded
+    # rewards, data and the process layout first: bad input fails in seconds, before anything is written
+    dist.local_share(cfg.prompts_per_step, acc)
+    _check_strategy(cfg, acc)
     reward_funcs = _build_rewards(cfg)
     raw_train_rows = load_rows(cfg.data, cfg.data.split, size=None)
     eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    acc.wait_for_everyone()  # every process has checked the run directory before the main one writes to it
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
     pick_device(cfg.model.device)  # fails clearly on device=cuda without a GPU
-    accelerator = Accelerator(cpu=cfg.model.device == "cpu")
     torch.manual_seed(cfg.seed)
 
-    model_path = str(resume_dir) if resume_dir else cfg.model.name_or_path
-    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    model = load_model(_with_path(cfg.model, model_path), tokenizer)
-    reference = make_reference(cfg, tokenizer, accelerator.device, policy=model)
-
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
-                                  betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
-                                  weight_decay=cfg.train.weight_decay)
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    model = load_model(cfg.model, tokenizer)
+    reference = make_reference(cfg, tokenizer, acc.device, policy=model)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.train)
     name = "constant_with_warmup" if cfg.train.lr_scheduler == "constant" else cfg.train.lr_scheduler
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.train.warmup_steps,
                               num_training_steps=max(cfg.train.max_steps * cfg.algo.num_iterations, 1))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = acc.prepare(model, optimizer)
     state = RunState()
     if resume_dir is not None:
-        saved = torch.load(resume_dir / "trainer_state.pt", weights_only=False)
-        optimizer.load_state_dict(saved["optimizer"])
+        acc.load_state(str(resume_dir / ACCELERATOR_DIR))
+        saved = load_trainer_state(resume_dir)
         scheduler.load_state_dict(saved["scheduler"])
         state = RunState(**saved["run_state"])
         console.print(f"resumed from {resume_dir} at step {state.step}")
 
     train_rows = _with_prompts(raw_train_rows, cfg, tokenizer)
-    run = Run(cfg, accelerator, model, reference, tokenizer, make_engine(cfg, model, tokenizer),
-              reward_funcs,
-              train_rows, eval_rows, optimizer, scheduler,
-              MetricsLogger(run_dir, cfg.log, to_dict(cfg), resume=resume_dir is not None),
-              progress_bar(cfg.log.progress), state)
+    logger = MetricsLogger(run_dir, cfg.log, to_dict(cfg), resume=resume_dir is not None) if acc.is_main_process else None
+    run = Run(cfg, acc, model, reference, tokenizer, make_engine(cfg, model, tokenizer, acc), reward_funcs,
+              train_rows, eval_rows, optimizer, scheduler, logger, progress_bar(cfg.log.progress and acc.is_main_process),
+              state)
+    if acc.num_processes > 1:
+        console.print(f"{acc.num_processes} processes, strategy {dist.strategy_name(acc)}: each samples "
+                      f"{cfg.prompts_per_step // acc.num_processes} of the {cfg.prompts_per_step} prompts per step")
     if cfg.eval.before and state.step == 0:
         before = run_eval(run, "before")
         state.accuracy_before = before["eval/greedy_accuracy"]
         state.reasoning_share_before = before["eval/reasoning_share"]
     return run
+
+
+def _check_strategy(cfg: Config, acc) -> None:
+    """Combinations this version or platform cannot run, refused before anything is written."""
+    from r1kit.models import require_bitsandbytes
+
+    strategy = dist.strategy_name(acc)
+    if cfg.model.load_in_4bit:
+        require_bitsandbytes("model.load_in_4bit")
+    if cfg.train.optim != "adamw_torch":
+        require_bitsandbytes(f"train.optim={cfg.train.optim}")
+    if cfg.model.lora.enabled and dist.is_sharded(acc):
+        raise ConfigError(f"model.lora.enabled with {strategy} is not supported: the adapters are small, so shard the "
+                          "frozen base with zero2 (recipes/accelerate/zero2.yaml) or train without LoRA")
+    if cfg.rollout.engine == "vllm" and acc.num_processes > 1:
+        raise ConfigError("rollout.engine=vllm (colocated) runs in one process; with several training processes use "
+                          "rollout.engine=server (every rank samples from one `r1kit serve-gen`) or hf")
 
 
 def _build_rewards(cfg: Config) -> list:
@@ -152,15 +178,19 @@ def _with_prompts(rows: list[dict], cfg: Config, tokenizer) -> list[dict]:
     return out
 
 
-def make_engine(cfg: Config, model, tokenizer):
+def make_engine(cfg: Config, model, tokenizer, acc=None):
     """The rollout engine the recipe names; vLLM is imported only for the vllm and server engines.
 
     vllm and server engines start from the model's files, then receive the policy's current
     weights at once, so a resumed run samples from its checkpoint, not from the start model.
+    With several processes the server engine is shared: only the main process pushes weights.
     """
     engine = cfg.rollout.engine
     if engine == "hf":
-        return HFEngine(model, tokenizer, cfg.rollout.generation_batch_size)
+        if acc is None:
+            return HFEngine(model, tokenizer, cfg.rollout.generation_batch_size)
+        return HFEngine(model, tokenizer, cfg.rollout.generation_batch_size,
+                        gather=dist.gather_for_generation(acc, model), synced=dist.is_sharded(acc))
     if engine == "vllm":
         from r1kit.rollout.vllm import VLLMEngine
 
@@ -169,10 +199,14 @@ def make_engine(cfg: Config, model, tokenizer):
         vllm_engine.update_weights(model)
         return vllm_engine
     if engine == "server":
+        if acc is not None and dist.is_sharded(acc):
+            raise ConfigError("rollout.engine=server with ZeRO-3/FSDP is not supported yet (the weight push would "
+                              "need the sharded weights gathered one parameter at a time); use zero2 or ddp")
         s = cfg.services
         client = ServiceClient.from_services("generation server", s.generation_url, s, hint=START_HINT)
         remote = RemoteEngine(client, cfg.model.name_or_path, tokenizer, s.weight_transfer, s.shared_dir,
-                              stop_ids=eos_ids(getattr(model, "module", model), tokenizer))
+                              stop_ids=eos_ids(getattr(model, "module", model), tokenizer),
+                              pushes=acc is None or acc.is_main_process, barrier=acc.wait_for_everyone if acc else None)
         remote.update_weights(model)
         return remote
     raise ValueError(f"rollout.engine={engine!r} is not available; expected 'hf', 'vllm' or 'server'")
@@ -211,18 +245,27 @@ def step_prompt_indices(seed: int, step: int, count: int, num_rows: int, draw: i
     return [rng.randrange(num_rows) for _ in range(count)]
 
 
-def sampling_params(cfg: Config, step: int, draw: int = 0) -> SamplingParams:
+def sampling_params(cfg: Config, step: int, draw: int = 0, prompt_offset: int = 0) -> SamplingParams:
+    """How step `step` samples; prompt_offset is the index in the step of this process's first prompt."""
     r = cfg.rollout
     return SamplingParams(max_new_tokens=r.max_completion_length, temperature=r.temperature, top_p=r.top_p,
-                          top_k=r.top_k, seed=_step_seed(cfg.seed, step, draw))
+                          top_k=r.top_k, seed=_step_seed(cfg.seed, step, draw), prompt_offset=prompt_offset)
 
 
 def run_eval(run: Run, when: str) -> dict:
-    e, d = run.cfg.eval, run.cfg.data
-    result = evaluate(run.engine, run.tokenizer, run.eval_rows, system_prompt=d.system_prompt,
+    """Held-out evaluation, once per run: each process scores its share of the problems, then the
+    items are gathered (a process whose share is short repeats its last problem, dropped after)."""
+    e, d, acc = run.cfg.eval, run.cfg.data, run.accelerator
+    share, per_rank = dist.padded_share(len(run.eval_rows), acc)
+    rows = [run.eval_rows[i] for i in share] or run.eval_rows[-1:]
+    rows += rows[-1:] * (per_rank - len(rows))
+    result = evaluate(run.engine, run.tokenizer, rows, system_prompt=d.system_prompt,
                       instruction=d.instruction, prompt_format=d.prompt_format, max_new_tokens=e.max_new_tokens,
                       n_samples=e.n_samples, temperature=e.temperature, top_p=e.top_p, seed=run.cfg.seed,
-                      extract=e.extract, checker=checker_for(d.source, e.checker))
+                      extract=e.extract, checker=checker_for(d.source, e.checker), index_offset=share.start)
+    if acc.num_processes > 1:
+        items = dist.gather_lists(acc, result.items[:len(share)])
+        result = EvalResult.from_items(items, result.n_samples, list(result.pass_at))
     metrics = {f"eval/{k}": v for k, v in result.summary().items()}
     run.state.eval_history.append((run.state.step, result.greedy_accuracy))
     console.print(f"eval ({when}, step {run.state.step}): " + format_metrics(metrics, sorted(metrics)))
@@ -237,6 +280,9 @@ def maybe_eval(run: Run, step: int) -> dict:
 
 
 def log_step(run: Run, step: int, metrics: dict, rows, completions, scored, advantages) -> None:
+    """metrics.jsonl (global metrics), console lines and samples.jsonl (the main process's own groups)."""
+    if run.logger is None:  # not the main process
+        return
     run.logger.log(step, metrics)
     for label, count in scored.errors.items():  # only with train.reward_on_error=none: the run goes on
         if count:
@@ -263,27 +309,33 @@ def maybe_checkpoint(run: Run, step: int) -> None:
     if every and step % every == 0:
         run.state.wall_seconds += time.time() - run.started
         run.started = time.time()
-        state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-                 "run_state": run.state.__dict__, "torch_rng": torch.get_rng_state()}
-        save_checkpoint(run.cfg.run_dir / "checkpoints", step, run.accelerator.unwrap_model(run.model),
-                        run.tokenizer, state, keep=run.cfg.train.keep_checkpoints)
+        state = {"scheduler": run.scheduler.state_dict(), "run_state": dataclasses.asdict(run.state)}
+        save_checkpoint(run.cfg.run_dir / "checkpoints", step, run.accelerator, run.model, run.tokenizer, state,
+                        keep=run.cfg.train.keep_checkpoints, lora_save=run.cfg.model.lora.save)
 
 
 def finish_run(run: Run) -> dict:
     cfg, state = run.cfg, run.state
     after = run_eval(run, "after") if cfg.eval.after else {}
-    final = save_final(cfg.run_dir / "final", run.accelerator.unwrap_model(run.model), run.tokenizer)
+    replicas = dist.replicas_identical(run.accelerator, run.model)
+    if replicas is False:  # a silent divergence would make every later step wrong: stop loudly
+        raise RuntimeError("the training processes hold different weights at the end of the run "
+                           f"(strategy {dist.strategy_name(run.accelerator)}): please report this as a bug")
+    final = save_final(cfg.run_dir / "final", run.accelerator, run.model, run.tokenizer, cfg.model.lora.save)
     summary = {"name": cfg.name, "steps": state.step, "accuracy_before": state.accuracy_before,
                "accuracy_after": after.get("eval/greedy_accuracy"),
                "reasoning_share_before": state.reasoning_share_before,
                "reasoning_share_after": after.get("eval/reasoning_share"),
                "wall_seconds": run.training_seconds(), "stopped_by_time_budget": state.step < cfg.train.max_steps,
                "eval_history": state.eval_history, "run_dir": str(cfg.run_dir), "final_model": str(final),
+               "processes": run.accelerator.num_processes, "strategy": dist.strategy_name(run.accelerator),
+               "replicas_identical": replicas,
                "checkpoints": [str(p) for p in list_checkpoints(cfg.run_dir / "checkpoints")]}
-    (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    run.logger.close()
     run.engine.close()
-    _print_summary(summary)
+    if run.logger is not None:
+        (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        run.logger.close()
+        _print_summary(summary)
     return summary
 
 

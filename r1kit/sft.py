@@ -23,11 +23,12 @@ import torch
 from transformers import get_scheduler
 
 from r1kit.checkpoint import save_checkpoint, save_final
-from r1kit.config import Config, save_config
+from r1kit.config import Config, ConfigError, save_config
 from r1kit.data import tasks
 from r1kit.data.sources import DataError, load_rows
 from r1kit.data.templates import build_messages, encode_prompt
 from r1kit.data.traces import gsm8k_sft_samples
+from r1kit.distributed import make_accelerator
 from r1kit.evaluate import evaluate, tiny_style_prefills
 from r1kit.logging import MetricsLogger, console, format_metrics, progress_bar
 from r1kit.models import load_model, load_tokenizer, pick_device
@@ -128,6 +129,9 @@ def sft_eval(cfg: Config, model, tokenizer, rows: list[dict]) -> dict:
 
 
 def run_sft(cfg: Config) -> dict:
+    acc = make_accelerator(cfg.model.device)
+    if acc.num_processes > 1:
+        raise ConfigError("r1kit sft runs in one process for now; launch it without accelerate launch / torchrun")
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -160,11 +164,12 @@ def run_sft(cfg: Config) -> dict:
             metrics = {"train/loss": loss.item(), "train/grad_norm": grad_norm.item(), "train/lr": scheduler.get_last_lr()[0]}
             if (s.eval_every and step % s.eval_every == 0) or step == s.steps:
                 metrics |= sft_eval(cfg, model, tokenizer, eval_rows)
-                save_checkpoint(run_dir / "checkpoints", step, model, tokenizer, keep=cfg.train.keep_checkpoints)
+                save_checkpoint(run_dir / "checkpoints", step, acc, model, tokenizer, {"step": step},
+                                keep=cfg.train.keep_checkpoints, lora_save=cfg.model.lora.save)
                 console.print(f"step {step}: " + format_metrics(metrics, sorted(metrics)))
             logger.log(step, metrics)
             bar.update(task, advance=1, info=f"loss {loss.item():.3f}")
-    final = save_final(run_dir / "final", model, tokenizer)
+    final = save_final(run_dir / "final", acc, model, tokenizer, cfg.model.lora.save)
     summary = {"steps": s.steps, "wall_seconds": time.time() - start, "final_model": str(final)}
     summary |= {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("eval/")}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

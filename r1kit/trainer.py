@@ -1,15 +1,17 @@
 """The GRPO loop, explicit from top to bottom.
 
 One step, as the loop below reads:
-  1. sample B prompts (a pure function of seed and step, so a resumed run sees the same ones)
-  2. generate G completions per prompt with the Engine (token ids, text, finish reason, logprobs)
+  1. sample B prompts (a pure function of seed and step, so a resumed run sees the same ones);
+     with W processes each takes B/W of them, whole groups (r1kit.distributed)
+  2. generate G completions per prompt with the Engine (token ids, text, finish reason, logprobs),
+     each seeded by its prompt's index in the step, so the layout does not change what is sampled
   3. score them with every reward function, and the weighted total
      (DAPO dynamic sampling: draw again until B groups carry signal, at most max_sampling_rounds times)
   4. advantages, then the filters that decide which completions enter the loss
   5. (beta > 0) reference logprobs; (num_iterations > 1) old logprobs, once per batch
   6. num_iterations optimizer steps: micro-batched forward/backward of the loss, clip, AdamW
   7. the engine gets the new weights
-  8. metrics, samples, periodic eval, atomic checkpoint
+  8. metrics (reduced over processes), samples, periodic eval, atomic checkpoint
 `algo` is the config's algorithm section with the `loss_type` preset resolved (r1kit.presets);
 the math is in r1kit.algo, set-up and bookkeeping in r1kit.run. This file is the algorithm's story.
 """
@@ -18,14 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from contextlib import nullcontext
-
 import torch
 
 from r1kit.algo.advantages import compute_advantages, zero_variance_groups
 from r1kit.algo.filters import informative_groups, keep_rows
 from r1kit.algo.loss import policy_loss, truncated_is_weights
-from r1kit.batch import RolloutBatch, completion_logprobs, completion_logprobs_and_entropy, make_batch
+from r1kit import distributed as dist
+from r1kit.batch import Normaliser, RolloutBatch, completion_logprobs, completion_logprobs_and_entropy, make_batch
 from r1kit.config import AlgoCfg, Config
 from r1kit.logging import PhaseTimer, console
 from r1kit.rewards import combine
@@ -36,7 +37,7 @@ from r1kit.run import (Run, finish_run, log_step, maybe_checkpoint, maybe_eval, 
 
 def train(cfg: Config) -> dict:
     run = setup_run(cfg)  # model, tokenizer, engine, rewards, data, optimizer, logger; resumes if asked
-    model, tok, algo = run.model, run.tokenizer, cfg.algo.resolved()
+    model, tok, algo, acc = run.model, run.tokenizer, cfg.algo.resolved(), run.accelerator
     B, G = cfg.prompts_per_step, cfg.rollout.num_generations
     timer = PhaseTimer()
     console.print(f"[bold]r1kit train[/] {cfg.name}: {cfg.train.max_steps} steps of {B} prompts x {G} completions, "
@@ -58,20 +59,20 @@ def train(cfg: Config) -> dict:
                              drop_negative_advantages=algo.drop_negative_advantages,
                              mask_truncated=algo.mask_truncated_completions)  # (B*G,) bool
             batch = full.select(torch.nonzero(keep).squeeze(-1))  # dropped: no backward, not in the normaliser
+            dummy = full.slice(0, 1)  # what a process without rows feeds its lockstep forwards (weight 0)
 
             # ---------------- 5. reference logprobs (KL on) and old logprobs (several updates per batch)
             ref_logprobs = old_logprobs = None
             if run.reference is not None and len(batch):
                 with timer("reference"):
                     ref_logprobs = run.reference.logprobs(batch)  # (N, C)
-            if algo.num_iterations > 1 and len(batch):
+            if algo.num_iterations > 1:
                 with timer("old_logprobs"), torch.no_grad():  # mu = 1 needs none: old = current, detached
-                    old_logprobs = completion_logprobs(model, batch, cfg.rollout.temperature,
-                                                       cfg.train.micro_batch_size)  # (N, C)
+                    old_logprobs = synced_logprobs(run, batch, dummy)  # (N, C)
 
             # ---------------- 6. num_iterations optimizer steps on this batch
             with timer("update"):
-                updates = [update_policy(run, algo, batch, old_logprobs, ref_logprobs)
+                updates = [update_policy(run, algo, batch, dummy, old_logprobs, ref_logprobs)
                            for _ in range(algo.num_iterations)]
 
             # ---------------- 7. the engine samples the next step from the new weights
@@ -80,13 +81,13 @@ def train(cfg: Config) -> dict:
 
             # ---------------- 8. metrics, samples, eval, checkpoint
             run.state.step = step
-            metrics = {
+            metrics = dist.reduce_metrics(acc, {
                 **sampling, **updates[0], **_last_iteration(updates),
                 "lr": run.scheduler.get_last_lr()[0],
                 "update/kept_fraction": len(batch) / len(full),  # after the filters
                 "update/rows_fraction": updates[0]["update/backward_rows"] / len(full),  # rows that ran a backward
                 **full.length_metrics(), **timer.pop(), "time/step": time.perf_counter() - step_start,
-            }
+            })
             metrics |= maybe_eval(run, step)
             log_step(run, step, metrics, rows, completions, scored, advantages)
             maybe_checkpoint(run, step)
@@ -98,23 +99,27 @@ def train(cfg: Config) -> dict:
 
 
 def sample_and_score(run: Run, algo: AlgoCfg, step: int, timer: PhaseTimer):
-    """B prompts' groups of G completions with their rewards, and sampling metrics.
+    """This process's groups of G completions (its B/W prompts) with their rewards, and sampling metrics.
 
     Without dynamic sampling this is one draw. With it (DAPO), groups whose rewards do not vary
-    (std <= algo.min_group_std, or 0) are set aside and B fresh prompts are drawn again, up to
+    (std <= algo.min_group_std, or 0) are set aside and fresh prompts are drawn again, up to
     algo.max_sampling_rounds extra draws; the step then trains on the informative groups found
-    (possibly fewer than B; if none at all, the first draw, whose advantages are all zero).
+    (possibly fewer; if none at all, the first draw, whose advantages are all zero). With several
+    processes each fills its own share, and all draw until every one is full (generation may be
+    collective), so dynamic sampling depends on the process count; one draw does not.
     Reward metrics cover every completion drawn.
     """
-    cfg = run.cfg
-    B, G = cfg.prompts_per_step, cfg.rollout.num_generations
+    cfg, acc = run.cfg, run.accelerator
+    G = cfg.rollout.num_generations
+    share = dist.local_share(cfg.prompts_per_step, acc)  # this process's prompts of every draw
     rows, completions, kept_scores, drawn_scores = [], [], [], []
     draws = 1 + (algo.max_sampling_rounds if algo.dynamic_sampling else 0)
     for draw in range(draws):
-        draw_rows = [run.train_rows[i] for i in step_prompt_indices(cfg.seed, step, B, len(run.train_rows), draw)]
+        indices = step_prompt_indices(cfg.seed, step, cfg.prompts_per_step, len(run.train_rows), draw)
+        draw_rows = [run.train_rows[indices[i]] for i in share]
         with timer("generate"):
             draw_completions = run.engine.generate([r["prompt_ids"] for r in draw_rows], G,
-                                                   sampling_params(cfg, step, draw))
+                                                   sampling_params(cfg, step, draw, prompt_offset=share.start))
         with timer("reward"):
             scored = _score(run, draw_rows, draw_completions)
         drawn_scores.append(scored)
@@ -122,14 +127,14 @@ def sample_and_score(run: Run, algo: AlgoCfg, step: int, timer: PhaseTimer):
             first_draw = (draw_rows, draw_completions, [scored])
         if algo.dynamic_sampling:
             useful = informative_groups(torch.tensor(scored.total), G, algo.min_group_std).tolist()
-            groups = [g for g, ok in enumerate(useful) if ok][: B - len(rows)]
+            groups = [g for g, ok in enumerate(useful) if ok][: len(share) - len(rows)]
         else:
-            groups = list(range(B))
+            groups = list(range(len(share)))
         for g in groups:
             completions += [dataclasses.replace(c, prompt_index=len(rows)) for c in draw_completions[g * G:(g + 1) * G]]
             kept_scores.append(scored.select(range(g * G, (g + 1) * G)))
             rows.append(draw_rows[g])
-        if len(rows) == B:
+        if dist.all_max(acc, len(share) - len(rows)) == 0:  # every process is full
             break
     informative = len(rows)
     if not rows:  # no draw had a group with signal: train on the first draw (zero advantages, as without DAPO)
@@ -151,48 +156,63 @@ def _score(run: Run, rows: list[dict], completions: list) -> RewardResult:
 # ---------------------------------------------------------------- 6. one optimizer step
 
 
-def update_policy(run: Run, algo: AlgoCfg, batch: RolloutBatch, old_logprobs: torch.Tensor | None,
-                  ref_logprobs: torch.Tensor | None) -> dict:
+def update_policy(run: Run, algo: AlgoCfg, batch: RolloutBatch, dummy: RolloutBatch,
+                  old_logprobs: torch.Tensor | None, ref_logprobs: torch.Tensor | None) -> dict:
     """One optimizer step on `batch` (micro-batches accumulate); returns that step's statistics.
 
     old_logprobs is None with one update per batch: the ratio is then taken against the current
-    logprobs, detached, so it is 1 and the gradient is the plain policy gradient.
+    logprobs, detached, so it is 1 and the gradient is the plain policy gradient. Every process runs
+    the same number of micro-batches; one with fewer rows runs `dummy` with weight 0.
     """
     cfg, model, acc = run.cfg, run.model, run.accelerator
     model.train()
     rows = _rows_with_gradient(batch, algo, acc.num_processes)
-    # (an empty tensor splits into one empty chunk: no signal means no chunk at all)
-    chunks = rows.split(cfg.train.micro_batch_size) if len(rows) else ()
+    chunks = dist.synced_chunks(rows, cfg.train.micro_batch_size, acc)
+    real = sum(1 for c in chunks if len(c))
+    norm = Normaliser(*(int(x) for x in dist.all_sum(acc, [len(batch), batch.completion_mask.sum().item(), real])),
+                      processes=acc.num_processes)
     loss_sum, stats, gaps = 0.0, [], []
     for i, chunk in enumerate(chunks):
-        part = batch.select(chunk)
-        with nullcontext() if i == len(chunks) - 1 else acc.no_sync(model):  # DDP syncs once
-            logprobs, entropy = completion_logprobs_and_entropy(
-                model, part, cfg.rollout.temperature, entropy_grad=algo.entropy_coef > 0)  # (mb, C) each
-            old = logprobs.detach() if old_logprobs is None else old_logprobs[chunk].to(logprobs.device)
-            engine_logprobs = part.engine_logprobs.to(logprobs.device)
-            loss, st = policy_loss(
-                logprobs, old, part.advantages.to(logprobs.device), part.completion_mask.to(logprobs.device),
-                epsilon=algo.epsilon, epsilon_high=algo.epsilon_high, dual_clip=algo.dual_clip,
-                level=algo.importance_sampling_level, agg=algo.loss_agg, max_len=cfg.rollout.max_completion_length,
-                beta=algo.beta, kl_estimator=algo.kl_estimator,
-                ref_logprobs=None if ref_logprobs is None else ref_logprobs[chunk].to(logprobs.device),
-                is_weights=truncated_is_weights(old, engine_logprobs, algo.is_cap) if algo.is_correction else None,
-                entropy=entropy, entropy_coef=algo.entropy_coef)
-            weight = part.weight(batch, algo.loss_agg, len(chunks))  # share of the whole batch's loss
-            acc.backward(loss * weight)
-        loss_sum += loss.item() * weight
-        stats.append(st)
-        gaps.append(part.logprob_gap(logprobs.detach(), old))
+        part = batch.select(chunk) if len(chunk) else dummy
+        logprobs, entropy = completion_logprobs_and_entropy(
+            model, part, cfg.rollout.temperature, entropy_grad=algo.entropy_coef > 0)  # (mb, C) each
+        old = logprobs.detach() if old_logprobs is None or not len(chunk) else old_logprobs[chunk].to(logprobs.device)
+        loss, st = policy_loss(
+            logprobs, old, part.advantages.to(logprobs.device), part.completion_mask.to(logprobs.device),
+            epsilon=algo.epsilon, epsilon_high=algo.epsilon_high, dual_clip=algo.dual_clip,
+            level=algo.importance_sampling_level, agg=algo.loss_agg, max_len=cfg.rollout.max_completion_length,
+            beta=algo.beta, kl_estimator=algo.kl_estimator,
+            ref_logprobs=None if ref_logprobs is None or not len(chunk) else ref_logprobs[chunk].to(logprobs.device),
+            is_weights=(truncated_is_weights(old, part.engine_logprobs.to(logprobs.device), algo.is_cap)
+                        if algo.is_correction else None),
+            entropy=entropy, entropy_coef=algo.entropy_coef)
+        weight = part.weight(algo.loss_agg, norm) if len(chunk) else 0.0  # share of the whole step's loss
+        dist.backward(acc, model, loss * weight, last=i == len(chunks) - 1)
+        if len(chunk):
+            loss_sum += loss.item() * weight  # the mean over processes (reduce_metrics) is the step's loss
+            stats.append(st)
+            gaps.append(part.logprob_gap(logprobs.detach(), old))
     grad_norm = float("nan")
-    if len(chunks):  # a batch without any learning signal makes no update
+    if chunks:  # a step without any learning signal anywhere makes no update
         if cfg.train.max_grad_norm > 0:
-            grad_norm = float(acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm))
+            norm_value = acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+            grad_norm = float("nan") if norm_value is None else float(norm_value)
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
     return {"loss": loss_sum, "grad_norm": grad_norm, "update/backward_rows": float(len(rows)), **_mean_stats(stats),
             **_merge_gaps(gaps)}
+
+
+def synced_logprobs(run: Run, batch: RolloutBatch, dummy: RolloutBatch) -> torch.Tensor:
+    """(N, C) logprobs of `batch` under the current policy, no gradient, micro-batched in lockstep."""
+    cfg, acc = run.cfg, run.accelerator
+    out = []
+    for chunk in dist.synced_chunks(torch.arange(len(batch)), cfg.train.micro_batch_size, acc):
+        logprobs = completion_logprobs(run.model, batch.select(chunk) if len(chunk) else dummy, cfg.rollout.temperature)
+        if len(chunk):
+            out.append(logprobs)
+    return torch.cat(out) if out else torch.zeros(0, batch.completion_ids.shape[1])
 
 
 def _rows_with_gradient(batch: RolloutBatch, algo: AlgoCfg, num_processes: int) -> torch.Tensor:

@@ -15,6 +15,12 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 disables top-k
     seed: int | None = None  # seeds the engine's sampler for this call when set
+    prompt_offset: int = 0  # index of this call's first prompt in the whole step (several processes share a step)
+
+    def prompt_seed(self, i: int) -> int | None:
+        """Prompt i's seed: a function of its index in the whole step, so a prompt samples the same
+        completions whichever process or batch it lands in."""
+        return None if self.seed is None else self.seed + self.prompt_offset + i
 
 
 @dataclass

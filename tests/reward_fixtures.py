@@ -19,3 +19,13 @@ def fail_on_third_call(completions, **kwargs):
 def constant_reward(completions, **kwargs):
     """The same reward for everything: no group has any variance."""
     return [1.0 for _ in completions]
+
+
+def fail_on_rank_one_at_step_two(completions, **kwargs):
+    """Rank 1 of a multi-process run raises at its second call; the other ranks carry on (and must be stopped)."""
+    import os
+
+    CALLS["n"] += 1
+    if os.environ.get("RANK") == "1" and CALLS["n"] == 2:
+        raise RuntimeError("simulated failure on rank 1")
+    return [len(c) / 10 for c in completions]

@@ -82,11 +82,11 @@ def test_failed_save_leaves_no_partial_checkpoint(small_model_dir, tmp_path, mon
     cfg = cfg_for(small_model_dir, tmp_path, "train.max_steps=2", "train.save_every=1", "eval.before=false")
     real_save = checkpoint.save_model
 
-    def save_then_fail(model, tok, path):
+    def save_then_fail(model, tok, path, **kwargs):
         if "step-2" in str(path):
-            real_save(model, tok, path)
+            real_save(model, tok, path, **kwargs)
             raise OSError("disk full")
-        real_save(model, tok, path)
+        real_save(model, tok, path, **kwargs)
 
     monkeypatch.setattr(checkpoint, "save_model", save_then_fail)
     with pytest.raises(OSError, match="disk full"):
@@ -104,7 +104,7 @@ def test_refuses_to_overwrite_a_run(small_model_dir, tmp_path):
 def test_skipping_zero_advantage_rows_keeps_the_gradient(small_model, tiny_tokenizer, agg):
     """The trainer skips rows with zero advantage (beta = 0); the accumulated gradient must equal the full batch's."""
     from r1kit.algo.loss import policy_loss
-    from r1kit.batch import completion_logprobs, make_batch
+    from r1kit.batch import Normaliser, completion_logprobs, make_batch
     from r1kit.config import Config
     from r1kit.data.templates import build_messages, encode_prompt
     from r1kit.rollout.hf import HFEngine
@@ -123,7 +123,7 @@ def test_skipping_zero_advantage_rows_keeps_the_gradient(small_model, tiny_token
             part = batch.select(chunk)
             lp = completion_logprobs(small_model, part)
             loss, _ = policy_loss(lp, lp.detach(), part.advantages, part.completion_mask, agg=agg, max_len=10)
-            (loss * part.weight(batch, agg, len(chunks))).backward()
+            (loss * part.weight(agg, Normaliser(len(batch), int(batch.completion_mask.sum()), len(chunks)))).backward()
         return [p.grad.clone() for p in small_model.parameters()]
 
     active = _rows_with_gradient(batch, Config().algo.resolved(), num_processes=1)

@@ -36,6 +36,23 @@ class EvalResult:
     maj_at: dict[int, float] = field(default_factory=dict)  # k -> share of problems whose majority answer is right
     no_answer: float = 0.0  # fraction of greedy completions with no extractable answer
 
+    @classmethod
+    def from_items(cls, items: list[dict], n_samples: int, ks: list[int]) -> "EvalResult":
+        """The aggregate of per-problem items (e.g. gathered from several processes)."""
+        count = len(items)
+        result = cls(
+            greedy_accuracy=sum(it["correct"] for it in items) / count, sampled_pass1=None, num_problems=count,
+            mean_length=sum(it["length"] for it in items) / count,
+            truncated=sum(it["finish_reason"] == "length" for it in items) / count,
+            reasoning_share=sum(shows_reasoning(it["completion"]) for it in items) / count, items=items,
+            no_answer=sum(it["extracted"] is None for it in items) / count)
+        if n_samples > 0:
+            result.n_samples = n_samples
+            result.sampled_pass1 = sum(sum(it["sampled_correct"]) / n_samples for it in items) / count
+            result.pass_at = {k: sum(it["pass@k"][k] for it in items) / count for k in ks}
+            result.maj_at = {k: sum(it["maj@k"][k] for it in items) / count for k in ks}
+        return result
+
     def summary(self) -> dict:
         out = {"greedy_accuracy": self.greedy_accuracy, "num_problems": self.num_problems,
                "mean_length": self.mean_length, "truncated": self.truncated, "reasoning_share": self.reasoning_share,
@@ -52,8 +69,12 @@ def evaluate(engine, tokenizer, rows: list[dict], *, system_prompt: str = "none"
              n_samples: int = 0, temperature: float = 1.0, seed: int = 0,
              prefill: Callable[[dict], str] | None = None, instruction: str = "none", prompt_format: str = "chat",
              top_p: float = 1.0, extract: str = "auto", checker: str = "auto",
-             ks: list[int] | None = None) -> EvalResult:
-    """Score `rows` (question/answer dicts); see the module docstring."""
+             ks: list[int] | None = None, index_offset: int = 0) -> EvalResult:
+    """Score `rows` (question/answer dicts); see the module docstring.
+
+    index_offset: the index of rows[0] in the whole evaluation set, when several processes each score
+    a share: items are numbered, and sampled, by that global index, so the split does not change them.
+    """
     if not rows:
         raise ValueError("evaluate: no problems to evaluate")
     ks = ks or default_ks(n_samples)
@@ -73,42 +94,31 @@ def evaluate(engine, tokenizer, rows: list[dict], *, system_prompt: str = "none"
     for i, (row, c) in enumerate(zip(rows, greedy)):
         text = prefixes[i] + c.text
         (pred,), (ok,) = score([text], golds[i])
-        items.append({"index": i, "question": row["question"], "answer": golds[i], "completion": text,
+        items.append({"index": index_offset + i, "question": row["question"], "answer": golds[i], "completion": text,
                       "extracted": pred, "correct": float(ok), "length": len(c.token_ids),
                       "finish_reason": c.finish_reason})
-
-    result = EvalResult(
-        greedy_accuracy=sum(it["correct"] for it in items) / len(rows), sampled_pass1=None, num_problems=len(rows),
-        mean_length=sum(len(c.token_ids) for c in greedy) / len(greedy),
-        truncated=sum(c.finish_reason == "length" for c in greedy) / len(greedy),
-        reasoning_share=sum(shows_reasoning(it["completion"]) for it in items) / len(items), items=items,
-        no_answer=sum(it["extracted"] is None for it in items) / len(items))
     if n_samples > 0:
-        _sample(result, engine, prompts, prefixes, golds, score, n_samples, ks, checker,
-                SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed))
-    return result
+        _sample(items, engine, prompts, prefixes, golds, score, n_samples, ks, checker,
+                SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                               prompt_offset=index_offset))
+    return EvalResult.from_items(items, n_samples, ks)
 
 
-def _sample(result: EvalResult, engine, prompts, prefixes, golds, score, n: int, ks: list[int], checker: str,
+def _sample(items: list[dict], engine, prompts, prefixes, golds, score, n: int, ks: list[int], checker: str,
             sampling: SamplingParams) -> None:
-    """Draw n samples per problem and fill in sampled pass@1, pass@k and maj@k (per problem and mean)."""
+    """Draw n samples per problem and add each item's samples, pass@k and maj@k."""
     samples = engine.generate(prompts, n, sampling)
 
     def same(a: str, b: str) -> bool:  # two sampled answers vote together when the checker equates them
         return " ".join(a.split()) == " ".join(b.split()) or check_answer(a, b, checker)
 
-    for i, item in enumerate(result.items):
+    for i, item in enumerate(items):
         texts = [prefixes[i] + c.text for c in samples[i * n:(i + 1) * n]]
         preds, oks = score(texts, golds[i])
         item["sampled_completions"], item["sampled_answers"] = texts, preds
         item["sampled_correct"] = [float(ok) for ok in oks]
         item["pass@k"] = {k: pass_at_k(n, sum(oks), k) for k in ks}
         item["maj@k"] = {k: maj_at_k(preds, oks, k, same) for k in ks}
-    count = len(result.items)
-    result.n_samples = n
-    result.sampled_pass1 = sum(sum(it["sampled_correct"]) / n for it in result.items) / count
-    result.pass_at = {k: sum(it["pass@k"][k] for it in result.items) / count for k in ks}
-    result.maj_at = {k: sum(it["maj@k"][k] for it in result.items) / count for k in ks}
 
 
 def shows_reasoning(text: str) -> bool:

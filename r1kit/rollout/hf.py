@@ -1,9 +1,10 @@
 """The Hugging Face engine: `model.generate` on the training model itself (CPU, or one small GPU).
 
-It shares weights with the policy, so `update_weights` has nothing to copy. Sampled-token logprobs
-come from the processed scores `generate` sampled from (after temperature / top-k / top-p), so
-they are the true sampling distribution; the trainer's own logprobs at the same temperature
-agree with them to float rounding (tests/test_rollout.py).
+It shares weights with the policy, so `update_weights` has nothing to copy. Sampling is r1kit's
+own seeded sampler (r1kit.rollout.sampling): each completion has its own random stream, so results
+do not depend on batch composition or process layout. Sampled-token logprobs are those of the
+distribution each token was drawn from (after temperature / top-k / top-p); the trainer's own
+logprobs at the same temperature agree with them to float rounding (tests/test_rollout.py).
 
 Memory: `generate` keeps one (N, vocab) score tensor per new token; `generation_batch_size`
 bounds N. For large vocabularies and long completions prefer a vLLM engine.
@@ -11,9 +12,13 @@ bounds N. For large vocabularies and long completions prefer a vLLM engine.
 
 from __future__ import annotations
 
-import torch
-from transformers import GenerationConfig
+import dataclasses
+from contextlib import nullcontext
 
+import torch
+from transformers import GenerationConfig, LogitsProcessorList
+
+from r1kit.rollout.sampling import SeededSampler, row_seed
 from r1kit.types import Completion, SamplingParams
 
 
@@ -39,10 +44,17 @@ def eos_ids(model, tokenizer) -> set[int]:
 
 
 class HFEngine:
-    def __init__(self, model, tokenizer, generation_batch_size: int = 256):
+    """`model.generate` on the policy. Under sharded strategies (ZeRO-3, FSDP2) pass `gather`, a
+    context manager factory that makes the full weights usable for the duration (r1kit.distributed),
+    and `synced=True`: every rank then runs its forward passes in lockstep (transformers' synced_gpus),
+    so a rank that finishes early still joins the others' collectives."""
+
+    def __init__(self, model, tokenizer, generation_batch_size: int = 256, gather=None, synced: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.generation_batch_size = generation_batch_size
+        self.gather = gather or nullcontext
+        self.synced = synced
 
     def update_weights(self, model) -> None:
         self.model = model  # same parameters as the policy: nothing to copy
@@ -50,41 +62,52 @@ class HFEngine:
     def close(self) -> None:
         self.model = None
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: FSDP2 reuses its all-gather buffers in later training forwards
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams) -> list[Completion]:
-        model = getattr(self.model, "module", self.model)  # unwrap DDP
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
+        model = getattr(self.model, "module", self.model)  # unwrap DDP / DeepSpeed
+        if sampling.seed is None and sampling.temperature > 0:  # unseeded: draw one from torch's generator
+            sampling = dataclasses.replace(sampling, seed=int(torch.randint(2**62, ()).item()))
         was_training = model.training
         model.eval()
         try:
-            flat = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]  # grouped by prompt
+            # grouped by prompt; each row carries its own random stream (r1kit.rollout.sampling)
+            flat = [(i, p, row_seed(sampling.prompt_seed(i), j) if sampling.temperature > 0 else 0)
+                    for i, p in enumerate(prompts) for j in range(n)]
             out: list[Completion] = []
-            for start in range(0, len(flat), self.generation_batch_size):
-                out += self._generate_chunk(model, flat[start:start + self.generation_batch_size], sampling)
+            with self.gather():
+                for start in range(0, len(flat), self.generation_batch_size):
+                    out += self._generate_chunk(model, flat[start:start + self.generation_batch_size], sampling)
             return out
         finally:
             model.train(was_training)
 
-    def _generate_chunk(self, model, items: list[tuple[int, list[int]]], sampling: SamplingParams) -> list[Completion]:
+    def _generate_chunk(self, model, items: list[tuple[int, list[int], int]], sampling: SamplingParams) -> list[Completion]:
         tok = self.tokenizer
         device = next(model.parameters()).device
-        ids, mask = left_pad([p for _, p in items], tok.pad_token_id)
+        ids, mask = left_pad([p for _, p, _ in items], tok.pad_token_id)
         stop = eos_ids(model, tok)
         greedy = sampling.temperature == 0
+        # generate itself only ever picks the argmax: of the logits (greedy), or of the SeededSampler's
+        # output, which has already sampled. Its own sampling knobs stay off whatever the model's
+        # generation_config.json says (top_k=None would mean transformers' default of 50).
+        sampler = None if greedy else SeededSampler([s for _, _, s in items], sampling.temperature,
+                                                     sampling.top_k, sampling.top_p)
         config = GenerationConfig(
-            max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            # when sampling, explicit 1.0 / 0 switch the filters off (None would mean transformers' top_k=50)
-            top_p=None if greedy else sampling.top_p, top_k=None if greedy else sampling.top_k,
-            eos_token_id=sorted(stop), pad_token_id=tok.pad_token_id, bos_token_id=None,
-            output_scores=True, return_dict_in_generate=True)
-        result = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+            max_new_tokens=sampling.max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
+            repetition_penalty=None, eos_token_id=sorted(stop), pad_token_id=tok.pad_token_id, bos_token_id=None,
+            output_scores=greedy, return_dict_in_generate=True)
+        result = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+                                logits_processor=LogitsProcessorList([sampler] if sampler else []),
+                                synced_gpus=self.synced)
         new_tokens = result.sequences[:, ids.shape[1]:].cpu()  # (N, T)
-        scores = torch.stack(result.scores, dim=1).float()  # (N, T, V) processed scores that were sampled from
-        logprobs = torch.log_softmax(scores, dim=-1).gather(-1, new_tokens.to(scores.device).unsqueeze(-1)).squeeze(-1).cpu()
+        if greedy:
+            scores = torch.stack(result.scores, dim=1).float()  # (N, T, V) the logits argmax was taken of
+            logprobs = torch.log_softmax(scores, dim=-1).gather(-1, new_tokens.to(scores.device).unsqueeze(-1))
+            logprobs = logprobs.squeeze(-1).cpu()  # (N, T)
+        else:
+            logprobs = torch.stack(sampler.logprobs, dim=1).float().cpu()  # (N, T)
         completions = []
-        for row, (prompt_index, _) in enumerate(items):
+        for row, (prompt_index, _, _) in enumerate(items):
             tokens = new_tokens[row].tolist()
             end = next((t + 1 for t, token in enumerate(tokens) if token in stop), None)
             length = end if end is not None else len(tokens)

@@ -4,8 +4,8 @@ The server is ``r1kit serve-gen MODEL`` (r1kit/serve/generation.py) at ``service
 Per step:
 
 - ``generate``: one /v1/completions request per prompt (token ids in, ``n`` samples, sampled-token
-  logprobs, token ids back), sent concurrently so the server batches them. Each prompt i gets seed
-  ``seed + i``, as the colocated engine does.
+  logprobs, token ids back), sent concurrently so the server batches them. Each prompt gets
+  ``sampling.prompt_seed(i)``, as the colocated engine does.
 - ``update_weights``: the new weights go to the server (``services.weight_transfer``): ``http`` POSTs
   the safetensors bytes (works across nodes, no shared disk), ``path`` writes them to
   ``services.shared_dir`` and sends the path (a shared filesystem: one copy less). The server
@@ -32,7 +32,10 @@ START_HINT = "Start it with `r1kit serve-gen MODEL` (see README, 'Generation and
 
 class RemoteEngine:
     def __init__(self, client: ServiceClient, model_name: str, tokenizer, weight_transfer: str = "http",
-                 shared_dir: str | None = None, stop_ids: set[int] | None = None, max_concurrency: int = 64):
+                 shared_dir: str | None = None, stop_ids: set[int] | None = None, max_concurrency: int = 64,
+                 pushes: bool = True, barrier=None):
+        """pushes: this process sends the weights (with several training processes, only the main one
+        does); barrier: called after a push so no process samples from the old weights."""
         self.client = client
         self.model_name = model_name
         self.tokenizer = tokenizer
@@ -40,6 +43,7 @@ class RemoteEngine:
         self.shared_dir = shared_dir
         self.stop_ids = sorted(stop_ids or {tokenizer.eos_token_id})
         self.max_concurrency = max_concurrency
+        self.pushes, self.barrier = pushes, barrier
         self.sync_seconds: list[float] = []
         info = client.get("/r1kit/info")
         if info.get("model") != model_name:
@@ -61,7 +65,7 @@ class RemoteEngine:
         def one(i: int) -> list[Completion]:
             payload = {**base, "prompt": list(prompts[i])}
             if sampling.seed is not None:
-                payload["seed"] = sampling.seed + i
+                payload["seed"] = sampling.prompt_seed(i)
             return self._parse(i, n, self.client.post("/v1/completions", payload))
 
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(prompts)))) as pool:
@@ -90,7 +94,13 @@ class RemoteEngine:
     def update_weights(self, model) -> None:
         """Push `model`'s weights; the server reloads them in place and resets its prefix cache."""
         start = time.perf_counter()
-        state = export_state_dict(model)
+        if self.pushes:
+            self._push(export_state_dict(model))
+        if self.barrier is not None:
+            self.barrier()
+        self.sync_seconds.append(time.perf_counter() - start)
+
+    def _push(self, state: dict) -> None:
         if self.weight_transfer == "path":
             directory = os.path.join(self.shared_dir, "r1kit-weights")
             save_weights(state, directory)
@@ -99,7 +109,6 @@ class RemoteEngine:
             answer = self.client.post("/r1kit/update_weights", weights_bytes(state))
         if "weights_version" not in answer:
             raise ServiceError(f"weight push to the generation server at {self.client.url} failed: {answer}")
-        self.sync_seconds.append(time.perf_counter() - start)
 
     def close(self) -> None:
         pass  # the server outlives the run; stop it where it was started

@@ -112,7 +112,7 @@ class VLLMEngine:
             n=n, temperature=sampling.temperature, top_p=1.0 if greedy else sampling.top_p,
             top_k=0 if greedy else sampling.top_k, max_tokens=sampling.max_new_tokens, logprobs=0,
             stop_token_ids=sorted(self.stop_ids), detokenize=False,
-            seed=None if sampling.seed is None else sampling.seed + i) for i in range(len(prompts))]
+            seed=sampling.prompt_seed(i)) for i in range(len(prompts))]
         inputs = [self._vllm.inputs.TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         completions = []
