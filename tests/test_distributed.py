@@ -160,3 +160,38 @@ def test_a_strategy_without_a_launcher_is_a_clear_error(small_model_dir, tmp_pat
     assert out.returncode == 2 and "DeepSpeed needs a process group" in out.stderr
     assert "accelerate launch --config_file recipes/accelerate/" in out.stderr
     assert not (tmp_path / "runs" / "t").exists()
+
+
+SRUN = """#!/bin/bash
+# srun stand-in: run the command once per requested node, here, with the node's SLURM_NODEID
+nodes=1; while [[ $1 == --* ]]; do case $1 in --nodes=*) nodes=${1#--nodes=};; esac; shift; done
+if (( nodes == 1 )); then SLURM_NODEID=0 exec "$@"; fi
+pids=(); for ((i = 0; i < nodes; i++)); do SLURM_NODEID=$i "$@" & pids+=($!); done
+status=0; for p in "${pids[@]}"; do wait "$p" || status=$?; done; exit $status
+"""
+
+
+def test_the_slurm_script_trains_on_two_nodes_with_a_reference_node(single, small_model_dir, tmp_path):
+    """recipes/slurm/train.slurm with stand-ins for scontrol and srun: 3 "nodes" on loopback, 2 training
+    (one process each) and 1 serving `r1kit serve-ref`, whose URL the script passes to the trainer."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/bash\nfor i in 1 2 3; do echo localhost; done\n")
+    (bin_dir / "srun").write_text(SRUN)
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    path = recipe(tmp_path, small_model_dir, algo={"beta": 0.04})
+    environment = {**env(), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_NODELIST": "fake[1-3]",
+                   "GPUS_PER_NODE": "1", "MASTER_PORT": str(free_port()), "REF_PORT": str(free_port()),
+                   "R1KIT": f"{sys.executable} -m r1kit", "ACCELERATE": f"{sys.executable} -m accelerate.commands.accelerate_cli"}
+    out = subprocess.run(["bash", str(ROOT / "recipes" / "slurm" / "train.slurm"), str(path),
+                          str(ROOT / "recipes" / "accelerate" / "ddp.yaml"), "0", "1", "name=t"],
+                         env=environment, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "runs" / "t"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["services"]["reference_url"] == f"http://localhost:{environment['REF_PORT']}"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 3
+    kl = [json.loads(x)["kl"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert kl[0] == pytest.approx(0.0, abs=1e-6) and kl[-1] > 0  # the reference server answered
