@@ -171,6 +171,15 @@ def reduce_metrics(acc: Accelerator, metrics: dict) -> dict:
     return out
 
 
+def peak_memory_gb(acc: Accelerator) -> float:
+    """This process's peak memory so far, in GiB: CUDA allocations on a GPU, the resident set on a CPU."""
+    if acc.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(acc.device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
 # ---------------------------------------------------------------- forward / backward in lockstep
 
 

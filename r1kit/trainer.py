@@ -87,6 +87,7 @@ def train(cfg: Config) -> dict:
                 "update/kept_fraction": len(batch) / len(full),  # after the filters
                 "update/rows_fraction": updates[0]["update/backward_rows"] / len(full),  # rows that ran a backward
                 **full.length_metrics(), **timer.pop(), "time/step": time.perf_counter() - step_start,
+                "memory/max_process_gb": dist.peak_memory_gb(acc),  # the largest of any process
             })
             metrics |= maybe_eval(run, step)
             log_step(run, step, metrics, rows, completions, scored, advantages)

@@ -8,7 +8,8 @@ import yaml
 
 from r1kit.config import Config, ConfigError, load_recipe, save_config
 
-RECIPES = sorted(Path(__file__).parent.parent.joinpath("recipes").rglob("*.yaml"))
+RECIPES = sorted(p for p in Path(__file__).parent.parent.joinpath("recipes").rglob("*.yaml") if p.parent.name != "accelerate")
+ACCELERATE_CONFIGS = sorted(Path(__file__).parent.parent.joinpath("recipes", "accelerate").glob("*.yaml"))
 
 
 def write(tmp_path, text):
@@ -82,3 +83,16 @@ def test_every_recipe_loads_and_validates(recipe):
 
 def test_there_are_recipes():
     assert len(RECIPES) >= 2
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
+def test_accelerate_configs_load_with_accelerates_own_reader(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    expected = {"ddp": "MULTI_GPU", "zero2": "DEEPSPEED", "zero2-offload": "DEEPSPEED", "zero3": "DEEPSPEED",
+                "fsdp2": "FSDP"}[path.stem]
+    assert config.distributed_type.value == expected
+    if expected == "DEEPSPEED":
+        assert config.deepspeed_config["zero_stage"] == int(path.stem[4])
+    assert len(ACCELERATE_CONFIGS) == 5
