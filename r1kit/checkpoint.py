@@ -16,6 +16,7 @@ process renames and prunes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -28,6 +29,14 @@ from r1kit.models import save_model
 STEP_DIR = re.compile(r"^step-(\d+)$")
 ACCELERATOR_DIR = "accelerator"
 TRAINER_STATE = "trainer_state.pt"
+PICKLE_SUFFIXES = (".pt", ".bin", ".pkl", ".pth")
+# Classes DeepSpeed's ZeRO optimizer shards hold (measured: ZeRO-2/3 on 0.19). Anything else in a pickle is refused.
+DEEPSPEED_GLOBALS = ("deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed.runtime.zero.config.ZeroStageEnum",
+                     "deepspeed.utils.tensor_fragment.fragment_address")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: torn, foreign, or holding objects that would run code when read."""
 
 
 def save_checkpoint(ckpt_root: Path, step: int, accelerator, model, tokenizer, state: dict, keep: int = 2,
@@ -65,9 +74,70 @@ def load_trainer_state(checkpoint: Path) -> dict:
     """The bookkeeping of a checkpoint; weights_only: a crafted file cannot run code when it is read."""
     path = Path(checkpoint) / TRAINER_STATE
     try:
-        return torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True)
     except Exception as e:  # a truncated or foreign file: name it instead of a pickle traceback
-        raise ValueError(f"{path} is not a readable r1kit trainer state ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path} is not a readable r1kit trainer state ({_first_line(e)})") from None
+    if not isinstance(state, dict) or not {"scheduler", "run_state"} <= set(state):
+        raise CheckpointError(f"{path} is not an r1kit trainer state (expected scheduler and run_state)")
+    return state
+
+
+def verify_pickles(directory: Path) -> int:
+    """Open every pickle file under `directory` with torch's restricted unpickler (weights_only, memory-
+    mapped, so nothing is read into memory) before a library loads it. DeepSpeed reads its shards with
+    weights_only=False, so a crafted checkpoint would run code there; here it is refused instead.
+    Allowed: tensors and plain containers, numpy arrays (Accelerate's RNG states), DEEPSPEED_GLOBALS.
+    Returns the number of files checked."""
+    import importlib
+
+    from accelerate.utils.other import TORCH_SAFE_GLOBALS
+
+    allowed = list(TORCH_SAFE_GLOBALS)
+    for name in DEEPSPEED_GLOBALS:
+        module, attr = name.rsplit(".", 1)
+        try:
+            allowed.append(getattr(importlib.import_module(module), attr))
+        except ImportError:  # no DeepSpeed here: its checkpoints cannot be loaded anyway
+            pass
+    files = sorted(p for p in Path(directory).rglob("*") if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    for path in files:
+        try:
+            with torch.serialization.safe_globals(allowed):
+                try:
+                    torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+                except RuntimeError as e:
+                    if "mmap" not in str(e):
+                        raise
+                    torch.load(path, weights_only=True, map_location="cpu")  # an old (non-zip) file cannot be mapped
+        except Exception as e:
+            raise CheckpointError(f"refusing to load {path}: it is not plain tensor data ({_first_line(e)}). A checkpoint "
+                                  "someone else made can run code when unpickled; if you made this one yourself "
+                                  "with another DeepSpeed version, set train.trust_checkpoint=true") from None
+    return len(files)
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep the lines of a per-step log up to `last_step` (a resumed run writes the later steps again);
+    a torn last line (a run killed mid-write) goes too. Rewritten atomically."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= last_step:
+            kept.append(line)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)
 
 
 def save_final(path: Path, accelerator, model, tokenizer, lora_save: str = "merged") -> Path:
@@ -117,13 +187,12 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def resolve_resume(resume_from: str, ckpt_root: Path) -> Path:
-    """`latest` -> this run's newest checkpoint; otherwise the given directory, which must be a checkpoint."""
+def resolve_resume(resume_from: str, ckpt_root: Path) -> Path | None:
+    """`latest` -> this run's newest checkpoint, or None when it has none yet (a run stopped before its
+    first checkpoint starts again from step 0); otherwise the given directory, which must be a checkpoint."""
     if resume_from == "latest":
         found = list_checkpoints(ckpt_root)
-        if not found:
-            raise FileNotFoundError(f"train.resume_from=latest but {ckpt_root} holds no checkpoint")
-        return found[-1]
+        return found[-1] if found else None
     path = Path(resume_from)
     if not (path / TRAINER_STATE).exists() or not (path / ACCELERATOR_DIR).is_dir():
         raise FileNotFoundError(f"train.resume_from={resume_from!r} is not an r1kit checkpoint "

@@ -242,15 +242,26 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: r1kit {train,sft,eval,data} [RECIPE] [a.b=c ...] | r1kit {serve-gen,serve-ref} MODEL [options]\n\n"
               + USAGE)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    from r1kit.checkpoint import CheckpointError
     from r1kit.config import ConfigError
     from r1kit.data.sources import DataError
     from r1kit.rollout.http import ServiceError
+    from r1kit.run import NonFiniteError, RunStopped
 
     try:
         COMMANDS[argv[0]](argv[1:])
-    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as e:
+    except RunStopped as e:  # SIGINT / SIGTERM: a checkpoint was written; say how to go on
+        print(f"r1kit {argv[0]}: {e}", file=sys.stderr)
+        return e.exit_code
+    except NonFiniteError as e:
+        print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
+        return 1
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError, CheckpointError) as e:
         print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # read-only or full disk, permissions: the environment, not a bug; one line says which
+        print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
+        return 1
     except (ServiceError, ImportError) as e:  # a server that stopped answering; an engine that is not installed
         print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
         return 1

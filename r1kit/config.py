@@ -15,6 +15,7 @@ would look for them (num_generations, max_completion_length, beta, epsilon, loss
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -189,7 +190,9 @@ class TrainCfg:
     max_grad_norm: float = 1.0  # clip the global gradient norm; 0 disables
     save_every: int = 50  # checkpoint every N steps (0: only the final model)
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
-    resume_from: str | None = None  # a checkpoint dir, or "latest" for this run's newest
+    resume_from: str | None = None  # a checkpoint dir, or "latest" for this run's newest (none yet: start at step 0)
+    trust_checkpoint: bool = False  # resume: skip the check that every pickle in the checkpoint is plain data
+    max_nonfinite_steps: int = 3  # steps skipped for a non-finite gradient before the run stops with an error
     reward_on_error: Literal["raise", "none"] = "raise"  # a reward that raises: stop the run, or score it None (counted)
 
 
@@ -428,6 +431,7 @@ def validate(cfg: Config) -> None:
         (t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}"),
         (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
         (t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}"),
+        (t.max_nonfinite_steps >= 0, f"train.max_nonfinite_steps must be >= 0, got {t.max_nonfinite_steps}"),
         (len(cfg.rewards) > 0, "rewards must list at least one reward function"),
         (cfg.data.eval_size >= 1, f"data.eval_size must be >= 1, got {cfg.data.eval_size}"),
         (0 <= cfg.sft.direct_fraction <= 1 and 0 <= cfg.sft.large_direct_fraction <= 1,
@@ -449,9 +453,14 @@ def validate(cfg: Config) -> None:
     for ok, message in checks + _algo_checks(cfg.algo.resolved()) + _services_checks(cfg):
         if not ok:
             raise ConfigError(message)
+    if not cfg.name or cfg.name in (".", "..") or any(c in cfg.name for c in "/\\"):
+        raise ConfigError(f"name must be a plain directory name inside output_dir (no '/', '\\', '.' or '..'), "
+                          f"got {cfg.name!r}")
     for i, reward in enumerate(cfg.rewards):
         if not isinstance(reward.name, str) or not reward.name:
             raise ConfigError(f"rewards[{i}].name must be a non-empty string")
+        if not math.isfinite(reward.weight):
+            raise ConfigError(f"rewards[{i}].weight must be a finite number, got {reward.weight}")
         cap = reward.params.get("max_completion_length", cfg.rollout.max_completion_length)
         if reward.name == "soft_overlong" and cap != cfg.rollout.max_completion_length:
             raise ConfigError(f"rewards[{i}] (soft_overlong).max_completion_length ({cap}) must equal "
@@ -500,3 +509,30 @@ def _services_checks(cfg: Config) -> list[tuple[bool, str]]:
         checks.append((not url or url.startswith(("http://", "https://")),
                        f"services.{url_key} must start with http:// or https://, got {url!r}"))
     return checks
+
+
+# Settings a resumed run may change: when it stops, what it logs and evaluates, where its servers are.
+# Anything else (model, data, rewards, algorithm, optimizer, sampling, seed) would not take effect, or only
+# in part (the optimizer state keeps the old learning rate), so a resume that changes it is refused.
+RESUMABLE_CHANGES = ("train.max_steps", "train.max_minutes", "train.save_every", "train.keep_checkpoints",
+                     "train.resume_from", "train.trust_checkpoint", "train.reward_on_error", "eval.", "log.",
+                     "services.", "rollout.generation_batch_size", "rollout.vllm.", "model.device")
+
+
+def changed_settings(saved: dict, cfg: Config) -> tuple[list[str], list[str]]:
+    """(refused, allowed) changes between a run's saved config.yaml and `cfg`, each as 'key: old -> new'."""
+    current = to_dict(cfg)
+    current["algo"] = to_dict(cfg.algo.resolved())
+    refused, allowed = [], []
+    for key, old, new in _differences(saved, current):
+        line = f"{key}: {old!r} -> {new!r}"
+        (allowed if key.startswith(RESUMABLE_CHANGES) else refused).append(line)
+    return refused, allowed
+
+
+def _differences(old, new, prefix: str = ""):
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            yield from _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
+    elif old != new:
+        yield prefix, old, new

@@ -171,6 +171,12 @@ def reduce_metrics(acc: Accelerator, metrics: dict) -> dict:
     return out
 
 
+def weights_finite(acc: Accelerator, model) -> bool:
+    """True when every process's weights (its shards, under ZeRO-3/FSDP) are free of NaN and inf."""
+    bad = any(not torch.isfinite(p.detach()).all() for p in model.parameters() if p.numel())
+    return all_max(acc, int(bad)) == 0
+
+
 def peak_memory_gb(acc: Accelerator) -> float:
     """This process's peak memory so far, in GiB: CUDA allocations on a GPU, the resident set on a CPU."""
     if acc.device.type == "cuda":

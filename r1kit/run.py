@@ -8,18 +8,26 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import random
+import shlex
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+import yaml
 from accelerate import Accelerator
+from safetensors import SafetensorError
 from transformers import get_scheduler
 
 from r1kit import distributed as dist
 from r1kit.checkpoint import (ACCELERATOR_DIR, list_checkpoints, load_trainer_state, resolve_resume, save_checkpoint,
-                              save_final)
-from r1kit.config import Config, ConfigError, save_config, to_dict
+                              save_final, truncate_jsonl, verify_pickles)
+from r1kit.config import Config, ConfigError, changed_settings, save_config, to_dict
 from r1kit.data.benchmarks import checker_for
 from r1kit.data.sources import load_rows
 from r1kit.data.templates import build_messages, encode_prompt
@@ -34,6 +42,47 @@ from r1kit.rollout.remote import START_HINT, RemoteEngine
 from r1kit.types import SamplingParams
 
 
+class RunStopped(Exception):
+    """SIGINT/SIGTERM stopped the run after a checkpoint; `exit_code` is 128 + the signal number."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced NaN/inf that skipping a step cannot cure; the last checkpoint is intact."""
+
+
+class StopSignals:
+    """While training, SIGINT and SIGTERM ask the run to stop after the current step: it writes a
+    checkpoint and exits with 130/143. A second signal stops at once, the old way."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum:  # the second one: give the signal back to its old handler
+            self.__exit__()
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+        console.print(f"\n[yellow]{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+                      "(send it again to stop at once, without saving)[/]")
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
 @dataclass
 class RunState:
     step: int = 0  # optimizer steps done
@@ -41,6 +90,7 @@ class RunState:
     reasoning_share_before: float | None = None  # share of greedy answers that show reasoning, at the start
     eval_history: list = field(default_factory=list)  # (step, greedy accuracy)
     wall_seconds: float = 0.0  # training wall time of earlier sessions of this run (resume)
+    nonfinite_steps: int = 0  # optimizer steps skipped because the gradient was NaN/inf
 
 
 @dataclass
@@ -88,10 +138,7 @@ def setup_run(cfg: Config) -> Run:
     if not acc.is_main_process:
         console.quiet = True  # one process speaks for the run
     run_dir = cfg.run_dir
-    resume_dir = resolve_resume(cfg.train.resume_from, run_dir / "checkpoints") if cfg.train.resume_from else None
-    if resume_dir is None and (run_dir / "metrics.jsonl").exists():
-        raise FileExistsError(f"run directory {run_dir} already holds a run; pick another name= or resume it "
-                              "with train.resume_from=latest")
+    resume_dir = _resume_point(cfg)
     # rewards, data and the process layout first: bad input fails in seconds, before anything is written
     dist.local_share(cfg.prompts_per_step, acc)
     _check_strategy(cfg, acc)
@@ -100,13 +147,11 @@ def setup_run(cfg: Config) -> Run:
     eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size)
     acc.wait_for_everyone()  # every process has checked the run directory before the main one writes to it
     if acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        _prepare_run_dir(cfg, resume_dir)
     pick_device(cfg.model.device)  # fails clearly on device=cuda without a GPU
     torch.manual_seed(cfg.seed)
 
-    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    model = load_model(cfg.model, tokenizer)
+    tokenizer, model = _load_policy(cfg)
     reference = make_reference(cfg, tokenizer, acc.device, policy=model)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.train)
     name = "constant_with_warmup" if cfg.train.lr_scheduler == "constant" else cfg.train.lr_scheduler
@@ -115,8 +160,8 @@ def setup_run(cfg: Config) -> Run:
     model, optimizer = acc.prepare(model, optimizer)
     state = RunState()
     if resume_dir is not None:
-        acc.load_state(str(resume_dir / ACCELERATOR_DIR))
         saved = load_trainer_state(resume_dir)
+        acc.load_state(str(resume_dir / ACCELERATOR_DIR))
         scheduler.load_state_dict(saved["scheduler"])
         state = RunState(**saved["run_state"])
         console.print(f"resumed from {resume_dir} at step {state.step}")
@@ -134,6 +179,61 @@ def setup_run(cfg: Config) -> Run:
         state.accuracy_before = before["eval/greedy_accuracy"]
         state.reasoning_share_before = before["eval/reasoning_share"]
     return run
+
+
+def _resume_point(cfg: Config) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh start; refuses to overwrite another run and
+    to resume with settings that would not take effect. Nothing is written here."""
+    run_dir = cfg.run_dir
+    if not cfg.train.resume_from:
+        if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
+            raise FileExistsError(f"run directory {run_dir} already holds a run; pick another name= or resume it "
+                                  "with train.resume_from=latest")
+        return None
+    resume_dir = resolve_resume(cfg.train.resume_from, run_dir / "checkpoints")
+    if resume_dir is None:
+        console.print(f"[yellow]{run_dir} holds no checkpoint yet: starting from step 0[/]")
+        return None
+    load_trainer_state(resume_dir)  # a torn or foreign file fails here, before anything is written
+    if not cfg.train.trust_checkpoint:
+        verify_pickles(resume_dir / ACCELERATOR_DIR)  # before DeepSpeed (weights_only=False) unpickles anything
+    saved_config = run_dir / "config.yaml"
+    if saved_config.exists():
+        refused, _ = changed_settings(yaml.safe_load(saved_config.read_text()) or {}, cfg)
+        if refused:
+            raise ConfigError(f"resuming {run_dir} with settings that cannot take effect mid-run: "
+                              + "; ".join(refused) + " (start a new run with another name= to change them)")
+    return resume_dir
+
+
+def _prepare_run_dir(cfg: Config, resume_dir: Path | None) -> None:
+    """The run directory as this session starts: config.yaml (a resume that changes allowed settings keeps
+    the previous file as config.before-step-N.yaml), and per-step logs cut back to the checkpoint's step."""
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    step = load_trainer_state(resume_dir)["run_state"]["step"] if resume_dir else 0
+    if resume_dir is not None and (run_dir / "config.yaml").exists():
+        _, allowed = changed_settings(yaml.safe_load((run_dir / "config.yaml").read_text()) or {}, cfg)
+        if allowed:
+            os.replace(run_dir / "config.yaml", run_dir / f"config.before-step-{step}.yaml")
+            console.print(f"resume changes {'; '.join(allowed)} (previous config: config.before-step-{step}.yaml)")
+    save_config(cfg, run_dir / "config.yaml")
+    for log in ("metrics.jsonl", "samples.jsonl"):
+        truncate_jsonl(run_dir / log, step)
+
+
+def _load_policy(cfg: Config):
+    """Tokenizer and model; a path that is missing, torn or not on the hub is one error line naming it."""
+    name = cfg.model.name_or_path
+    try:
+        tokenizer = load_tokenizer(name, cfg.model.trust_remote_code)
+        return tokenizer, load_model(cfg.model, tokenizer)
+    except (OSError, ValueError, SafetensorError) as e:  # missing, torn, or not a model (not our own errors)
+        if isinstance(e, ConfigError):
+            raise
+        where = "could not be read" if os.path.exists(name) else "is not a local directory, and the hub did not provide it"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ConfigError(f"model.name_or_path={name!r} {where} ({first})") from None
 
 
 def _check_strategy(cfg: Config, acc) -> None:
@@ -304,9 +404,41 @@ def log_step(run: Run, step: int, metrics: dict, rows, completions, scored, adva
                 "total": [scored.total[j] for j in group], "advantages": [advantages[j].item() for j in group]})
 
 
-def maybe_checkpoint(run: Run, step: int) -> None:
+def check_finite(run: Run, skipped: bool) -> None:
+    """After an optimizer step: count a skipped (non-finite gradient) step, and stop when the weights
+    themselves are no longer finite or too many steps were skipped; nothing non-finite is ever saved."""
+    cfg, state = run.cfg, run.state
+    last = list_checkpoints(cfg.run_dir / "checkpoints")
+    intact = f"the last checkpoint ({last[-1].name}) is intact" if last else "no checkpoint was written yet"
+    if not dist.weights_finite(run.accelerator, run.model):
+        raise NonFiniteError(f"the weights became NaN/inf at step {state.step + 1} (a learning rate or reward too "
+                             f"large?); {intact}, and nothing non-finite was saved")
+    if skipped:
+        state.nonfinite_steps += 1
+        console.print(f"[yellow]step {state.step + 1}: the gradient was NaN/inf; the update was skipped "
+                      f"({state.nonfinite_steps} of at most {cfg.train.max_nonfinite_steps})[/]")
+        if state.nonfinite_steps > cfg.train.max_nonfinite_steps:
+            raise NonFiniteError(f"{state.nonfinite_steps} steps had a NaN/inf gradient (train.max_nonfinite_steps="
+                                 f"{cfg.train.max_nonfinite_steps}): check the rewards and train.learning_rate; {intact}")
+
+
+def stop_on_signal(run: Run, signum: int) -> None:
+    """Checkpoint the finished step, close the run's files, and raise RunStopped with the resume command."""
+    step = run.state.step
+    if not (run.cfg.train.save_every and step % run.cfg.train.save_every == 0):  # not just saved by the loop
+        maybe_checkpoint(run, step, force=True)
+    run.engine.close()
+    if run.logger is not None:
+        run.logger.close()
+    command = " ".join(["r1kit", *(shlex.quote(a) for a in sys.argv[1:] if not a.startswith("train.resume_from=")),
+                        "train.resume_from=latest"])
+    raise RunStopped(signum, f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint "
+                             f"{run.cfg.run_dir / 'checkpoints' / f'step-{step}'}. Resume with: {command}")
+
+
+def maybe_checkpoint(run: Run, step: int, force: bool = False) -> None:
     every = run.cfg.train.save_every
-    if every and step % every == 0:
+    if force or (every and step % every == 0):
         run.state.wall_seconds += time.time() - run.started
         run.started = time.time()
         state = {"scheduler": run.scheduler.state_dict(), "run_state": dataclasses.asdict(run.state)}

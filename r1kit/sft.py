@@ -133,6 +133,8 @@ def run_sft(cfg: Config) -> dict:
     if acc.num_processes > 1:
         raise ConfigError("r1kit sft runs in one process for now; launch it without accelerate launch / torchrun")
     run_dir = cfg.run_dir
+    if (run_dir / "metrics.jsonl").exists() or (run_dir / "final").exists():
+        raise FileExistsError(f"run directory {run_dir} already holds a run; pick another name=")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.seed)

@@ -19,6 +19,7 @@ the math is in r1kit.algo, set-up and bookkeeping in r1kit.run. This file is the
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import torch
 
@@ -31,8 +32,8 @@ from r1kit.config import AlgoCfg, Config
 from r1kit.logging import PhaseTimer, console
 from r1kit.rewards import combine
 from r1kit.rewards.registry import RewardResult
-from r1kit.run import (Run, finish_run, log_step, maybe_checkpoint, maybe_eval, sampling_params, setup_run,
-                       step_prompt_indices)
+from r1kit.run import (Run, StopSignals, check_finite, finish_run, log_step, maybe_checkpoint, maybe_eval,
+                       sampling_params, setup_run, step_prompt_indices, stop_on_signal)
 
 
 def train(cfg: Config) -> dict:
@@ -42,7 +43,7 @@ def train(cfg: Config) -> dict:
     timer = PhaseTimer()
     console.print(f"[bold]r1kit train[/] {cfg.name}: {cfg.train.max_steps} steps of {B} prompts x {G} completions, "
                   f"loss_type={algo.loss_type} -> {cfg.run_dir}")
-    with run.progress as bar:
+    with StopSignals() as signals, run.progress as bar:
         task = bar.add_task("grpo", total=cfg.train.max_steps, completed=run.state.step, info="")
         while run.should_continue():  # steps left (and time, with train.max_minutes)
             step = run.state.step + 1
@@ -75,6 +76,8 @@ def train(cfg: Config) -> dict:
                 updates = [update_policy(run, algo, batch, dummy, old_logprobs, ref_logprobs)
                            for _ in range(algo.num_iterations)]
 
+            check_finite(run, skipped=any(u["update/skipped_nonfinite"] for u in updates))  # NaN/inf: skip or stop
+
             # ---------------- 7. the engine samples the next step from the new weights
             with timer("weight_sync"):
                 run.engine.update_weights(model)
@@ -93,6 +96,8 @@ def train(cfg: Config) -> dict:
             log_step(run, step, metrics, rows, completions, scored, advantages)
             maybe_checkpoint(run, step)
             bar.update(task, completed=step, info=run.bar_info(metrics))
+            if dist.all_max(acc, signals.signum):  # every process stops after the same step
+                stop_on_signal(run, dist.all_max(acc, signals.signum))
     return finish_run(run)
 
 
@@ -193,16 +198,18 @@ def update_policy(run: Run, algo: AlgoCfg, batch: RolloutBatch, dummy: RolloutBa
             loss_sum += loss.item() * weight  # the mean over processes (reduce_metrics) is the step's loss
             stats.append(st)
             gaps.append(part.logprob_gap(logprobs.detach(), old))
-    grad_norm = float("nan")
+    grad_norm, skipped = float("nan"), False
     if chunks:  # a step without any learning signal anywhere makes no update
-        if cfg.train.max_grad_norm > 0:
-            norm_value = acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-            grad_norm = float("nan") if norm_value is None else float(norm_value)
-        run.optimizer.step()
+        # max_grad_norm 0: measure without clipping. DeepSpeed has already stepped (and clipped) in backward.
+        norm_value = acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf"))
+        grad_norm = float("nan") if norm_value is None else float(norm_value)
+        skipped = norm_value is not None and not math.isfinite(grad_norm)  # the same on every process
+        if not skipped:
+            run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
     return {"loss": loss_sum, "grad_norm": grad_norm, "update/backward_rows": float(len(rows)), **_mean_stats(stats),
-            **_merge_gaps(gaps)}
+            **_merge_gaps(gaps), "update/skipped_nonfinite": float(skipped)}
 
 
 def synced_logprobs(run: Run, batch: RolloutBatch, dummy: RolloutBatch) -> torch.Tensor:

@@ -29,3 +29,8 @@ def fail_on_rank_one_at_step_two(completions, **kwargs):
     if os.environ.get("RANK") == "1" and CALLS["n"] == 2:
         raise RuntimeError("simulated failure on rank 1")
     return [len(c) / 10 for c in completions]
+
+
+def huge_reward(completions, **kwargs):
+    """1e38 per character: with scale_rewards=none the advantages overflow the loss (a non-finite gradient)."""
+    return [1e38 * len(c) for c in completions]
