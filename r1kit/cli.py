@@ -1,4 +1,4 @@
-"""Command line: ``r1kit train|sft|eval [RECIPE] [a.b=c ...]``, ``r1kit serve-gen|serve-ref MODEL``.
+"""Command line: ``r1kit train|sft|eval [RECIPE] [a.b=c ...]``, ``r1kit report RUN_DIR...``, ``r1kit serve-gen|serve-ref MODEL``.
 
 With no recipe, the built-in tiny world runs: the config defaults are its recipe.
 """
@@ -19,6 +19,8 @@ USAGE = """examples:
   r1kit eval runs/tiny-grpo/final --n 4         greedy and sampled pass@1 on the held-out split
   r1kit eval Qwen/Qwen2.5-Math-1.5B-Instruct --benchmark math500 --instruction boxed --n 4 \\
       --temperature 0.6 --top-p 0.95 --max-new-tokens 4096    pass@1, pass@k, maj@k (shipped data, offline)
+  r1kit report runs/tiny-grpo                   runs/tiny-grpo/report.html: charts, phase times, samples
+  r1kit report runs/a runs/b                    both runs' curves overlaid: runs/compare-a-b/report.html
   r1kit serve-gen builtin:tiny-sft --port 8000  vLLM generation server with a weight-update route
   r1kit serve-ref builtin:tiny-sft --port 8001  reference-model server (per-token logprobs)
 """
@@ -120,6 +122,21 @@ def cmd_eval(argv: list[str]) -> None:
     console.print(summary_table(f"{model_path} on {name}", result.summary()))
     console.print(f"per-problem results: {output}")
     print(json.dumps(summary, indent=2))
+
+
+def cmd_report(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="r1kit report", description="HTML report with charts of one run, or of several runs overlaid.")
+    parser.add_argument("run_dirs", nargs="+", help="run directories (runs/<name>)")
+    parser.add_argument("--output", default=None,
+                        help="comparison directory for several runs (default: compare-A-B beside the first run)")
+    ns = parser.parse_args(argv)
+    from r1kit.report import write_comparison, write_report
+
+    if len(ns.run_dirs) == 1 and ns.output is None:
+        print(f"report: {write_report(ns.run_dirs[0])}")
+    else:
+        print(f"comparison report: {write_comparison(ns.run_dirs, ns.output)}")
 
 
 def _pick(flag, default):
@@ -232,14 +249,15 @@ def _split_double_dash(argv: list[str]) -> tuple[list[str], str, list[str]]:
     return argv, "", []
 
 
-COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "data": cmd_data, "serve-gen": cmd_serve_gen,
-            "serve-ref": cmd_serve_ref}
+COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "data": cmd_data, "report": cmd_report,
+            "serve-gen": cmd_serve_gen, "serve-ref": cmd_serve_ref}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: r1kit {train,sft,eval,data} [RECIPE] [a.b=c ...] | r1kit {serve-gen,serve-ref} MODEL [options]\n\n"
+        print("usage: r1kit {train,sft,eval,data} [RECIPE] [a.b=c ...] | r1kit report RUN_DIR [RUN_DIR ...] | "
+              "r1kit {serve-gen,serve-ref} MODEL [options]\n\n"
               + USAGE)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     from r1kit.config import ConfigError

@@ -1,0 +1,142 @@
+"""`r1kit report`: charts and a self-contained HTML page from a run directory, also from broken or
+partial ones, and a comparison of several runs; the page looked at in headless Chromium."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from r1kit.report import phase_shares, read_run, write_comparison, write_report
+from r1kit.report.charts import smooth
+
+ROOT = Path(__file__).parent.parent
+
+
+def metrics_row(step: int, **extra) -> dict:
+    return {"step": step, "reward": 0.1 * step, "rewards/accuracy/mean": 0.1 * step, "rewards/format/mean": 0.5,
+            "completion/mean_length": 10.0 + step, "completion/max_length": 20.0 + step,
+            "completion/truncated_fraction": 0.0, "kl": 0.01 * step, "entropy": 0.5, "clip_fraction": 0.0,
+            "grad_norm": 1.0, "lr": 1e-5, "time/generate": 3.0, "time/reward": 0.5, "time/update": 1.0,
+            "time/weight_sync": 0.5, "time/step": 5.0, **extra}
+
+
+def make_run(root: Path, name: str, steps: int = 8, drop: tuple = (), samples: bool = True, summary: bool = True) -> Path:
+    """A run directory as the trainer writes it, with made-up numbers; `drop` leaves metric keys out."""
+    run = root / name
+    run.mkdir(parents=True)
+    rows = [{k: v for k, v in metrics_row(s).items() if k not in drop} for s in range(1, steps + 1)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if samples:
+        records = [{"step": s, "prompt": f"prompt of step {s}", "answer": "7",
+                    "completions": [f"<think>step {s} working</think><answer>7</answer>", "<answer>3</answer>"],
+                    "rewards": {"accuracy": [1.0, 0.0]}, "total": [1.0, 0.0]} for s in (1, steps // 2, steps)]
+        (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if summary:
+        (run / "summary.json").write_text(json.dumps({"accuracy_before": 0.3, "accuracy_after": 0.6,
+                                                      "wall_seconds": 120.0, "eval_history": [[0, 0.3], [steps, 0.6]]}))
+    return run
+
+
+def embedded_images(html: str) -> int:
+    return len(re.findall(r"<img [^>]*src='data:image/png;base64,[A-Za-z0-9+/=]{100,}'", html))
+
+
+def test_report_of_a_complete_run(tmp_path):
+    run = make_run(tmp_path, "good")
+    out = write_report(run)
+    html = out.read_text()
+    assert out == run / "report.html"
+    pngs = sorted(p.stem for p in (run / "report").glob("*.png"))
+    assert pngs == sorted(["reward", "accuracy", "length", "truncated", "kl", "entropy", "clip_fraction", "grad_norm",
+                           "lr", "phases", "phase_share"])
+    assert embedded_images(html) == len(pngs)  # every chart is inside the page, not linked
+    assert "Not shown" not in html
+    assert "30.0% → 60.0%" in html  # before -> after from summary.json
+    assert "generate 60%" in html  # 3 of every 5 seconds
+    for label in ("start: step 1", "middle: step 4", "end: step 8"):
+        assert label in html
+    assert "&lt;think&gt;step 8 working" in html  # completions are escaped, not interpreted as tags
+
+
+def test_phase_shares_include_time_outside_the_named_phases(tmp_path):
+    run = make_run(tmp_path, "p", drop=("time/weight_sync",))
+    assert phase_shares(read_run(run)) == pytest.approx({"generate": 0.6, "update": 0.2, "reward": 0.1, "other": 0.1})
+
+
+def test_smoothing_keeps_a_constant_and_short_runs_unchanged():
+    assert smooth([2.0] * 50) == pytest.approx([2.0] * 50)
+    assert smooth([1.0, 5.0, 2.0]) == [1.0, 5.0, 2.0]
+    noisy = [float(i % 2) for i in range(100)]
+    assert max(smooth(noisy)[50:]) - min(smooth(noisy)[50:]) < 0.2  # the alternation is smoothed away
+
+
+def test_run_without_metrics_still_gets_a_page_that_says_so(tmp_path):
+    run = tmp_path / "empty"
+    run.mkdir()
+    html = write_report(run).read_text()
+    assert "metrics.jsonl does not exist" in html and "samples.jsonl does not exist" in html
+    assert "summary.json does not exist" in html
+    assert embedded_images(html) == 0 and "No chart could be drawn" in html
+
+
+def test_half_written_last_line_is_skipped_and_named(tmp_path):
+    run = make_run(tmp_path, "killed", steps=5, summary=False)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 6, "reward": 0.')  # killed mid-write
+    log = read_run(run)
+    assert [m["step"] for m in log.metrics] == [1, 2, 3, 4, 5]
+    html = write_report(run).read_text()
+    assert "the last line is not complete JSON" in html
+    assert embedded_images(html) == 11  # held-out points come from metrics' eval keys: none, training accuracy still drawn
+
+
+def test_comparison_overlays_runs_of_different_lengths_and_metric_sets(tmp_path):
+    a = make_run(tmp_path, "a", steps=8)
+    b = make_run(tmp_path, "b", steps=3, drop=("kl", "entropy"))
+    out = write_comparison([a, b])
+    assert out == tmp_path / "compare-a-b" / "report.html"
+    html = out.read_text()
+    assert "the runs cover different steps: a 1–8; b 1–3" in html
+    assert "b: no kl" in html and "b: no entropy" in html
+    assert "a: no kl" not in html
+    assert (tmp_path / "compare-a-b" / "report" / "kl.png").is_file()  # a's KL is still drawn
+    assert embedded_images(html) == 11  # the phase area chart becomes seconds per step; phase shares one bar per run
+    assert html.count("<tr>") == 3  # header and one overview row per run
+
+
+def test_cli_report_and_its_errors(tmp_path):
+    run = make_run(tmp_path, "cli")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "r1kit", "report", str(run)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"report: {run / 'report.html'}" in done.stdout
+    missing = subprocess.run([sys.executable, "-m", "r1kit", "report", str(tmp_path / "nope")], capture_output=True,
+                             text=True, env=env)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"r1kit report: error: {tmp_path / 'nope'} is not a run directory"
+
+
+def chromium() -> str | None:
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+@pytest.mark.skipif(chromium() is None, reason="headless Chromium is not installed (CI: apt-get install -y chromium)")
+def test_report_renders_its_charts_in_a_browser(tmp_path):
+    """What a person sees: the page in headless Chromium shows the charts' lines, not broken images."""
+    import numpy as np
+    from PIL import Image
+
+    out = write_report(make_run(tmp_path, "seen"))
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1400,1600", f"--screenshot={shot}", out.resolve().as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    r, g, b = np.asarray(Image.open(shot).convert("RGB")).astype(int).transpose(2, 0, 1)
+    blue = int(((abs(r - 0x1F) < 40) & (abs(g - 0x77) < 40) & (abs(b - 0xB4) < 40)).sum())  # matplotlib's C0
+    orange = int(((r > 220) & (g > 100) & (g < 160) & (b < 60)).sum())  # C1 (#ff7f0e)
+    assert blue > 5000 and orange > 1000, (blue, orange)  # an empty or broken-image page has none of either
