@@ -41,9 +41,19 @@ def _load(args: list[str], base=None):
 
 
 def cmd_train(args: list[str]) -> None:
+    from r1kit.trackers import require_trackers
     from r1kit.trainer import train
 
-    train(_load(args))
+    cfg = _load(args)
+    require_trackers(cfg.log.report_to)  # a missing tracker package fails now, not after the model loaded
+    try:
+        train(cfg)
+    except BaseException:  # stopped (Ctrl-C) or crashed: still show what was logged, then stop as before
+        if cfg.log.report and (cfg.run_dir / "metrics.jsonl").is_file():
+            from r1kit.report import write_report
+
+            print(f"r1kit train: stopped; report of the steps so far: {write_report(cfg.run_dir)}", file=sys.stderr)
+        raise
 
 
 def cmd_sft(args: list[str]) -> None:

@@ -140,3 +140,36 @@ def test_report_renders_its_charts_in_a_browser(tmp_path):
     blue = int(((abs(r - 0x1F) < 40) & (abs(g - 0x77) < 40) & (abs(b - 0xB4) < 40)).sum())  # matplotlib's C0
     orange = int(((r > 220) & (g > 100) & (g < 160) & (b < 60)).sum())  # C1 (#ff7f0e)
     assert blue > 5000 and orange > 1000, (blue, orange)  # an empty or broken-image page has none of either
+
+
+def test_training_writes_the_report_and_says_where(small_model_dir, tmp_path, capsys):
+    from test_trainer import cfg_for
+
+    from r1kit.trainer import train
+
+    train(cfg_for(small_model_dir, tmp_path / "on", "train.max_steps=2", "eval.before=false", "log.report=true"))
+    run = tmp_path / "on" / "t"
+    assert embedded_images((run / "report.html").read_text()) == 11
+    out = capsys.readouterr().out
+    assert f"report: {run / 'report.html'}" in out
+    assert re.search(r"time: generate \d+%", out)  # the phase shares in the final summary
+
+    train(cfg_for(small_model_dir, tmp_path / "off", "train.max_steps=1", "eval.before=false", "log.report=false"))
+    assert not (tmp_path / "off" / "t" / "report.html").exists()
+    assert "report: off (log.report=false)" in capsys.readouterr().out
+
+
+def test_a_crashed_run_still_gets_a_report_of_its_steps(small_model_dir, tmp_path, capsys):
+    import reward_fixtures
+    from test_trainer import FAST
+
+    from r1kit.cli import main
+
+    reward_fixtures.CALLS["n"] = 0
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(["train", f"model.name_or_path={small_model_dir}", f"output_dir={tmp_path}", "name=t", *FAST,
+              "rewards=[{name: reward_fixtures.fail_on_third_call}]", "train.max_steps=4", "eval.before=false",
+              "log.report=true"])
+    html = (tmp_path / "t" / "report.html").read_text()
+    assert "summary.json does not exist" in html and embedded_images(html) > 0  # two steps were logged
+    assert f"stopped; report of the steps so far: {tmp_path / 't' / 'report.html'}" in capsys.readouterr().err
