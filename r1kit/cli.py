@@ -94,9 +94,11 @@ def cmd_eval(argv: list[str]) -> None:
     from r1kit.data.sources import load_data
     from r1kit.evaluate import evaluate
     from r1kit.evaluate.benchmarks import benchmark_data, summary_table, write_items
-    from r1kit.logging import console
+    from r1kit.logging import console, quiet_library_progress
     from r1kit.models import load_model, load_tokenizer, pick_device
     from r1kit.run import make_engine
+
+    quiet_library_progress()
 
     cfg = load_recipe(ns.recipe, ns.overrides)
     d, e = cfg.data, cfg.eval
@@ -131,7 +133,19 @@ def cmd_eval(argv: list[str]) -> None:
     output.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
     console.print(summary_table(f"{model_path} on {name}", result.summary()))
     console.print(f"per-problem results: {output}")
+    _eval_report(output, summary, result.items)
     print(json.dumps(summary, indent=2))
+
+
+def _eval_report(output: Path, summary: dict, items: list[dict]) -> None:
+    """The eval's page beside its jsonl; without matplotlib the results above stand and the page is skipped, saying why."""
+    from r1kit.logging import console
+    from r1kit.report.evaluation import write_eval_report
+
+    try:
+        console.print(f"report: {write_eval_report(output, summary, items)}")
+    except ImportError as e:
+        console.print(f"[yellow]report: not written ({e})[/]")
 
 
 def cmd_report(argv: list[str]) -> None:

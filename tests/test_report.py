@@ -173,3 +173,31 @@ def test_a_crashed_run_still_gets_a_report_of_its_steps(small_model_dir, tmp_pat
     html = (tmp_path / "t" / "report.html").read_text()
     assert "summary.json does not exist" in html and embedded_images(html) > 0  # two steps were logged
     assert f"stopped; report of the steps so far: {tmp_path / 't' / 'report.html'}" in capsys.readouterr().err
+
+
+def eval_item(index: int, sampled: list[float] | None) -> dict:
+    item = {"index": index, "question": f"question {index}", "answer": "5", "completion": f"<answer>{index}</answer>",
+            "extracted": str(index), "correct": float(index == 5)}
+    return item | ({"sampled_correct": sampled} if sampled is not None else {})
+
+
+def test_eval_page_shows_metrics_passk_and_worst_and_best_items(tmp_path):
+    from r1kit.report.evaluation import write_eval_report
+
+    items = [eval_item(i, [float(j < i) for j in range(4)]) for i in range(5)]  # item i: i of 4 samples right
+    summary = {"model": "m", "benchmark": "b", "greedy_accuracy": 0.2, "pass@1": 0.5, "pass@2": 0.7, "pass@4": 0.8}
+    page = write_eval_report(tmp_path / "m-b.jsonl", summary, items, show=2)
+    html = page.read_text()
+    assert page == tmp_path / "m-b.report.html" and (tmp_path / "m-b.passk.png").is_file()
+    assert embedded_images(html) == 1 and "<td>pass@4</td><td>80.0%</td>" in html
+    worst, best = html.split("<h2>Worst 2 problems</h2>")[1].split("<h2>Best 2 problems</h2>")
+    assert re.findall(r"question (\d)", worst) == ["0", "1"] and re.findall(r"question (\d)", best) == ["4", "3"]
+
+
+def test_greedy_only_eval_page_says_there_is_no_passk(tmp_path):
+    from r1kit.report.evaluation import write_eval_report
+
+    html = write_eval_report(tmp_path / "g.jsonl", {"greedy_accuracy": 0.5}, [eval_item(5, None), eval_item(1, None)]
+                             ).read_text()
+    assert "no pass@k: the evaluation was greedy only" in html and embedded_images(html) == 0
+    assert re.findall(r"question (\d)", html.split("Best")[1]) == ["5", "1"]

@@ -13,7 +13,7 @@ STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1500px; }
 h1 { margin-bottom: 4px; } .sub { color: #666; margin-top: 0; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(620px, 1fr)); gap: 16px; }
-.chart img { width: 100%; border: 1px solid #ddd; }
+.chart img { width: 100%; max-width: 780px; border: 1px solid #ddd; }
 .missing { background: #fff4e5; border-left: 4px solid #f0a020; padding: 8px 16px; }
 table { border-collapse: collapse; margin: 8px 0; } td, th { border: 1px solid #ccc; padding: 4px 10px; text-align: left; }
 .samples { display: grid; grid-template-columns: repeat(3, 1fr); gap: 12px; }
