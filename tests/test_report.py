@@ -201,3 +201,28 @@ def test_greedy_only_eval_page_says_there_is_no_passk(tmp_path):
                              ).read_text()
     assert "no pass@k: the evaluation was greedy only" in html and embedded_images(html) == 0
     assert re.findall(r"question (\d)", html.split("Best")[1]) == ["5", "1"]
+
+
+def test_steps_repeated_by_a_resumed_run_show_their_last_values(tmp_path):
+    run = make_run(tmp_path, "resumed", steps=3)
+    with (run / "metrics.jsonl").open("a") as f:  # crashed after step 3, resumed from the step-2 checkpoint
+        f.write(json.dumps(metrics_row(3, reward=0.9)) + "\n" + json.dumps(metrics_row(4)) + "\n")
+    log = read_run(run)
+    assert log.series("reward") == ([1, 2, 3, 4], [pytest.approx(0.1), pytest.approx(0.2), 0.9, pytest.approx(0.4)])
+    assert "1 step(s) logged more than once" in log.problems[0]
+
+
+def test_a_trl_output_directory_compares_with_an_r1kit_run(tmp_path):
+    ours = make_run(tmp_path, "ours", steps=4)
+    trl = tmp_path / "trl-out" / "checkpoint-4"
+    trl.mkdir(parents=True)
+    history = [{"step": s, "reward": 0.2 * s, "rewards/accuracy_reward/mean": 0.2 * s, "completions/mean_length": 30.0,
+                "clip_ratio/region_mean": 0.01, "learning_rate": 1e-6, "kl": 0.001} for s in (1, 2, 3, 4)]
+    history.append({"step": 4, "train_runtime": 60.0})  # the Trainer's closing entry shares the last step
+    (trl / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    log = read_run(tmp_path / "trl-out")
+    assert log.series("completion/mean_length") == ([1, 2, 3, 4], [30.0] * 4)
+    assert log.series("clip_fraction")[1] == [0.01] * 4 and log.summary == {"wall_seconds": 60.0}
+    html = write_comparison([ours, tmp_path / "trl-out"]).read_text()
+    assert "a TRL log (no time per phase" in html and "trl-out: no entropy" in html
+    assert (tmp_path / "compare-ours-trl-out" / "report" / "accuracy.png").is_file()

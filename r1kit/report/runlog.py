@@ -66,8 +66,11 @@ def read_run(path: str | Path) -> RunLog:
         raise FileNotFoundError(f"{path} is not a run directory")
     run = RunLog(name=path.resolve().name, path=path)
     metrics_file = path / "metrics.jsonl"
+    trl_state = _trl_state_file(path)
+    if not metrics_file.is_file() and trl_state is not None:
+        return _read_trl_run(run, trl_state)
     if metrics_file.is_file():
-        run.metrics = _read_jsonl(metrics_file, run.problems)
+        run.metrics = _last_per_step(_read_jsonl(metrics_file, run.problems), metrics_file, run.problems)
         if not run.metrics:
             run.problems.append(f"{metrics_file} has no complete step yet: no curves")
     else:
@@ -85,6 +88,39 @@ def read_run(path: str | Path) -> RunLog:
             run.problems.append(f"{summary_file} is not valid JSON ({e}): before/after accuracy not shown")
     else:
         run.problems.append(f"{summary_file} does not exist: the run has not finished (or was stopped)")
+    return run
+
+
+# TRL's GRPOTrainer log names -> r1kit's, for the metrics both log (the rest keep their names)
+TRL_NAMES = {"completions/mean_length": "completion/mean_length", "completions/max_length": "completion/max_length",
+             "completions/clipped_ratio": "completion/truncated_fraction", "clip_ratio/region_mean": "clip_fraction",
+             "learning_rate": "lr"}
+
+
+def _trl_state_file(path: Path) -> Path | None:
+    """A TRL (transformers Trainer) output directory's trainer_state.json, else its latest checkpoint's."""
+    if (path / "trainer_state.json").is_file():
+        return path / "trainer_state.json"
+    checkpoints = sorted(path.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]))
+    return checkpoints[-1] if checkpoints else None
+
+
+def _read_trl_run(run: RunLog, state_file: Path) -> RunLog:
+    """A TRL run's log_history as metrics rows (entries of one step merged, names mapped), so
+    `r1kit report runs/ours trl-output/` overlays the two."""
+    try:
+        history = json.loads(state_file.read_text()).get("log_history", [])
+    except json.JSONDecodeError as e:
+        run.problems.append(f"{state_file} is not valid JSON ({e}): no curves")
+        return run
+    by_step: dict[int, dict] = {}
+    for entry in history:
+        if isinstance(entry.get("step"), int):
+            by_step.setdefault(entry["step"], {}).update({TRL_NAMES.get(k, k): v for k, v in entry.items()})
+    run.metrics = [by_step[step] for step in sorted(by_step)]
+    runtime = next((e["train_runtime"] for e in history if "train_runtime" in e), None)
+    run.summary = {"wall_seconds": runtime} if runtime is not None else {}
+    run.problems.append(f"{state_file}: a TRL log (no time per phase, no samples, no held-out accuracy)")
     return run
 
 
@@ -107,3 +143,16 @@ def _read_jsonl(path: Path, problems: list[str]) -> list[dict]:
         else:
             problems.append(f"{path}: line {number} is not a JSON object; skipped")
     return records
+
+
+def _last_per_step(rows: list[dict], path: Path, problems: list[str]) -> list[dict]:
+    """One row per step, the last one logged: a run resumed from a checkpoint logs again the steps it had
+    done after that checkpoint, and those later values are the ones the final model descends from."""
+    by_step: dict = {}
+    for row in rows:
+        by_step[row.get("step")] = row
+    repeated = len(rows) - len(by_step)
+    if repeated:
+        problems.append(f"{path}: {repeated} step(s) logged more than once (a resumed run repeats the steps after "
+                        "its checkpoint); the last values are shown")
+    return sorted(by_step.values(), key=lambda r: r["step"] if isinstance(r.get("step"), int) else -1)
