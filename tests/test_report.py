@@ -226,3 +226,13 @@ def test_a_trl_output_directory_compares_with_an_r1kit_run(tmp_path):
     html = write_comparison([ours, tmp_path / "trl-out"]).read_text()
     assert "a TRL log (no time per phase" in html and "trl-out: no entropy" in html
     assert (tmp_path / "compare-ours-trl-out" / "report" / "accuracy.png").is_file()
+
+
+def test_a_second_report_leaves_no_chart_of_the_first(tmp_path):
+    run = make_run(tmp_path, "again")
+    write_report(run)
+    assert (run / "report" / "kl.png").is_file()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "kl"}) + "\n" for r in rows))
+    write_report(run)
+    assert not (run / "report" / "kl.png").exists()

@@ -29,6 +29,8 @@ def phase_shares(run: RunLog) -> dict[str, float]:
 def _charts(runs: list[RunLog], out_dir: Path) -> list[Chart]:
     """Every chart of the report, for one run or overlaid for several."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.png"):  # a chart that has no data this time must not linger from the last report
+        stale.unlink()
     heldout = {"held-out greedy accuracy": RunLog.heldout_accuracy}
     charts = [line_chart(runs, "reward", "Reward: weighted total and per function", reward_keys(runs), out_dir),
               line_chart(runs, "accuracy", "Accuracy: training samples (smoothed) and held-out greedy (points)",

@@ -61,6 +61,14 @@ def _new_figure(title: str, height: float = 3.4):
     return fig, ax
 
 
+def _steps_axis(ax) -> None:
+    """x is the optimizer step: whole numbers only (a 3-step run would otherwise show 1.25, 1.5, ...)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("step")
+
+
 def _colour(i: int) -> str:
     return f"C{i % 10}"
 
@@ -86,8 +94,9 @@ def line_chart(runs: list[RunLog], name: str, title: str, keys: list[str], out_d
                 continue
             colour, style = (_colour(r), LINE_STYLES[k % 4]) if len(runs) > 1 else (_colour(k), "-")
             label = f"{run.name}: {key}" if len(runs) > 1 else key
-            ax.plot(steps, values, color=colour, alpha=0.25, linewidth=1)
-            ax.plot(steps, smooth(values), color=colour, linestyle=style, linewidth=2, label=label)
+            width = 4 if k == 0 and len(keys) > 1 and len(runs) == 1 else 2  # the first (total, mean) stays
+            ax.plot(steps, values, color=colour, alpha=0.25, linewidth=1)  # visible under an equal second line
+            ax.plot(steps, smooth(values), color=colour, linestyle=style, linewidth=width, label=label)
             drawn += 1
         for p, (label, getter) in enumerate((points or {}).items()):
             steps, values = getter(run)
@@ -98,7 +107,7 @@ def line_chart(runs: list[RunLog], name: str, title: str, keys: list[str], out_d
                 drawn += 1
     if not drawn:
         return chart
-    ax.set_xlabel("step")
+    _steps_axis(ax)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, chart, out_dir)
 
@@ -126,7 +135,7 @@ def phase_area_chart(run: RunLog, out_dir: Path) -> Chart:
     stacks = [[dict(zip(*series[p])).get(s, 0.0) for s in steps] for p in series]
     fig, ax = _new_figure(chart.title)
     ax.stackplot(steps, stacks, labels=list(series), colors=[_colour(i) for i in range(len(series))], alpha=0.8)
-    ax.set_xlabel("step")
+    _steps_axis(ax)
     ax.set_ylabel("seconds")
     ax.legend(fontsize=8, loc="upper left")
     return _save(fig, chart, out_dir)
