@@ -6,6 +6,7 @@ import glob
 import io
 import re
 import struct
+import time
 
 import pytest
 from rich.console import Console
@@ -84,8 +85,15 @@ def test_wandb_offline_run_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     log_a_run(tmp_path, "[wandb]")
     (run_file,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
-    records = wandb_records(run_file)
-    config = {u.key: u.value_json for r in records if r.HasField("run") for u in r.run.config.update}
+    for _ in range(60):  # wandb 0.31's finish() can return before its service has written the file out
+        records = wandb_records(run_file)
+        if any(r.HasField("exit") for r in records):
+            break
+        time.sleep(0.5)
+    config = {}  # the config arrives with the run record, or (timing) as a config record of its own
+    for r in records:
+        updates = r.run.config.update if r.HasField("run") else r.config.update if r.HasField("config") else []
+        config |= {u.key: u.value_json for u in updates}
     assert '"learning_rate":0.00003' in config["train"]  # the resolved config, as hyperparameters
     history = {}
     for r in records:
