@@ -41,11 +41,11 @@ def _load(args: list[str], base=None):
 
 
 def cmd_train(args: list[str]) -> None:
-    from r1kit.trackers import require_trackers
+    from r1kit.trackers import require_log_packages
     from r1kit.trainer import train
 
     cfg = _load(args)
-    require_trackers(cfg.log.report_to)  # a missing tracker package fails now, not after the model loaded
+    require_log_packages(cfg.log)  # a missing tracker package or matplotlib fails now, not after training
     try:
         train(cfg)
     except BaseException:  # stopped (Ctrl-C) or crashed: still show what was logged, then stop as before

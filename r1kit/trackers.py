@@ -20,11 +20,14 @@ EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # tracker -> (module 
 SAMPLE_COLUMNS = ["step", "prompt", "answer", "completion", "reward"]
 
 
-def require_trackers(names: list[str]) -> None:
-    """Fail before any model is loaded when a tracker's package is missing."""
-    for name in names:
+def require_log_packages(log_cfg) -> None:
+    """Fail before any model is loaded when a tracker's package, or matplotlib for the report, is missing."""
+    for name in log_cfg.report_to:
         if importlib.util.find_spec(EXTRAS[name]) is None:
             raise ImportError(_missing(name))
+    if log_cfg.report and importlib.util.find_spec("matplotlib") is None:
+        raise ImportError("log.report=true (the default) draws report.html with matplotlib: "
+                          "pip install 'r1kit[report]', or set log.report=false")
 
 
 def _missing(name: str) -> str:

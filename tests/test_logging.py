@@ -13,7 +13,7 @@ from rich.console import Console
 
 from r1kit.config import ConfigError, load_recipe, to_dict
 from r1kit.logging import MetricsLogger, progress_bar
-from r1kit.trackers import flatten, require_trackers
+from r1kit.trackers import flatten, require_log_packages
 
 SAMPLES = [{"step": 2, "prompt": "1+1?", "answer": "2", "completions": ["<answer>2</answer>", "a | b\nc"],
             "rewards": {"accuracy": [1.0, 0.0]}, "total": [1.0, 0.0]}]
@@ -106,14 +106,22 @@ def test_wandb_offline_run_directory(tmp_path, monkeypatch):
     assert "<answer>2</answer>" in open(table).read()
 
 
-def test_missing_tracker_package_names_the_extra(monkeypatch):
+@pytest.mark.parametrize("absent, overrides, message", [
+    ("wandb", ["log.report_to=[tensorboard, wandb]"],
+     r"^log.report_to lists wandb, which needs the wandb package: pip install 'r1kit\[wandb\]'$"),
+    ("matplotlib", [], r"^log.report=true \(the default\) draws report.html with matplotlib: "
+                       r"pip install 'r1kit\[report\]', or set log.report=false$")])
+def test_a_missing_package_names_its_extra_before_training(monkeypatch, capsys, absent, overrides, message):
     import importlib.util
 
+    from r1kit.cli import main
+
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
-    with pytest.raises(ImportError, match=r"^log.report_to lists wandb, which needs the wandb package: "
-                                          r"pip install 'r1kit\[wandb\]'$"):
-        require_trackers(["tensorboard", "wandb"])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == absent else real(name, *a))
+    with pytest.raises(ImportError, match=message):
+        require_log_packages(load_recipe(None, overrides).log)
+    assert main(["train", *overrides, "model.name_or_path=/nonexistent"]) == 1  # fails before loading the model
+    assert re.match(message[1:-1].replace("^", ""), capsys.readouterr().err.removeprefix("r1kit train: error: "))
 
 
 def test_flatten_config_for_hyperparameters():
