@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 USAGE = """examples:
@@ -46,10 +47,11 @@ def cmd_train(args: list[str]) -> None:
 
     cfg = _load(args)
     require_log_packages(cfg.log)  # a missing tracker package or matplotlib fails now, not after training
+    started, metrics = time.time(), cfg.run_dir / "metrics.jsonl"
     try:
         train(cfg)
     except BaseException:  # stopped (Ctrl-C) or crashed: still show what was logged, then stop as before
-        if cfg.log.report and (cfg.run_dir / "metrics.jsonl").is_file():
+        if cfg.log.report and metrics.is_file() and metrics.stat().st_mtime >= started:  # (not an earlier run's)
             from r1kit.report import write_report
 
             print(f"r1kit train: stopped; report of the steps so far: {write_report(cfg.run_dir)}", file=sys.stderr)

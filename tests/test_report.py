@@ -147,14 +147,18 @@ def test_training_writes_the_report_and_says_where(small_model_dir, tmp_path, ca
 
     from r1kit.trainer import train
 
-    train(cfg_for(small_model_dir, tmp_path / "on", "train.max_steps=2", "eval.before=false", "log.report=true"))
+    train(cfg_for(small_model_dir, tmp_path / "on", "train.max_steps=2", "eval.before=false", "eval.after=false",
+                  "log.report=true"))
     run = tmp_path / "on" / "t"
-    assert embedded_images((run / "report.html").read_text()) == 11
+    html = (run / "report.html").read_text()
+    assert embedded_images(html) == 10  # all but accuracy: a length reward and no eval, which the page says
+    assert "Accuracy: training samples (smoothed) and held-out greedy (points): no data" in html
     out = capsys.readouterr().out
     assert f"report: {run / 'report.html'}" in out
     assert re.search(r"time: generate \d+%", out)  # the phase shares in the final summary
 
-    train(cfg_for(small_model_dir, tmp_path / "off", "train.max_steps=1", "eval.before=false", "log.report=false"))
+    train(cfg_for(small_model_dir, tmp_path / "off", "train.max_steps=1", "eval.before=false", "eval.after=false",
+                  "log.report=false"))
     assert not (tmp_path / "off" / "t" / "report.html").exists()
     assert "report: off (log.report=false)" in capsys.readouterr().out
 
@@ -166,13 +170,18 @@ def test_a_crashed_run_still_gets_a_report_of_its_steps(small_model_dir, tmp_pat
     from r1kit.cli import main
 
     reward_fixtures.CALLS["n"] = 0
+    args = ["train", f"model.name_or_path={small_model_dir}", f"output_dir={tmp_path}", "name=t", *FAST,
+            "rewards=[{name: reward_fixtures.fail_on_third_call}]", "train.max_steps=4", "eval.before=false",
+            "log.report=true"]
     with pytest.raises(RuntimeError, match="simulated crash"):
-        main(["train", f"model.name_or_path={small_model_dir}", f"output_dir={tmp_path}", "name=t", *FAST,
-              "rewards=[{name: reward_fixtures.fail_on_third_call}]", "train.max_steps=4", "eval.before=false",
-              "log.report=true"])
+        main(args)
     html = (tmp_path / "t" / "report.html").read_text()
     assert "summary.json does not exist" in html and embedded_images(html) > 0  # two steps were logged
     assert f"stopped; report of the steps so far: {tmp_path / 't' / 'report.html'}" in capsys.readouterr().err
+
+    (tmp_path / "t" / "report.html").unlink()
+    assert main(args) == 2  # the directory holds a run: refused before training, and that run is left alone
+    assert not (tmp_path / "t" / "report.html").exists() and "stopped" not in capsys.readouterr().err
 
 
 def eval_item(index: int, sampled: list[float] | None) -> dict:
