@@ -1,4 +1,4 @@
-"""Command line: ``r1kit train|sft|eval [RECIPE] [a.b=c ...]``, ``r1kit serve-gen|serve-ref MODEL``.
+"""Command line: ``r1kit train|sft|eval [RECIPE] [a.b=c ...]``, ``r1kit report RUN_DIR...``, ``r1kit serve-gen|serve-ref MODEL``.
 
 With no recipe, the built-in tiny world runs: the config defaults are its recipe.
 """
@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 USAGE = """examples:
@@ -19,6 +21,8 @@ USAGE = """examples:
   r1kit eval runs/tiny-grpo/final --n 4         greedy and sampled pass@1 on the held-out split
   r1kit eval Qwen/Qwen2.5-Math-1.5B-Instruct --benchmark math500 --instruction boxed --n 4 \\
       --temperature 0.6 --top-p 0.95 --max-new-tokens 4096    pass@1, pass@k, maj@k (shipped data, offline)
+  r1kit report runs/tiny-grpo                   runs/tiny-grpo/report.html: charts, phase times, samples
+  r1kit report runs/a runs/b                    both runs' curves overlaid: runs/compare-a-b/report.html
   r1kit serve-gen builtin:tiny-sft --port 8000  vLLM generation server with a weight-update route
   r1kit serve-ref builtin:tiny-sft --port 8001  reference-model server (per-token logprobs)
 """
@@ -39,9 +43,21 @@ def _load(args: list[str], base=None):
 
 
 def cmd_train(args: list[str]) -> None:
+    from r1kit.trackers import require_log_packages
     from r1kit.trainer import train
 
-    train(_load(args))
+    cfg = _load(args)
+    require_log_packages(cfg.log)  # a missing tracker package or matplotlib fails now, not after training
+    started, metrics = time.time(), cfg.run_dir / "metrics.jsonl"
+    try:
+        train(cfg)
+    except BaseException:  # stopped (Ctrl-C) or crashed: still show what was logged, then stop as before
+        main_process = os.environ.get("RANK", "0") == "0"  # under a launcher, one process writes
+        if cfg.log.report and main_process and metrics.is_file() and metrics.stat().st_mtime >= started:
+            from r1kit.report import write_report
+
+            print(f"r1kit train: stopped; report of the steps so far: {write_report(cfg.run_dir)}", file=sys.stderr)
+        raise
 
 
 def cmd_sft(args: list[str]) -> None:
@@ -82,9 +98,11 @@ def cmd_eval(argv: list[str]) -> None:
     from r1kit.data.sources import load_data
     from r1kit.evaluate import evaluate
     from r1kit.evaluate.benchmarks import benchmark_data, summary_table, write_items
-    from r1kit.logging import console
+    from r1kit.logging import console, quiet_library_progress
     from r1kit.models import load_model, load_tokenizer, pick_device
     from r1kit.run import make_engine
+
+    quiet_library_progress()
 
     cfg = load_recipe(ns.recipe, ns.overrides)
     d, e = cfg.data, cfg.eval
@@ -119,7 +137,34 @@ def cmd_eval(argv: list[str]) -> None:
     output.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
     console.print(summary_table(f"{model_path} on {name}", result.summary()))
     console.print(f"per-problem results: {output}")
+    _eval_report(output, summary, result.items)
     print(json.dumps(summary, indent=2))
+
+
+def _eval_report(output: Path, summary: dict, items: list[dict]) -> None:
+    """The eval's page beside its jsonl; without matplotlib the results above stand and the page is skipped, saying why."""
+    from r1kit.logging import console
+    from r1kit.report.evaluation import write_eval_report
+
+    try:
+        console.print(f"report: {write_eval_report(output, summary, items)}")
+    except ImportError as e:
+        console.print(f"[yellow]report: not written ({e})[/]")
+
+
+def cmd_report(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="r1kit report", description="HTML report with charts of one run, or of several runs overlaid.")
+    parser.add_argument("run_dirs", nargs="+", help="run directories (runs/<name>)")
+    parser.add_argument("--output", default=None,
+                        help="comparison directory for several runs (default: compare-A-B beside the first run)")
+    ns = parser.parse_args(argv)
+    from r1kit.report import write_comparison, write_report
+
+    if len(ns.run_dirs) == 1 and ns.output is None:
+        print(f"report: {write_report(ns.run_dirs[0])}")
+    else:
+        print(f"comparison report: {write_comparison(ns.run_dirs, ns.output)}")
 
 
 def _pick(flag, default):
@@ -232,14 +277,15 @@ def _split_double_dash(argv: list[str]) -> tuple[list[str], str, list[str]]:
     return argv, "", []
 
 
-COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "data": cmd_data, "serve-gen": cmd_serve_gen,
-            "serve-ref": cmd_serve_ref}
+COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "data": cmd_data, "report": cmd_report,
+            "serve-gen": cmd_serve_gen, "serve-ref": cmd_serve_ref}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: r1kit {train,sft,eval,data} [RECIPE] [a.b=c ...] | r1kit {serve-gen,serve-ref} MODEL [options]\n\n"
+        print("usage: r1kit {train,sft,eval,data} [RECIPE] [a.b=c ...] | r1kit report RUN_DIR [RUN_DIR ...] | "
+              "r1kit {serve-gen,serve-ref} MODEL [options]\n\n"
               + USAGE)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     from r1kit.checkpoint import CheckpointError

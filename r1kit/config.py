@@ -231,8 +231,9 @@ class LogCfg:
     progress: bool = True  # live progress bar
     console_every: int = 10  # print a metrics line every N steps (0: never)
     samples_every: int = 10  # write prompts/completions/rewards to samples.jsonl every N steps
-    tensorboard: bool = False  # also write TensorBoard events (needs tensorboard installed)
-    wandb: bool = False  # also log to Weights & Biases (needs wandb installed and a login)
+    # trackers that also receive metrics, the config and samples (TRL's name): tensorboard, wandb (r1kit.trackers)
+    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    report: bool = True  # write report.html (charts, samples) when training ends or stops (r1kit report)
 
 
 @dataclass

@@ -1,8 +1,8 @@
-"""Metrics sinks (console, metrics.jsonl, TensorBoard, W&B), phase timers and the live progress bar.
+"""Metrics sinks (console, metrics.jsonl, trackers), phase timers, the progress bar and the final summary.
 
 Every step's metrics are one flat dict of floats. `MetricsLogger.log` appends it to
 metrics.jsonl (flushed each line, so a crash loses nothing already logged) and forwards it to the
-optional sinks, which are imported only when the config asks for them.
+trackers of ``log.report_to`` (r1kit.trackers), imported only when the config names them.
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column
 
-console = Console()
+from r1kit.trackers import open_trackers
+
+console = Console(soft_wrap=True)  # in a log file (not a terminal) a long line stays one line, not cut at 80
 
 
 class PhaseTimer:
@@ -39,40 +42,33 @@ class PhaseTimer:
 
 
 class MetricsLogger:
+    """metrics.jsonl and samples.jsonl of a run, and the trackers of `log.report_to` (r1kit.trackers)."""
+
     def __init__(self, run_dir: Path, log_cfg, config_dict: dict | None = None, resume: bool = False):
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.samples_path = Path(run_dir) / "samples.jsonl"
         self.file = self.path.open("a" if resume else "w")
-        self.tb = self.wandb = None
-        if log_cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise RuntimeError("log.tensorboard=true needs the tensorboard package: pip install tensorboard") from e
-            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-        if log_cfg.wandb:
-            try:
-                import wandb
-            except ImportError as e:
-                raise RuntimeError("log.wandb=true needs the wandb package: pip install wandb") from e
-            self.wandb = wandb.init(project="r1kit", name=Path(run_dir).name, config=config_dict, dir=str(run_dir))
+        self.trackers = open_trackers(log_cfg.report_to, run_dir, config_dict)
 
     def log(self, step: int, metrics: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
         self.file.write(json.dumps({"step": step, **clean}) + "\n")
         self.file.flush()
-        if self.tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, step)
-        if self.wandb is not None:
-            self.wandb.log(metrics, step=step)
+        numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        for tracker in self.trackers:
+            tracker.log_metrics(step, numeric)
+
+    def log_samples(self, step: int, records: list[dict]) -> None:
+        """samples.jsonl records of one step (prompt, answer, completions, rewards, total, ...)."""
+        for record in records:
+            append_jsonl(self.samples_path, record)
+        for tracker in self.trackers:
+            tracker.log_samples(step, records)
 
     def close(self) -> None:
         self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -80,11 +76,88 @@ def append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def progress_bar(enabled: bool) -> Progress:
-    """A rich progress bar; its description carries the latest step metrics."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                    console=console, disable=not enabled, transient=False)
+def progress_bar(enabled: bool, out: Console | None = None):
+    """One live bar in a terminal; in a log (CI, `| tee`: not a terminal) plain lines instead, since a
+    live display there prints every redraw. Narrow terminals drop the bar and the estimate, and the
+    metrics text is cut with an ellipsis rather than wrapped (a wrapped live line garbles on redraw)."""
+    out = out or console
+    if not out.is_terminal:
+        return LineProgress(out, enabled)
+    wide = out.width >= 100
+    fixed = 58 if wide else 20  # what the other columns take, so the metrics text is the one that gives way
+    info = TextColumn("{task.fields[info]}",
+                      table_column=Column(no_wrap=True, overflow="ellipsis", max_width=max(out.width - fixed, 8)))
+    if wide:
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn(), info]
+    else:
+        columns = [TextColumn("[bold]{task.description}"), MofNCompleteColumn(), TimeElapsedColumn(), info]
+    return Progress(*columns, console=out, disable=not enabled, transient=False, expand=False)
+
+
+class LineProgress:
+    """The progress bar's interface (add_task, update, a context manager) as plain lines: the first
+    and last step, and otherwise at most one line per `every_seconds`."""
+
+    def __init__(self, out: Console, enabled: bool, every_seconds: float = 10.0):
+        self.out, self.enabled, self.every_seconds = out, enabled, every_seconds
+        self.tasks: list[dict] = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, description: str, total: int, completed: int = 0, info: str = "") -> int:
+        self.tasks.append({"description": description, "total": total, "start": time.monotonic(),
+                           "done_at_start": completed, "completed": completed, "printed": None})
+        return len(self.tasks) - 1
+
+    def update(self, task_id: int, completed: int | None = None, advance: int = 0, info: str = "") -> None:
+        task, now = self.tasks[task_id], time.monotonic()
+        completed = task["completed"] = (task["completed"] if completed is None else completed) + advance
+        due = task["printed"] is None or now - task["printed"] >= self.every_seconds or completed >= task["total"]
+        if not (self.enabled and due):
+            return
+        task["printed"] = now
+        elapsed, done = now - task["start"], completed - task["done_at_start"]
+        left = elapsed / done * (task["total"] - completed) if done > 0 else None
+        eta = "" if left is None else f", ~{_clock(left)} left"
+        self.out.print(f"{task['description']} {completed}/{task['total']} ({_clock(elapsed)} elapsed{eta})  {info}",
+                       markup=False, highlight=False, soft_wrap=True)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def quiet_library_progress() -> None:
+    """No third-party progress bars ("Loading weights", "Writing model shards", downloads) inside our
+    output: transformers and huggingface_hub draw them with tqdm through their own switches."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    disable_progress_bars()
+
+
+def print_run_summary(summary: dict, phase_shares: dict[str, float], report: Path | None) -> None:
+    """The end of a run in a few lines: accuracy before -> after, wall time, where time went, where to look."""
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+    s = summary
+    console.print(f"\n[bold]done[/]: {s['steps']} steps in {s['wall_seconds'] / 60:.1f} min; held-out greedy accuracy "
+                  f"{pct(s['accuracy_before'])} -> [bold]{pct(s['accuracy_after'])}[/]")
+    if s["reasoning_share_after"] is not None and s["reasoning_share_before"] is not None:
+        console.print(f"answers that show reasoning: {pct(s['reasoning_share_before'])} -> "
+                      f"{pct(s['reasoning_share_after'])}")
+    if phase_shares:
+        console.print("time: " + ", ".join(f"{phase} {share:.0%}" for phase, share in phase_shares.items()
+                                           if share >= 0.005))
+    console.print(f"run directory: {s['run_dir']}  (metrics.jsonl, samples.jsonl, summary.json, final/)")
+    console.print(f"report: {report}" if report else "report: off (log.report=false); `r1kit report RUN_DIR` writes it")
 
 
 def short_name(key: str) -> str:

@@ -32,10 +32,12 @@ from r1kit.data.benchmarks import checker_for
 from r1kit.data.sources import load_rows
 from r1kit.data.templates import build_messages, encode_prompt
 from r1kit.evaluate import EvalResult, evaluate
-from r1kit.logging import MetricsLogger, append_jsonl, console, format_metrics, progress_bar
+from r1kit.logging import (MetricsLogger, console, format_metrics, print_run_summary, progress_bar,
+                           quiet_library_progress)
 from r1kit.models import load_model, load_tokenizer, make_optimizer, pick_device, resolve_model_path
 from r1kit.rewards import build_rewards
 from r1kit.reference import AdapterDisabledReference, LocalReference, RemoteReference
+from r1kit.report import phase_shares, read_run, write_report
 from r1kit.rollout.hf import HFEngine, eos_ids
 from r1kit.rollout.http import ServiceClient
 from r1kit.rollout.remote import START_HINT, RemoteEngine
@@ -149,6 +151,7 @@ def setup_run(cfg: Config) -> Run:
     if acc.is_main_process:
         _prepare_run_dir(cfg, resume_dir)
     pick_device(cfg.model.device)  # fails clearly on device=cuda without a GPU
+    quiet_library_progress()
     torch.manual_seed(cfg.seed)
 
     tokenizer, model = _load_policy(cfg)
@@ -394,14 +397,16 @@ def log_step(run: Run, step: int, metrics: dict, rows, completions, scored, adva
             "reward", "rewards/accuracy/mean", "completion/mean_length", "groups/zero_variance_fraction",
             "grad_norm", "time/generate", "time/update"]))
     if log.samples_every and (step % log.samples_every == 0 or step == 1):
+        records = []
         for i, row in enumerate(rows):
             group = [j for j, c in enumerate(completions) if c.prompt_index == i]
-            append_jsonl(run.cfg.run_dir / "samples.jsonl", {
+            records.append({
                 "step": step, "prompt": row["prompt_text"], "answer": row["answer"],
                 "completions": [completions[j].text for j in group],
                 "finish_reasons": [completions[j].finish_reason for j in group],
                 "rewards": {k: [v[j] for j in group] for k, v in scored.per_func.items()},
                 "total": [scored.total[j] for j in group], "advantages": [advantages[j].item() for j in group]})
+        run.logger.log_samples(step, records)
 
 
 def check_finite(run: Run, skipped: bool) -> None:
@@ -464,19 +469,9 @@ def finish_run(run: Run) -> dict:
                "replicas_identical": replicas,
                "checkpoints": [str(p) for p in list_checkpoints(cfg.run_dir / "checkpoints")]}
     run.engine.close()
-    if run.logger is not None:
+    if run.logger is not None:  # the main process writes
         (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         run.logger.close()
-        _print_summary(summary)
+        report = write_report(cfg.run_dir) if cfg.log.report else None
+        print_run_summary(summary, phase_shares(read_run(cfg.run_dir)), report)
     return summary
-
-
-def _print_summary(s: dict) -> None:
-    def pct(x):
-        return "n/a" if x is None else f"{100 * x:.1f}%"
-    console.print(f"\n[bold]done[/]: {s['steps']} steps in {s['wall_seconds'] / 60:.1f} min; held-out greedy accuracy "
-                  f"{pct(s['accuracy_before'])} -> [bold]{pct(s['accuracy_after'])}[/]")
-    if s["reasoning_share_after"] is not None and s["reasoning_share_before"] is not None:
-        console.print(f"answers that show reasoning: {pct(s['reasoning_share_before'])} -> "
-                      f"{pct(s['reasoning_share_after'])}")
-    console.print(f"run directory: {s['run_dir']}  (metrics.jsonl, samples.jsonl, summary.json, final/)")

@@ -30,7 +30,7 @@ from r1kit.data.templates import build_messages, encode_prompt
 from r1kit.data.traces import gsm8k_sft_samples
 from r1kit.distributed import make_accelerator
 from r1kit.evaluate import evaluate, tiny_style_prefills
-from r1kit.logging import MetricsLogger, console, format_metrics, progress_bar
+from r1kit.logging import MetricsLogger, console, format_metrics, progress_bar, quiet_library_progress
 from r1kit.models import load_model, load_tokenizer, pick_device
 from r1kit.rollout.hf import HFEngine
 
@@ -138,6 +138,7 @@ def run_sft(cfg: Config) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.seed)
+    quiet_library_progress()
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
     device = pick_device(cfg.model.device)
     model = load_model(cfg.model, tokenizer, seed=cfg.seed).to(device)

@@ -12,6 +12,7 @@ from r1kit.trainer import train
 
 FAST = ["train.batch_size=8", "rollout.num_generations=4", "train.micro_batch_size=4", "rollout.max_completion_length=12",
         "data.eval_size=4", "eval.max_new_tokens=12", "log.progress=false", "log.console_every=0", "log.samples_every=1",
+        "log.report=false",  # the report has its own tests (test_report.py); drawing it here costs a second a run
         "rewards=[{name: reward_fixtures.length_reward}]", "train.learning_rate=1e-3"]
 
 
