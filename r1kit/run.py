@@ -23,6 +23,7 @@ from r1kit.data.sources import load_rows
 from r1kit.data.templates import build_messages, encode_prompt
 from r1kit.evaluate import evaluate
 from r1kit.logging import MetricsLogger, append_jsonl, console, format_metrics, progress_bar
+from r1kit.model_files import check_context
 from r1kit.models import load_model, load_tokenizer, pick_device, resolve_model_path
 from r1kit.rewards import build_rewards
 from r1kit.reference import AdapterDisabledReference, LocalReference, RemoteReference
@@ -94,9 +95,9 @@ def setup_run(cfg: Config) -> Run:
     accelerator = Accelerator(cpu=cfg.model.device == "cpu")
     torch.manual_seed(cfg.seed)
 
-    model_path = str(resume_dir) if resume_dir else cfg.model.name_or_path
-    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    model = load_model(_with_path(cfg.model, model_path), tokenizer)
+    model_cfg = dataclasses.replace(cfg.model, name_or_path=str(resume_dir), gguf_file=None) if resume_dir else cfg.model
+    tokenizer = load_tokenizer(model_cfg.name_or_path, model_cfg.trust_remote_code, model_cfg.gguf_file)
+    model = load_model(model_cfg, tokenizer)
     reference = make_reference(cfg, tokenizer, accelerator.device, policy=model)
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
@@ -115,6 +116,7 @@ def setup_run(cfg: Config) -> Run:
         console.print(f"resumed from {resume_dir} at step {state.step}")
 
     train_rows = _with_prompts(raw_train_rows, cfg, tokenizer)
+    _check_context(cfg, model, tokenizer, train_rows, eval_rows)
     run = Run(cfg, accelerator, model, reference, tokenizer, make_engine(cfg, model, tokenizer),
               reward_funcs,
               train_rows, eval_rows, optimizer, scheduler,
@@ -150,6 +152,15 @@ def _with_prompts(rows: list[dict], cfg: Config, tokenizer) -> list[dict]:
         ids = encode_prompt(tokenizer, build_messages(row["question"], d.system_prompt, d.instruction), d.prompt_format)
         out.append({**row, "prompt_text": tokenizer.decode(ids), "prompt_ids": ids})
     return out
+
+
+def _check_context(cfg: Config, model, tokenizer, train_rows: list[dict], eval_rows: list[dict]) -> None:
+    """The longest prompt plus the longest completion fits the model's context, before any step runs."""
+    def longest(rows):
+        return max((len(r["prompt_ids"]) for r in rows), default=0)
+    check_context(model, longest(train_rows), cfg.rollout.max_completion_length, "rollout.max_completion_length")
+    check_context(model, longest(_with_prompts(eval_rows, cfg, tokenizer)), cfg.eval.max_new_tokens,
+                  "eval.max_new_tokens")
 
 
 def make_engine(cfg: Config, model, tokenizer):
