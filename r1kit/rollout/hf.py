@@ -11,6 +11,8 @@ bounds N. For large vocabularies and long completions prefer a vLLM engine.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from transformers import GenerationConfig
 
@@ -36,6 +38,22 @@ def eos_ids(model, tokenizer) -> set[int]:
     if gen_eos is not None:
         ids |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
     return {i for i in ids if i is not None}
+
+
+@contextmanager
+def only_recipe_knobs(model):
+    """Hide the model's own generation_config while generating.
+
+    `generate` fills every knob the passed config leaves unset from `model.generation_config`, so a
+    checkpoint's repetition_penalty, no_repeat_ngram_size, top_k, ... would silently change the sampling
+    distribution (and the logprobs the trainer compares with). Only the recipe's knobs apply.
+    """
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 class HFEngine:
@@ -79,7 +97,8 @@ class HFEngine:
             top_p=None if greedy else sampling.top_p, top_k=None if greedy else sampling.top_k,
             eos_token_id=sorted(stop), pad_token_id=tok.pad_token_id, bos_token_id=None,
             output_scores=True, return_dict_in_generate=True)
-        result = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+        with only_recipe_knobs(model):
+            result = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
         new_tokens = result.sequences[:, ids.shape[1]:].cpu()  # (N, T)
         scores = torch.stack(result.scores, dim=1).float()  # (N, T, V) processed scores that were sampled from
         logprobs = torch.log_softmax(scores, dim=-1).gather(-1, new_tokens.to(scores.device).unsqueeze(-1)).squeeze(-1).cpu()
