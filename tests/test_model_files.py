@@ -120,3 +120,13 @@ def test_gguf_models_need_the_hf_engine():
     cfg.rollout.engine = "vllm"
     with pytest.raises(ConfigError, match="rollout.engine=vllm cannot start from a GGUF model"):
         validate(cfg)
+
+
+def test_cli_prints_one_line_for_a_bad_gguf(tmp_path, capsys):
+    from r1kit.cli import main
+
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"\0" * 64)
+    assert main(["eval", str(junk), "--limit", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("r1kit eval: error: GGUF file") and "junk.gguf is corrupt or truncated" in err
