@@ -84,7 +84,7 @@ def cmd_eval(argv: list[str]) -> None:
     from r1kit.evaluate import evaluate
     from r1kit.evaluate.benchmarks import benchmark_data, summary_table, write_items
     from r1kit.logging import console
-    from r1kit.model_files import check_context
+    from r1kit.model_files import context_overflow
     from r1kit.models import load_model, load_tokenizer, pick_device
     from r1kit.run import make_engine
 
@@ -104,7 +104,9 @@ def cmd_eval(argv: list[str]) -> None:
     model = load_model(cfg.model, tokenizer, cfg.seed).to(pick_device(cfg.model.device))
     max_new_tokens = _pick(ns.max_new_tokens, e.max_new_tokens)
     longest = max((len(prompt_ids(tokenizer, row["question"], d)) for row in rows), default=0)
-    check_context(model, longest, max_new_tokens, "--max-new-tokens (eval.max_new_tokens)")
+    overflow = context_overflow(model, longest, max_new_tokens, "--max-new-tokens (eval.max_new_tokens)")
+    if overflow:  # evaluation still runs (positions past the context extrapolate), but the numbers may suffer
+        console.print(f"[yellow]warning: {overflow}[/]")
     n = e.n_samples if ns.n is None else ns.n
     engine = make_engine(cfg, model, tokenizer)  # rollout.engine=vllm (or server) evaluates with vLLM
     try:

@@ -148,10 +148,19 @@ def dequantize_to(name_or_path: str, out_dir: str | Path, gguf_file: str | None 
     return out
 
 
-def check_context(model, prompt_length: int, new_tokens: int, key: str) -> None:
-    """The model's context (config.max_position_embeddings) holds the longest prompt plus `new_tokens`."""
+def context_overflow(model, prompt_length: int, new_tokens: int, key: str) -> str | None:
+    """Why the model's context (config.max_position_embeddings) cannot hold the longest prompt plus
+    `new_tokens`, or None when it can."""
     config = getattr(getattr(model, "module", model), "config", None)
     context = getattr(config, "max_position_embeddings", None)
-    if context is not None and prompt_length + new_tokens > context:
-        raise ModelFileError(f"{key}={new_tokens} plus the longest prompt ({prompt_length} tokens) exceeds the "
-                             f"model's context (config.max_position_embeddings={context}); lower {key}")
+    if context is None or prompt_length + new_tokens <= context:
+        return None
+    return (f"{key}={new_tokens} plus the longest prompt ({prompt_length} tokens) exceeds the model's context "
+            f"(config.max_position_embeddings={context}); lower {key}")
+
+
+def check_context(model, prompt_length: int, new_tokens: int, key: str) -> None:
+    """Training: a prompt plus completion longer than the context is an error, before any step."""
+    message = context_overflow(model, prompt_length, new_tokens, key)
+    if message:
+        raise ModelFileError(message)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from r1kit.config import Config, ConfigError, ModelCfg, validate
-from r1kit.model_files import (ModelFileError, check_context, check_gguf_file, gguf_location, is_gguf, pypi_gguf,
-                               require_gguf)
+from r1kit.model_files import (ModelFileError, check_context, check_gguf_file, context_overflow, gguf_location, is_gguf,
+                               pypi_gguf, require_gguf)
 
 
 def write_gguf(path, arch="llama", truncate_to=None):
@@ -112,6 +112,7 @@ def test_context_check_names_the_key():
     with pytest.raises(ModelFileError, match=r"rollout.max_completion_length=41 plus the longest prompt \(60 tokens\) "
                                              r"exceeds .*max_position_embeddings=100"):
         check_context(_Model(), 60, 41, "rollout.max_completion_length")
+    assert context_overflow(_Model(), 60, 40, "eval.max_new_tokens") is None  # r1kit eval only warns
 
 
 def test_gguf_models_need_the_hf_engine():
