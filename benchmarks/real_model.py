@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="training wall-clock budget (train.max_minutes)")
     parser.add_argument("--n", type=int, default=8, help="samples per problem for pass@k")
     parser.add_argument("--cold-start", default=None, help="an SFT recipe run first; GRPO starts from its final model")
+    parser.add_argument("--sft-set", action="append", default=[], help="a.b=c override of the cold-start recipe")
     parser.add_argument("--cache", default="runs/bench/smollm2", help="where the dequantized GGUF is kept")
     parser.add_argument("--out", default="benchmarks/results/real_model.json")
     parser.add_argument("overrides", nargs="*", help="a.b=c recipe overrides")
@@ -83,8 +84,8 @@ def main() -> None:
         cfg.model = dataclasses.replace(cfg.model, name_or_path=args.cache, gguf_file=None)
     cold_start = None
     if args.cold_start:
-        sft_cfg = load_recipe(args.cold_start, ["output_dir=runs/bench", "log.progress=false",
-                                                f"model.name_or_path={cfg.model.name_or_path}"])
+        sft_cfg = load_recipe(args.cold_start, [f"output_dir={cfg.output_dir}", "log.progress=false",
+                                                f"model.name_or_path={cfg.model.name_or_path}", *args.sft_set])
         shutil.rmtree(sft_cfg.run_dir, ignore_errors=True)
         cold_start = run_sft(sft_cfg)
         cfg.model = dataclasses.replace(cfg.model, name_or_path=cold_start["final_model"])
