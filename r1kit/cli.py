@@ -96,9 +96,11 @@ def cmd_eval(argv: list[str]) -> None:
     from r1kit.config import load_recipe
     from r1kit.data.benchmarks import checker_for
     from r1kit.data.sources import load_data
+    from r1kit.data.templates import prompt_ids
     from r1kit.evaluate import evaluate
     from r1kit.evaluate.benchmarks import benchmark_data, summary_table, write_items
     from r1kit.logging import console, quiet_library_progress
+    from r1kit.model_files import context_overflow
     from r1kit.models import load_model, load_tokenizer, pick_device
     from r1kit.run import make_engine
 
@@ -116,15 +118,20 @@ def cmd_eval(argv: list[str]) -> None:
     checker = checker_for(source, e.checker)  # as during training: a shipped benchmark's own, unless eval.checker
     model_path = ns.model or cfg.model.name_or_path
     cfg.model = dataclasses.replace(cfg.model, name_or_path=model_path)
-    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code, cfg.model.gguf_file)
     model = load_model(cfg.model, tokenizer, cfg.seed).to(pick_device(cfg.model.device))
+    max_new_tokens = _pick(ns.max_new_tokens, e.max_new_tokens)
+    longest = max((len(prompt_ids(tokenizer, row["question"], d)) for row in rows), default=0)
+    overflow = context_overflow(model, longest, max_new_tokens, "--max-new-tokens (eval.max_new_tokens)")
+    if overflow:  # evaluation still runs (positions past the context extrapolate), but the numbers may suffer
+        console.print(f"[yellow]warning: {overflow}[/]")
     n = e.n_samples if ns.n is None else ns.n
     engine = make_engine(cfg, model, tokenizer)  # rollout.engine=vllm (or server) evaluates with vLLM
     try:
         result = evaluate(
             engine, tokenizer, rows, system_prompt=d.system_prompt, instruction=d.instruction,
             prompt_format=d.prompt_format, n_samples=n, temperature=_pick(ns.temperature, e.temperature),
-            top_p=_pick(ns.top_p, e.top_p), max_new_tokens=_pick(ns.max_new_tokens, e.max_new_tokens),
+            top_p=_pick(ns.top_p, e.top_p), max_new_tokens=max_new_tokens,
             seed=_pick(ns.seed, cfg.seed), extract=_pick(ns.extract, e.extract), checker=checker, ks=ns.k)
     finally:
         engine.close()

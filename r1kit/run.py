@@ -34,6 +34,7 @@ from r1kit.data.templates import build_messages, encode_prompt
 from r1kit.evaluate import EvalResult, evaluate
 from r1kit.logging import (MetricsLogger, console, format_metrics, print_run_summary, progress_bar,
                            quiet_library_progress)
+from r1kit.model_files import check_context
 from r1kit.models import load_model, load_tokenizer, make_optimizer, pick_device, resolve_model_path
 from r1kit.rewards import build_rewards
 from r1kit.reference import AdapterDisabledReference, LocalReference, RemoteReference
@@ -170,6 +171,7 @@ def setup_run(cfg: Config) -> Run:
         console.print(f"resumed from {resume_dir} at step {state.step}")
 
     train_rows = _with_prompts(raw_train_rows, cfg, tokenizer)
+    _check_context(cfg, model, tokenizer, train_rows, eval_rows)
     logger = MetricsLogger(run_dir, cfg.log, to_dict(cfg), resume=resume_dir is not None) if acc.is_main_process else None
     run = Run(cfg, acc, model, reference, tokenizer, make_engine(cfg, model, tokenizer, acc), reward_funcs,
               train_rows, eval_rows, optimizer, scheduler, logger, progress_bar(cfg.log.progress and acc.is_main_process),
@@ -229,7 +231,7 @@ def _load_policy(cfg: Config):
     """Tokenizer and model; a path that is missing, torn or not on the hub is one error line naming it."""
     name = cfg.model.name_or_path
     try:
-        tokenizer = load_tokenizer(name, cfg.model.trust_remote_code)
+        tokenizer = load_tokenizer(name, cfg.model.trust_remote_code, cfg.model.gguf_file)
         return tokenizer, load_model(cfg.model, tokenizer)
     except (OSError, ValueError, SafetensorError) as e:  # missing, torn, or not a model (not our own errors)
         if isinstance(e, ConfigError):
@@ -279,6 +281,15 @@ def _with_prompts(rows: list[dict], cfg: Config, tokenizer) -> list[dict]:
         ids = encode_prompt(tokenizer, build_messages(row["question"], d.system_prompt, d.instruction), d.prompt_format)
         out.append({**row, "prompt_text": tokenizer.decode(ids), "prompt_ids": ids})
     return out
+
+
+def _check_context(cfg: Config, model, tokenizer, train_rows: list[dict], eval_rows: list[dict]) -> None:
+    """The longest prompt plus the longest completion fits the model's context, before any step runs."""
+    def longest(rows):
+        return max((len(r["prompt_ids"]) for r in rows), default=0)
+    check_context(model, longest(train_rows), cfg.rollout.max_completion_length, "rollout.max_completion_length")
+    check_context(model, longest(_with_prompts(eval_rows, cfg, tokenizer)), cfg.eval.max_new_tokens,
+                  "eval.max_new_tokens")
 
 
 def make_engine(cfg: Config, model, tokenizer, acc=None):

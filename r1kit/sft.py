@@ -139,7 +139,7 @@ def run_sft(cfg: Config) -> dict:
     save_config(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.seed)
     quiet_library_progress()
-    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code, cfg.model.gguf_file)
     device = pick_device(cfg.model.device)
     model = load_model(cfg.model, tokenizer, seed=cfg.seed).to(device)
     examples = build_examples(cfg, tokenizer)

@@ -73,3 +73,17 @@ def test_shows_reasoning():
     assert not shows_reasoning("<think></think><answer>7</answer>")
     assert not shows_reasoning("<think>  \n</think><answer>7</answer>") and not shows_reasoning("7")
     assert shows_reasoning("<reasoning>x</reasoning><answer>7</answer>") and shows_reasoning("<think>unfinished")
+
+
+def test_the_models_own_generation_knobs_do_not_apply(small_model, tiny_tokenizer):
+    """A checkpoint's generation_config (repetition penalty, n-gram ban, top-k/p, temperature) does not
+    change what the engine samples: only SamplingParams does (tests/test_real_model.py: the same on SmolLM2)."""
+    engine = HFEngine(small_model, tiny_tokenizer)
+    sampling = SamplingParams(max_new_tokens=12, temperature=1.0, top_p=1.0, top_k=0, seed=5)
+    plain = engine.generate(prompts(tiny_tokenizer), 2, sampling)
+    g = small_model.generation_config
+    g.repetition_penalty, g.no_repeat_ngram_size, g.top_k, g.top_p, g.temperature = 5.0, 1, 1, 0.1, 0.05
+    knobbed = engine.generate(prompts(tiny_tokenizer), 2, sampling)
+    assert [c.token_ids for c in knobbed] == [c.token_ids for c in plain]
+    assert [c.logprobs for c in knobbed] == [c.logprobs for c in plain]
+    assert g.repetition_penalty == 5.0  # the model's config is restored afterwards

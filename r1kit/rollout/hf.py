@@ -13,7 +13,7 @@ bounds N. For large vocabularies and long completions prefer a vLLM engine.
 from __future__ import annotations
 
 import dataclasses
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
@@ -41,6 +41,22 @@ def eos_ids(model, tokenizer) -> set[int]:
     if gen_eos is not None:
         ids |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
     return {i for i in ids if i is not None}
+
+
+@contextmanager
+def only_recipe_knobs(model):
+    """Hide the model's own generation_config while generating.
+
+    `generate` fills every knob the passed config leaves unset from `model.generation_config`, so a
+    checkpoint's repetition_penalty, no_repeat_ngram_size, top_k, ... would silently change the sampling
+    distribution (and the logprobs the trainer compares with). Only the recipe's knobs apply.
+    """
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 class HFEngine:
@@ -96,9 +112,10 @@ class HFEngine:
             max_new_tokens=sampling.max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
             repetition_penalty=None, eos_token_id=sorted(stop), pad_token_id=tok.pad_token_id, bos_token_id=None,
             output_scores=greedy, return_dict_in_generate=True)
-        result = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
-                                logits_processor=LogitsProcessorList([sampler] if sampler else []),
-                                synced_gpus=self.synced)
+        with only_recipe_knobs(model):
+            result = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+                                    logits_processor=LogitsProcessorList([sampler] if sampler else []),
+                                    synced_gpus=self.synced)
         new_tokens = result.sequences[:, ids.shape[1]:].cpu()  # (N, T)
         if greedy:
             scores = torch.stack(result.scores, dim=1).float()  # (N, T, V) the logits argmax was taken of
