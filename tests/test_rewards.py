@@ -42,7 +42,13 @@ GOOD = "<think>5+3=8</think>\n<answer>8</answer>"
         ("<answer>1,800</answer>", "#### 1,800", "auto", 1.0),
         ("<answer>7</answer> ... <answer>8</answer>", "8", "auto", 1.0),  # last answer wins
         ("<answer>8</answer> ... <answer>7</answer>", "8", "auto", 0.0),
-        ("<answer>8</answer><answer>7", "8", "auto", 1.0),  # unclosed last: last complete pair
+        ("<answer>8</answer><answer>7", "8", "auto", 0.0),  # unclosed last (cut off): the earlier one is not credited (issue 13)
+        ("<answer>17+11+15+5-8</answer>", "40", "auto", 0.0),  # arithmetic handed to the checker (issue 13)
+        ("<answer>43 = 42</answer>", "42", "auto", 0.0),  # a false equation ending in the gold
+        ("<answer>1000001</answer>", "1000000", "auto", 0.0),  # no relative tolerance
+        ("<answer>−8</answer>", "-8", "auto", 1.0),  # unicode minus
+        ([{"role": "assistant", "content": [{"type": "text", "text": "<answer>8"}, {"type": "text", "text": "</answer>"}]}],
+         "8", "auto", 1.0),  # content as a list of parts: joined text
         ("</answer>8<answer>", "8", "auto", 0.0),  # tags in the wrong order
         ("<think>the answer is 8</think>", "8", "tag", 0.0),  # answer only inside the reasoning
         ("<think>the answer is 8</think><answer>?</answer>", "8", "tag", 0.0),

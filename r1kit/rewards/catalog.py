@@ -17,12 +17,26 @@ from r1kit.rewards.registry import register
 def completion_text(completion: Any) -> str:
     """Text of one completion: a string as is, or the last message's content of a chat-format
     completion (TRL passes ``[{"role": "assistant", "content": ...}]`` for conversational data).
+    Content given as a list of parts (``[{"type": "text", "text": ...}, ...]``) is the parts' text
+    joined; parts without text (images) add nothing.
     """
     if isinstance(completion, str):
         return completion
     if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        return str(completion[-1].get("content", ""))
+        completion = completion[-1]
+    if isinstance(completion, dict):
+        return content_text(completion.get("content"))
     return "" if completion is None else str(completion)
+
+
+def content_text(content: Any) -> str:
+    """A message's content as text: a string, or the text of a list of parts joined."""
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        return "".join(p if isinstance(p, str) else str(p.get("text") or "") if isinstance(p, dict) else ""
+                       for p in content)
+    return str(content)
 
 
 def gold_answer(gold: Any) -> str | None:
