@@ -146,7 +146,7 @@ def kill_server_reward(completions, **_):
     KILL["calls"] += 1
     if KILL["calls"] == KILL["at_call"]:
         KILL["server"].stop()
-    return [float(len(c)) for c in completions]
+    return [float(len(c[0]["content"])) for c in completions]  # conversational: TRL's message form
 
 
 def test_server_killed_mid_run_stops_clearly_then_resume_works(tmp_path):

@@ -2,10 +2,12 @@
 
 The contract is TRL's, so users can bring their TRL rewards unchanged:
 
-    fn(completions: list[str], **columns) -> list[float | None]
+    fn(completions: list, **columns) -> list[float | None]
 
-``completions`` has one string per sampled completion (B*G of them). Every dataset column
-(``answer``, ``prompts``, ...) arrives as a keyword list of the same length, one entry per
+``completions`` has one entry per sampled completion (B*G of them): its text, or with chat
+prompts ``[{"role": "assistant", "content": text}]`` as TRL passes it (contract.py says what the
+trainer passes, ``prompts``, ``completion_ids`` and ``trainer_state`` included). Every dataset
+column (``answer``, ``question``, ...) arrives as a keyword list of the same length, one entry per
 completion. Functions must accept ``**kwargs`` and ignore columns they do not use. ``None`` means
 "does not apply" (e.g. no gold answer for this row) and contributes 0 to the total.
 
@@ -189,6 +191,8 @@ class RewardResult:
     total: list[float]
     per_func: dict[str, list[float | None]] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
+    logged: dict[str, list[float]] = field(default_factory=dict)  # log_metric(name, value) calls, per call
+    extra_columns: dict[str, list] = field(default_factory=dict)  # log_extra(column, values): (N,) each
 
     def metrics(self, prefix: str = "rewards") -> dict[str, float]:
         """Flat per-reward metrics: mean/std over applicable values, and error counts.
@@ -196,7 +200,7 @@ class RewardResult:
         Keys follow TRL: ``rewards/<label>/mean``, ``rewards/<label>/std``, plus
         ``rewards/<label>/errors`` and ``reward`` (mean total). An empty column reports NaN.
         """
-        out = {"reward": _mean(self.total)}
+        out = {"reward": _mean(self.total), **{name: _mean(v) for name, v in self.logged.items()}}
         for label, values in self.per_func.items():
             vals = [v for v in values if v is not None]
             out[f"{prefix}/{label}/mean"] = _mean(vals)
@@ -208,15 +212,19 @@ class RewardResult:
         """The results of the completions at `indices`, in that order (errors are per call: kept)."""
         idx = list(indices)
         return RewardResult([self.total[i] for i in idx], {k: [v[i] for i in idx] for k, v in self.per_func.items()},
-                            dict(self.errors))
+                            dict(self.errors), dict(self.logged),
+                            {k: [v[i] for i in idx] for k, v in self.extra_columns.items()})
 
     @staticmethod
     def concat(results: Sequence["RewardResult"]) -> "RewardResult":
         """Several batches' results as one (errors summed over the calls)."""
         labels = list(results[0].per_func)
+        logged = {k: [x for r in results for x in r.logged.get(k, [])] for r0 in results for k in r0.logged}
+        extra = {k: [x for r in results for x in r.extra_columns.get(k, [None] * len(r.total))]
+                 for r0 in results for k in r0.extra_columns}
         return RewardResult([t for r in results for t in r.total],
                             {k: [v for r in results for v in r.per_func[k]] for k in labels},
-                            {k: sum(r.errors.get(k, 0) for r in results) for k in labels})
+                            {k: sum(r.errors.get(k, 0) for r in results) for k in labels}, logged, extra)
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -234,20 +242,30 @@ def _std(xs: Sequence[float]) -> float:
 def _validate_output(label: str, out: Any, n: int) -> list[float | None]:
     """Check a reward's return value and convert entries to float or None.
 
-    A wrong type or length raises regardless of ``on_error``: that is a bug in the function,
-    not a flaky input, and scoring the batch as None would train on zeros without a sound.
+    A list or tuple, or anything with ``.tolist()`` (a numpy array, a torch tensor: duck-typed, so
+    this module never imports either); entries are numbers, None, or numpy/torch scalars
+    (``.item()``). A wrong type or length, or an infinite value, raises regardless of
+    ``on_error``: that is a bug in the function, not a flaky input, and scoring the batch as None
+    would train on zeros without a sound (an inf would turn every advantage into NaN).
     NaN is read as None, since TRL uses NaN internally for "does not apply".
     """
+    if not isinstance(out, (list, tuple)) and callable(getattr(out, "tolist", None)):
+        out = out.tolist()
     if not isinstance(out, (list, tuple)):
         raise TypeError(f"reward {label!r} returned {type(out).__name__}, expected a list")
     if len(out) != n:
         raise ValueError(f"reward {label!r} returned {len(out)} values, expected {n}")
     values: list[float | None] = []
     for i, v in enumerate(out):
+        if v is not None and not isinstance(v, numbers.Real) and callable(getattr(v, "item", None)):
+            v = v.item()  # a numpy or torch scalar
         if v is None:
             values.append(None)
         elif isinstance(v, numbers.Real):
             f = float(v)
+            if math.isinf(f):
+                raise ValueError(f"reward {label!r} returned {f} at index {i}; rewards must be finite "
+                                 "(None or NaN means 'does not apply')")
             values.append(None if math.isnan(f) else f)
         else:
             raise TypeError(
@@ -267,15 +285,20 @@ def _check_columns(columns: Mapping[str, Sequence], n: int) -> None:
 
 def combine(
     funcs: Sequence[tuple[str, RewardFn, float]],
-    completions: list[str],
+    completions: list,
     columns: Mapping[str, list],
     on_error: str = "raise",
+    state: Any = None,
 ) -> RewardResult:
     """Apply each ``(label, fn, weight)`` to the batch and sum the weighted outputs.
 
-    completions: (N,) texts; columns: name -> (N,) list (e.g. ``answer``, ``prompts``).
+    completions: (N,) texts or chat messages; columns: name -> (N,) list (e.g. ``answer``,
+    ``prompts``; r1kit.rewards.contract.reward_inputs builds both as TRL does).
     on_error: ``"raise"`` re-raises a function's exception as RuntimeError naming it;
     ``"none"`` scores that function's whole batch as None and counts the error.
+    state: when given (the trainer passes a RewardState), every function also gets TRL's
+    ``trainer_state=state``, ``log_metric(name, value)`` and ``log_extra(column, values)``;
+    what those two receive lands in the result's ``logged`` and ``extra_columns``.
     """
     if on_error not in ("raise", "none"):
         raise ValueError(f"on_error must be 'raise' or 'none', got {on_error!r}")
@@ -287,9 +310,13 @@ def combine(
 
     total = [0.0] * n
     result = RewardResult(total=total, errors={label: 0 for label in labels})
+    extras = {} if state is None else {
+        "trainer_state": state,
+        "log_metric": lambda name, value: result.logged.setdefault(str(name), []).append(float(value)),
+        "log_extra": lambda column, values: result.extra_columns.__setitem__(str(column), list(values))}
     for label, fn, weight in funcs:
         try:
-            out = fn(completions, **columns)
+            out = fn(completions, **columns, **extras)
         except Exception as e:
             if on_error == "raise":
                 raise RuntimeError(f"reward {label!r} raised {type(e).__name__}: {e}") from e
