@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 from fractions import Fraction
-from typing import Callable
+from typing import Callable, Literal
 
 from r1kit.data.latex import latex_equal
 
@@ -149,6 +149,7 @@ _EXTRACTORS: dict[str, tuple[Callable[[str], str | None], ...]] = {
     "auto_last_number": (_tag_answer, extract_boxed, extract_hash_answer, extract_last_number),
 }
 EXTRACT_MODES: tuple[str, ...] = tuple(_EXTRACTORS)
+ExtractMode = Literal["tag", "boxed", "hash", "last_number", "auto", "auto_last_number"]  # = EXTRACT_MODES (tested)
 
 
 def extract_answer(text: str, mode: str = "auto") -> str | None:
@@ -323,6 +324,7 @@ def math_match(pred: str, gold: str) -> bool:
 
 # How a benchmark compares answers: "numeric" (GSM8K, AIME, AMC) accepts only numbers that agree,
 # "math" (MATH-500) and "auto" accept numbers for numeric golds and math-verify equivalence for others.
+CheckerName = Literal["auto", "math", "numeric"]  # = CHECKERS' keys (tested)
 CHECKERS: dict[str, Callable[[str, str], bool]] = {
     "auto": math_match,
     "math": math_match,

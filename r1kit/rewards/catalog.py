@@ -8,9 +8,9 @@ docstring saying what it rewards, and add rows to tests/test_rewards.py.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
-from r1kit.data.answers import check_answer, extract_answer, extract_hash_answer
+from r1kit.data.answers import CheckerName, ExtractMode, check_answer, extract_answer, extract_hash_answer
 from r1kit.rewards.registry import register
 
 
@@ -51,7 +51,8 @@ def gold_answer(gold: Any) -> str | None:
 
 @register("accuracy")
 def accuracy_reward(
-    completions: list, answer: list, extract: str = "auto", checker: str = "auto", **kwargs: Any
+    completions: list, answer: list, extract: ExtractMode = "auto", checker: CheckerName = "auto",
+    **kwargs: Any
 ) -> list[float | None]:
     """1.0 when the completion's final answer equals the gold ``answer`` column, else 0.0.
 
@@ -74,6 +75,7 @@ def accuracy_reward(
 
 
 FORMAT_STYLES = {"think": "think", "reasoning": "reasoning"}  # style -> reasoning tag name
+FormatStyle = Literal["think", "reasoning"]  # = FORMAT_STYLES' keys; a Literal, so a bad value fails at load
 
 
 def _strict_format_ok(text: str, think: str) -> bool:
@@ -97,7 +99,7 @@ _FORMAT_CHECKS = {"strict": _strict_format_ok, "soft": _soft_format_ok}
 
 @register("format")
 def format_reward(
-    completions: list, mode: str = "strict", style: str = "think", **kwargs: Any
+    completions: list, mode: Literal["strict", "soft"] = "strict", style: FormatStyle = "think", **kwargs: Any
 ) -> list[float]:
     """1.0 when the completion follows the reasoning-then-answer format, else 0.0.
 

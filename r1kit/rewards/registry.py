@@ -25,8 +25,11 @@ import importlib
 import inspect
 import math
 import numbers
+import os
+import sys
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 RewardFn = Callable[..., list]  # fn(completions: list[str], **columns) -> list[float | None]
 
@@ -84,6 +87,8 @@ def _import_path(path: str) -> RewardFn:
         module_name, attr_path = path.split(":", 1)
     else:
         module_name, _, attr_path = path.rpartition(".")
+    if os.getcwd() not in sys.path:  # `myrewards.fn` finds ./myrewards.py, after installed modules of that name
+        sys.path.append(os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
         for attr in attr_path.split("."):
@@ -101,7 +106,10 @@ def _import_path(path: str) -> RewardFn:
 def get_reward(name_or_path: str) -> RewardFn:
     """Return the reward registered as ``name_or_path``, or import it as a dotted path.
 
-    Dotted paths name a user's function: ``"mypkg.rewards:my_fn"`` or ``"mypkg.rewards.my_fn"``.
+    Dotted paths name a user's function: ``"mypkg.rewards:my_fn"`` or ``"mypkg.rewards.my_fn"``,
+    importable from the installed packages or, after them, the current working directory (so
+    ``myrewards.fn`` finds ``./myrewards.py`` without PYTHONPATH). Importing runs the module's code:
+    a recipe is code (README, "Recipes are code").
     Raises UnknownRewardError (a KeyError and a ValueError) naming the bad name and listing the
     registered ones.
     """
@@ -130,20 +138,43 @@ def accepted_params(fn: RewardFn) -> list[str]:
 def bind(fn: RewardFn, params: Mapping[str, Any], name: str | None = None) -> RewardFn:
     """Return ``fn`` with ``params`` fixed as keyword arguments (a ``functools.partial``).
 
-    Every key must be a named parameter of ``fn``; otherwise ValueError names the reward, the bad
-    key and the accepted ones. The partial keeps ``fn``'s ``__name__`` and docstring.
+    Every key must be a named parameter of ``fn``, and a parameter annotated ``Literal[...]`` must
+    get one of its values (``checker: numerc`` fails here, at load, not at step 1); ``fn`` must take
+    ``**kwargs``. Otherwise ValueError names the reward, the key and the accepted keys or values.
+    The partial keeps ``fn``'s ``__name__`` and docstring.
     """
     label = name or getattr(fn, "__name__", repr(fn))
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()):
+        raise ValueError(f"reward {label!r} ({_qualname(fn)}) must accept **kwargs: every reward is also given the "
+                         "dataset's columns, prompts, completion_ids and trainer_state (TRL's contract)")
     accepted = accepted_params(fn)
-    for key in params:
+    choices = _literal_choices(fn)
+    for key, value in params.items():
         if key not in accepted:
             raise ValueError(
                 f"reward {label!r} has no parameter {key!r}; "
                 f"accepted: {', '.join(accepted) or '(none)'}"
             )
+        if key in choices and value not in choices[key]:
+            raise ValueError(f"reward {label!r}: {key}={value!r} is not a valid value; expected one of {choices[key]}")
     bound = functools.partial(fn, **params)
     functools.update_wrapper(bound, fn)
     return bound
+
+
+def _literal_choices(fn: RewardFn) -> dict[str, list]:
+    """Parameter -> allowed values, for parameters annotated ``Literal[...]`` (or ``Literal[...] | None``)."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except (NameError, TypeError):  # a user's annotation that does not resolve: nothing to check
+        return {}
+    choices = {}
+    for key, tp in hints.items():
+        options = typing.get_args(tp) if typing.get_origin(tp) is not Literal else (tp,)
+        literals = [a for o in options if typing.get_origin(o) is Literal for a in typing.get_args(o)]
+        if literals:
+            choices[key] = literals + ([None] if type(None) in options else [])
+    return choices
 
 
 _SPEC_KEYS = ("name", "weight", "label")  # every other key of a spec is a parameter
