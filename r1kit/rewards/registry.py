@@ -31,6 +31,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
+from r1kit.config import FLOAT_TEXT
+
 RewardFn = Callable[..., list]  # fn(completions: list[str], **columns) -> list[float | None]
 
 _REGISTRY: dict[str, RewardFn] = {}
@@ -148,26 +150,33 @@ def bind(fn: RewardFn, params: Mapping[str, Any], name: str | None = None) -> Re
         raise ValueError(f"reward {label!r} ({_qualname(fn)}) must accept **kwargs: every reward is also given the "
                          "dataset's columns, prompts, completion_ids and trainer_state (TRL's contract)")
     accepted = accepted_params(fn)
-    choices = _literal_choices(fn)
-    for key, value in params.items():
+    hints = _hints(fn)
+    choices = _literal_choices(hints)
+    for key, value in dict(params).items():
         if key not in accepted:
             raise ValueError(
                 f"reward {label!r} has no parameter {key!r}; "
                 f"accepted: {', '.join(accepted) or '(none)'}"
             )
-        if key in choices and value not in choices[key]:
+        if isinstance(value, str) and hints.get(key) in (float, float | None) and FLOAT_TEXT.fullmatch(value.strip()):
+            params = {**params, key: float(value)}  # PyYAML reads 5e-5 as a string
+        elif key in choices and value not in choices[key]:
             raise ValueError(f"reward {label!r}: {key}={value!r} is not a valid value; expected one of {choices[key]}")
     bound = functools.partial(fn, **params)
     functools.update_wrapper(bound, fn)
     return bound
 
 
-def _literal_choices(fn: RewardFn) -> dict[str, list]:
-    """Parameter -> allowed values, for parameters annotated ``Literal[...]`` (or ``Literal[...] | None``)."""
+def _hints(fn: RewardFn) -> dict[str, Any]:
+    """``fn``'s resolved annotations; {} when a user's annotation does not resolve (nothing to check)."""
     try:
-        hints = typing.get_type_hints(fn)
-    except (NameError, TypeError):  # a user's annotation that does not resolve: nothing to check
+        return typing.get_type_hints(fn)
+    except (NameError, TypeError):
         return {}
+
+
+def _literal_choices(hints: dict[str, Any]) -> dict[str, list]:
+    """Parameter -> allowed values, for parameters annotated ``Literal[...]`` (or ``Literal[...] | None``)."""
     choices = {}
     for key, tp in hints.items():
         options = typing.get_args(tp) if typing.get_origin(tp) is not Literal else (tp,)
