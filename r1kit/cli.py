@@ -205,12 +205,16 @@ def cmd_serve_ref(argv: list[str]) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--micro-batch-size", type=int, default=64, help="completions per forward pass")
+    from r1kit.serve.reference import Limits, load_service, make_server
+
+    for field in dataclasses.fields(Limits):  # the request bounds: --max-rows, --max-row-tokens, ...
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default,
+                            help=f"request bound (default {field.default}); see r1kit/serve/reference.py")
     ns = parser.parse_args(argv)
     import os
 
-    from r1kit.serve.reference import load_service, make_server
-
-    service = load_service(ns.model, ns.dtype, ns.device, ns.micro_batch_size, ns.served_model_name)
+    limits = Limits(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(Limits)})
+    service = load_service(ns.model, ns.dtype, ns.device, ns.micro_batch_size, ns.served_model_name, limits=limits)
     token = os.environ.get(ns.token_env) or None
     server = make_server(service, ns.host, ns.port, token)
     host, port = server.server_address[:2]
