@@ -189,12 +189,17 @@ def cmd_serve_gen(argv: list[str]) -> None:
     parser.add_argument("--kv-cache-gb", type=float, default=2.0,
                         help="CPU build: KV cache in GiB (VLLM_CPU_KVCACHE_SPACE, unless already set); GPU: use "
                              "vLLM's --gpu-memory-utilization / --kv-cache-memory-bytes after --")
+    parser.add_argument("--weights-root", default=None,
+                        help='the only directory tree {"path": DIR} weight updates may name (the trainer\'s '
+                             "services.shared_dir); unset: only uploaded weights are accepted")
+    parser.add_argument("--max-upload-gb", type=float, default=64.0, help="largest weights upload accepted (GiB)")
     own, _, extra = _split_double_dash(argv)
     ns = parser.parse_args(own)
     from r1kit.serve.generation import main as serve
 
     try:
-        serve(ns.model, ns.host, ns.port, ns.token_env, ns.kv_cache_gb, extra, ns.served_model_name)
+        serve(ns.model, ns.host, ns.port, ns.token_env, ns.kv_cache_gb, extra, ns.served_model_name,
+              ns.weights_root, ns.max_upload_gb)
     except ImportError as e:  # no vLLM here: say so and how to install it, without a traceback
         print(f"r1kit serve-gen: error: {e}", file=sys.stderr)
         sys.exit(2)
