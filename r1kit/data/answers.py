@@ -317,9 +317,15 @@ def math_match(pred: str, gold: str) -> bool:
     as MATH's graders do: equivalence cannot be told from simplification left undone.
     """
     if parse_exact(gold) is not None:
-        assigned = _ASSIGNED_RE.fullmatch(pred)
-        return numbers_match(assigned.group("value") if assigned else pred, gold)
+        return numeric_match(pred, gold)
     return answers_match(pred, gold)
+
+
+def numeric_match(pred: str, gold: str) -> bool:
+    """The ``numeric`` checker: ``pred`` is a number (or ``variable = number``) equal to ``gold``
+    (``numbers_match``); an expression is never evaluated."""
+    assigned = _ASSIGNED_RE.fullmatch(pred)
+    return numbers_match(assigned.group("value") if assigned else pred, gold)
 
 
 # How a benchmark compares answers: "numeric" (GSM8K, AIME, AMC) accepts only numbers that agree,
@@ -328,7 +334,7 @@ CheckerName = Literal["auto", "math", "numeric"]  # = CHECKERS' keys (tested)
 CHECKERS: dict[str, Callable[[str, str], bool]] = {
     "auto": math_match,
     "math": math_match,
-    "numeric": numbers_match,
+    "numeric": numeric_match,
 }
 
 

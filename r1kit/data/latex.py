@@ -8,7 +8,7 @@ write such answers, so every call is bounded three ways:
   - size: answers longer than ``MAX_LATEX_CHARS`` or with braces nested deeper than
     ``MAX_NESTING`` are not equal to anything (no MATH-500 gold comes near: longest 53 characters,
     depth 3); exponent towers (``a^{b^{c}}``) are refused, since their value is what takes forever;
-  - time: in the main thread one ``setitimer`` deadline of ``DEADLINE_S`` (0.5 s) covers both
+  - time: in the main thread one ``setitimer`` deadline of ``DEADLINE_S`` (1 s) covers both
     parses and the comparison (threads cannot take signals, so off the main thread only the size bounds apply);
   - logs: math-verify's warnings (which quote the whole input on a parse timeout) are cut to
     ``LOG_CHARS`` characters, and its "timeout disabled" notice is dropped (the deadline is ours).
@@ -24,7 +24,7 @@ import threading
 
 MAX_LATEX_CHARS = 400
 MAX_NESTING = 12
-DEADLINE_S = 0.5
+DEADLINE_S = 1.0
 LOG_CHARS = 120
 _TOWER_RE = re.compile(r"\^\s*(?:\{[^{}]*\^|\(?[\w.]+\)?\s*\^)")  # a power whose exponent holds a power
 _prepared = False
@@ -64,13 +64,15 @@ class _ShortWarnings(logging.Filter):
 
 
 def _prepare(math_verify) -> None:
-    """Once: filter math-verify's loggers, and parse one answer without a deadline (the first parse
-    builds the LaTeX grammar, ~0.2 s, which must not count against a real answer's deadline)."""
+    """Once: filter math-verify's loggers, and compare one pair without a deadline (the first parse and
+    comparison build the LaTeX grammar and sympy's caches, ~0.5 s on a busy CPU, which must not count
+    against a real answer's deadline)."""
     global _prepared
     if not _prepared:
         for name in ("math_verify.parser", "math_verify.grader", "math_verify.metric", "math_verify.utils"):
             logging.getLogger(name).addFilter(_ShortWarnings())
-        math_verify.parse("$\\frac{1}{2}$", parsing_timeout=None)
+        gold = math_verify.parse("$\\frac{\\sqrt{3}}{2} + x$", parsing_timeout=None)
+        math_verify.verify(gold, math_verify.parse("$x + \\sqrt{3}/2$", parsing_timeout=None), timeout_seconds=None)
         _prepared = True
 
 
