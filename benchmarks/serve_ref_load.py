@@ -69,8 +69,8 @@ BAD_REQUESTS = [  # each must be refused with a 4xx, never a 5xx or a dropped co
 ]
 
 
-def start_server(model: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+def start_server(model: str, port: int, threads: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen([sys.executable, "-m", "r1kit", "serve-ref", model, "--host", HOST, "--port", str(port),
                              "--read-timeout-s", "5"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -88,7 +88,7 @@ def start_server(model: str, port: int) -> subprocess.Popen:
 
 def run(args) -> dict:
     port = free_port()
-    proc = start_server(args.model, port)
+    proc = start_server(args.model, port, args.threads)
     server = psutil.Process(proc.pid)
     rss = {"start_mb": server.memory_info().rss / 2**20, "peak_mb": 0.0}
     stop = threading.Event()
@@ -151,7 +151,8 @@ def run(args) -> dict:
             "wall_s": round(wall, 2), "good_answered": len(latencies), "p50_ms": round(pct(0.5), 1),
             "p99_ms": round(pct(0.99), 1), "answers": dict(statuses), "errors": dict(errors),
             "rss_start_mb": round(rss["start_mb"], 1), "rss_peak_mb": round(rss["peak_mb"], 1),
-            "stalled": args.stalled, "stalled_cut_off": cut_off, "machine": platform.machine(),
+            "stalled": args.stalled, "stalled_cut_off": cut_off, "server_threads": args.threads,
+            "load_average": os.getloadavg()[0], "machine": platform.machine(),
             "cpus": os.cpu_count()}
 
 
@@ -162,6 +163,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--stalled", type=int, default=8)
     parser.add_argument("--max-seconds", type=float, default=300.0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="the server's OMP_NUM_THREADS (on a shared or small CPU, more threads than free cores "
+                             "made each request 10x slower here)")
     args = parser.parse_args()
     result = run(args)
     RESULTS.parent.mkdir(exist_ok=True)
