@@ -437,6 +437,9 @@ def validate(cfg: Config) -> None:
         (t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}"),
         (len(cfg.rewards) > 0, "rewards must list at least one reward function"),
         (cfg.data.eval_size >= 1, f"data.eval_size must be >= 1, got {cfg.data.eval_size}"),
+        (cfg.data.eval_split != cfg.data.split and cfg.data.split != "auto",
+         f"data.eval_split ({cfg.data.eval_split!r}) must differ from data.split: evaluation would read the training "
+         "rows; leave data.eval_split=auto (the source's held-out split), name another split, or set data.eval_source"),
         (0 <= cfg.sft.direct_fraction <= 1 and 0 <= cfg.sft.large_direct_fraction <= 1,
          "sft.direct_fraction and sft.large_direct_fraction must be in [0, 1]"),
         (cfg.sft.batch_size >= 1 and cfg.sft.steps >= 0, "sft.batch_size must be >= 1 and sft.steps >= 0"),
@@ -445,9 +448,6 @@ def validate(cfg: Config) -> None:
         (0 < cfg.eval.top_p <= 1, f"eval.top_p must be in (0, 1], got {cfg.eval.top_p}"),
         (cfg.eval.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {cfg.eval.max_new_tokens}"),
         (bool(cfg.data.source.strip()), "data.source must name a dataset (tiny_arith, gsm8k, a file, ...)"),
-        (cfg.data.eval_split != cfg.data.split and cfg.data.split != "auto",
-         f"data.eval_split ({cfg.data.eval_split!r}) must differ from data.split: evaluation would read the training "
-         "rows; leave data.eval_split=auto (the source's held-out split), name another split, or set data.eval_source"),
         (not cfg.data.task_config or cfg.data.source.startswith("reasoning_gym:"),
          f"data.task_config is only used by reasoning_gym:<task> sources, not {cfg.data.source!r}"),
     ]
