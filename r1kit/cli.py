@@ -241,12 +241,17 @@ def cmd_serve_gen(argv: list[str]) -> None:
     parser.add_argument("--kv-cache-gb", type=float, default=2.0,
                         help="CPU build: KV cache in GiB (VLLM_CPU_KVCACHE_SPACE, unless already set); GPU: use "
                              "vLLM's --gpu-memory-utilization / --kv-cache-memory-bytes after --")
+    parser.add_argument("--weights-root", default=None,
+                        help='the only directory tree {"path": DIR} weight updates may name (the trainer\'s '
+                             "services.shared_dir); unset: only uploaded weights are accepted")
+    parser.add_argument("--max-upload-gb", type=float, default=64.0, help="largest weights upload accepted (GiB)")
     own, _, extra = _split_double_dash(argv)
     ns = parser.parse_args(own)
     from r1kit.serve.generation import main as serve
 
     try:
-        serve(ns.model, ns.host, ns.port, ns.token_env, ns.kv_cache_gb, extra, ns.served_model_name)
+        serve(ns.model, ns.host, ns.port, ns.token_env, ns.kv_cache_gb, extra, ns.served_model_name,
+              ns.weights_root, ns.max_upload_gb)
     except ImportError as e:  # no vLLM here: say so and how to install it, without a traceback
         print(f"r1kit serve-gen: error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -257,12 +262,16 @@ def cmd_serve_ref(argv: list[str]) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--micro-batch-size", type=int, default=64, help="completions per forward pass")
+    from r1kit.serve.reference import Limits, load_service, make_server
+
+    for field in dataclasses.fields(Limits):  # the request bounds: --max-rows, --max-row-tokens, ...
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default,
+                            help=f"request bound (default {field.default}); see r1kit/serve/reference.py")
     ns = parser.parse_args(argv)
     import os
 
-    from r1kit.serve.reference import load_service, make_server
-
-    service = load_service(ns.model, ns.dtype, ns.device, ns.micro_batch_size, ns.served_model_name)
+    limits = Limits(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(Limits)})
+    service = load_service(ns.model, ns.dtype, ns.device, ns.micro_batch_size, ns.served_model_name, limits=limits)
     token = os.environ.get(ns.token_env) or None
     server = make_server(service, ns.host, ns.port, token)
     host, port = server.server_address[:2]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ from r1kit.presets import PRESETS
 AggMode = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm", "local_token_mean"]
 PRESET_KNOBS = ("advantage_estimator", "scale_rewards", "loss_agg", "importance_sampling_level", "epsilon",
                 "epsilon_high", "dynamic_sampling")
+
+
+FLOAT_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")  # a finite number PyYAML left as text
 
 
 class ConfigError(ValueError):
@@ -80,7 +84,9 @@ class DataCfg:
     source: str = "tiny_arith"
     subset: str | None = None  # hub dataset configuration name (e.g. "main" for openai/gsm8k)
     split: str = "train"  # split used for training prompts
-    eval_split: str = "heldout"  # split used for evaluation
+    eval_split: str = "auto"  # split used for evaluation; auto: the eval source's held-out split (heldout, test)
+    eval_source: str | None = None  # held-out rows from another source (a file or benchmark); None: data.source.
+    # A local file has no held-out split: without eval_source, evaluation uses its training rows (with a warning)
     train_size: int = 20000  # rows to draw from a procedural source (files use all rows)
     eval_size: int = 200  # held-out problems evaluated (first N rows)
     columns: ColumnsCfg = field(default_factory=ColumnsCfg)  # files and hub datasets (shipped ones know theirs)
@@ -308,6 +314,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return _build(tp, value, key)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)  # PyYAML (YAML 1.1) reads 5e-5 as a string
     if tp is bool and not isinstance(value, bool) or not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
     return value
@@ -419,8 +427,9 @@ def save_config(cfg: Config, path: str | Path) -> None:
 def validate(cfg: Config) -> None:
     """Checks that involve more than one field, or ranges; each error names the keys."""
     t, r, a = cfg.train, cfg.rollout, cfg.algo
+    if r.num_generations < 2:  # before the checks below divide by it
+        raise ConfigError(f"rollout.num_generations must be >= 2 for group-relative advantages, got {r.num_generations}")
     checks = [
-        (r.num_generations >= 2, f"rollout.num_generations must be >= 2 for group-relative advantages, got {r.num_generations}"),
         (t.batch_size % r.num_generations == 0,
          f"train.batch_size ({t.batch_size}) must be divisible by rollout.num_generations ({r.num_generations})"),
         (t.micro_batch_size >= 1 and t.batch_size % t.micro_batch_size == 0,
@@ -429,6 +438,8 @@ def validate(cfg: Config) -> None:
         (r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}"),
         (0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}"),
         (r.generation_batch_size >= 1, f"rollout.generation_batch_size must be >= 1, got {r.generation_batch_size}"),
+        (r.top_k >= 0, f"rollout.top_k must be >= 0 (0 disables it), got {r.top_k}"),
+        (t.save_every >= 0, f"train.save_every must be >= 0 (0: only the final model), got {t.save_every}"),
         (t.max_steps >= 0, f"train.max_steps must be >= 0, got {t.max_steps}"),
         (t.max_minutes >= 0, f"train.max_minutes must be >= 0, got {t.max_minutes}"),
         (t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}"),
@@ -437,6 +448,9 @@ def validate(cfg: Config) -> None:
         (t.max_nonfinite_steps >= 0, f"train.max_nonfinite_steps must be >= 0, got {t.max_nonfinite_steps}"),
         (len(cfg.rewards) > 0, "rewards must list at least one reward function"),
         (cfg.data.eval_size >= 1, f"data.eval_size must be >= 1, got {cfg.data.eval_size}"),
+        (cfg.data.eval_split != cfg.data.split and cfg.data.split != "auto",
+         f"data.eval_split ({cfg.data.eval_split!r}) must differ from data.split: evaluation would read the training "
+         "rows; leave data.eval_split=auto (the source's held-out split), name another split, or set data.eval_source"),
         (0 <= cfg.sft.direct_fraction <= 1 and 0 <= cfg.sft.large_direct_fraction <= 1,
          "sft.direct_fraction and sft.large_direct_fraction must be in [0, 1]"),
         (cfg.sft.batch_size >= 1 and cfg.sft.steps >= 0, "sft.batch_size must be >= 1 and sft.steps >= 0"),

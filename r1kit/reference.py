@@ -86,5 +86,6 @@ class RemoteReference:
             if len(values) != len(ids):
                 raise ServiceError(f"reference server at {self.client.url} answered {len(values)} logprobs for a "
                                    f"{len(ids)}-token completion")
-            out[i, :len(ids)] = torch.tensor(values, dtype=torch.float32)
+            # serve-ref sends a logprob of -inf (probability 0) as null: strict JSON has no -Infinity
+            out[i, :len(ids)] = torch.tensor([float("-inf") if v is None else v for v in values], dtype=torch.float32)
         return out

@@ -30,7 +30,7 @@ from r1kit import distributed as dist
 from r1kit.batch import Normaliser, RolloutBatch, completion_logprobs, completion_logprobs_and_entropy, make_batch
 from r1kit.config import AlgoCfg, Config
 from r1kit.logging import PhaseTimer, console
-from r1kit.rewards import combine
+from r1kit.rewards import RewardState, combine, reward_inputs
 from r1kit.rewards.registry import RewardResult
 from r1kit.run import (Run, StopSignals, check_finite, finish_run, log_step, maybe_checkpoint, maybe_eval,
                        sampling_params, setup_run, step_prompt_indices, stop_on_signal)
@@ -152,11 +152,10 @@ def sample_and_score(run: Run, algo: AlgoCfg, step: int, timer: PhaseTimer):
 
 
 def _score(run: Run, rows: list[dict], completions: list) -> RewardResult:
-    """Every reward function on `completions`; dataset columns arrive per completion, as TRL passes them."""
-    columns = {k: [rows[c.prompt_index][k] for c in completions] for k in rows[0] if k != "prompt_ids"}
-    columns["prompts"] = columns.pop("prompt_text")
-    columns["completion_ids"] = [c.token_ids for c in completions]
-    return combine(run.reward_funcs, [c.text for c in completions], columns, run.cfg.train.reward_on_error)
+    """Every reward function on `completions`, given what TRL gives it (r1kit.rewards.contract)."""
+    texts, columns = reward_inputs(rows, completions, run.cfg.data)
+    return combine(run.reward_funcs, texts, columns, run.cfg.train.reward_on_error,
+                   state=RewardState(run.state.step, run.cfg.train.max_steps))
 
 
 # ---------------------------------------------------------------- 6. one optimizer step

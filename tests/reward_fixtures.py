@@ -1,11 +1,15 @@
-"""User-style reward functions for the trainer tests (imported by dotted path, like a user's own)."""
+"""User-style reward functions for the trainer tests (imported by dotted path, like a user's own).
+
+The tiny world's prompts are conversational, so, as in TRL, each completion arrives as
+``[{"role": "assistant", "content": text}]``; these read it the way open-r1's rewards do.
+"""
 
 CALLS = {"n": 0}
 
 
 def length_reward(completions, **kwargs):
     """Longer is better: varies across a random model's samples, so advantages are non-zero."""
-    return [len(c) / 10 for c in completions]
+    return [len(c[0]["content"]) / 10 for c in completions]
 
 
 def fail_on_third_call(completions, **kwargs):
@@ -13,7 +17,7 @@ def fail_on_third_call(completions, **kwargs):
     CALLS["n"] += 1
     if CALLS["n"] == 3:
         raise RuntimeError("simulated crash")
-    return [len(c) / 10 for c in completions]
+    return [len(c[0]["content"]) / 10 for c in completions]
 
 
 def constant_reward(completions, **kwargs):

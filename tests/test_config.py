@@ -54,6 +54,11 @@ def test_rewards_entries_keep_extra_keys_as_params(tmp_path):
     ("", ["train.max_steps.x=1"], "'train.max_steps' is not a section"),
     ("rewards: [{weight: 1.0}]\n", [], "needs a 'name'"),
     ("- a\n- b\n", [], "must be a mapping"),
+    ("", ["rollout.num_generations=0"], "num_generations must be >= 2"),  # was a ZeroDivisionError
+    ("", ["rollout.top_k=-1"], "rollout.top_k must be >= 0"),
+    ("", ["train.save_every=-1"], "train.save_every must be >= 0"),
+    ("", ["data.eval_split=train"], "data.eval_split ('train') must differ from data.split"),
+    ("train: {learning_rate: 5e-5x}\n", [], "train.learning_rate: expected float, got '5e-5x'"),
 ])
 def test_errors_name_the_key(tmp_path, text, overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -96,3 +101,28 @@ def test_accelerate_configs_load_with_accelerates_own_reader(path):
     if expected == "DEEPSPEED":
         assert config.deepspeed_config["zero_stage"] == int(path.stem[4])
     assert len(ACCELERATE_CONFIGS) == 5
+
+
+def test_yaml_float_text_is_a_float_everywhere(tmp_path):
+    """PyYAML (YAML 1.1) reads 5e-5 as a string: a recipe's float fields and float reward parameters take it."""
+    text = ("train: {learning_rate: 5e-5, weight_decay: 1e-2}\nalgo: {epsilon_high: 2.8e-1}\n"
+            "rewards: [{name: length, weight: 5e-1, max_value_wrong: -5e-1}]\n")
+    cfg = load_recipe(write(tmp_path, text))
+    assert cfg.train.learning_rate == 5e-5 and cfg.train.weight_decay == 0.01 and cfg.algo.epsilon_high == 0.28
+    assert cfg.rewards[0].weight == 0.5
+    from r1kit.rewards import build_rewards
+
+    (_, fn, _), = build_rewards([{"name": "length", **cfg.rewards[0].params}])
+    assert fn.keywords == {"max_value_wrong": -0.5}
+
+
+def test_data_source_gsm8k_works_with_defaults():
+    """data.source=gsm8k alone: training reads train, evaluation the held-out test split."""
+    from r1kit.data.sources import load_data
+
+    cfg = load_recipe(None, ["data.source=gsm8k"])
+    assert cfg.data.eval_split == "auto"
+    _, report = load_data(cfg.data, cfg.data.eval_split, size=3)
+    assert report.origin.startswith("gsm8k[test]")
+    _, report = load_data(cfg.data, cfg.data.split, size=3)
+    assert report.origin.startswith("gsm8k[train]")

@@ -169,3 +169,51 @@ def test_gsm8k_traces_on_the_shipped_train_split():
         gsm8k_sft_samples([rows[0], {"question": "q", "answer": "no final line"}])
     with pytest.raises(ValueError, match="tag_style"):
         gsm8k_trace("#### 1", "xml")
+
+
+def _jsonl(path, answers):
+    path.write_text("".join(json.dumps({"question": f"q{a}", "answer": str(a)}) + "\n" for a in answers))
+    return str(path)
+
+
+def test_local_file_evaluates_on_eval_source(tmp_path, caplog):
+    """A file has no held-out split: evaluation reads data.eval_source, or warns that it uses training rows."""
+    train = _jsonl(tmp_path / "train.jsonl", [1, 2, 3])
+    held = _jsonl(tmp_path / "held.jsonl", [7, 8])
+    cfg = DataCfg(source=train, eval_source=held)
+    assert [r["answer"] for r in load_rows(cfg, cfg.split)] == ["1", "2", "3"]
+    assert [r["answer"] for r in load_rows(cfg, cfg.eval_split)] == ["7", "8"]
+    _, report = load_data(DataCfg(source=train, eval_source="gsm8k"), "auto", size=2)
+    assert report.origin.startswith("gsm8k[test]")  # a benchmark as the held-out source: its test split
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="r1kit.data"):
+        rows = load_rows(DataCfg(source=train), "auto")
+    assert [r["answer"] for r in rows] == ["1", "2", "3"]
+    assert "evaluating on the training rows of" in caplog.text and "data.eval_source" in caplog.text
+
+
+def test_heldout_split_by_source():
+    from r1kit.data.sources import eval_target, heldout_split
+
+    assert [heldout_split(s) for s in ("tiny_arith", "gsm8k", "math500", "reasoning_gym:x", "a/b", "f.jsonl")] == \
+        ["heldout", "test", "test", "heldout", "test", None]
+    assert eval_target(DataCfg(source="math500", split="test")) == ("math500", "test", True)  # warned: same rows
+    assert eval_target(DataCfg(source="tiny_arith")) == ("tiny_arith", "heldout", False)
+
+
+def test_small_reasoning_gym_task_trains_on_what_exists(monkeypatch, caplog):
+    """A task with few distinct problems: use them with a notice naming data.train_size, not a stop."""
+    import sys
+    import types
+
+    def create_dataset(task, size, seed, **config):  # 10 problems in all; the held-out seed draws 8 of them
+        distinct = 10 if seed == 1 else 8
+        return [{"question": f"q{i % distinct}", "answer": "1", "metadata": {}} for i in range(size)]
+
+    monkeypatch.setitem(sys.modules, "reasoning_gym", types.SimpleNamespace(create_dataset=create_dataset))
+    from r1kit.data.gym import gym_rows
+
+    with caplog.at_level("WARNING", logger="r1kit.data"):
+        rows = gym_rows("tiny_task", "train", 2000, seed=1)
+    assert {r["question"] for r in rows} == {"q8", "q9"} and len(rows) == 600
+    assert "only 600 of data.train_size=2000" in caplog.text and "set data.train_size=600" in caplog.text

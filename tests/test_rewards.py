@@ -42,7 +42,13 @@ GOOD = "<think>5+3=8</think>\n<answer>8</answer>"
         ("<answer>1,800</answer>", "#### 1,800", "auto", 1.0),
         ("<answer>7</answer> ... <answer>8</answer>", "8", "auto", 1.0),  # last answer wins
         ("<answer>8</answer> ... <answer>7</answer>", "8", "auto", 0.0),
-        ("<answer>8</answer><answer>7", "8", "auto", 1.0),  # unclosed last: last complete pair
+        ("<answer>8</answer><answer>7", "8", "auto", 0.0),  # unclosed last (cut off): the earlier one is not credited (issue 13)
+        ("<answer>17+11+15+5-8</answer>", "40", "auto", 0.0),  # arithmetic handed to the checker (issue 13)
+        ("<answer>43 = 42</answer>", "42", "auto", 0.0),  # a false equation ending in the gold
+        ("<answer>1000001</answer>", "1000000", "auto", 0.0),  # no relative tolerance
+        ("<answer>−8</answer>", "-8", "auto", 1.0),  # unicode minus
+        ([{"role": "assistant", "content": [{"type": "text", "text": "<answer>8"}, {"type": "text", "text": "</answer>"}]}],
+         "8", "auto", 1.0),  # content as a list of parts: joined text
         ("</answer>8<answer>", "8", "auto", 0.0),  # tags in the wrong order
         ("<think>the answer is 8</think>", "8", "tag", 0.0),  # answer only inside the reasoning
         ("<think>the answer is 8</think><answer>?</answer>", "8", "tag", 0.0),
@@ -370,3 +376,61 @@ def test_rewards_import_no_torch():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------------
+# loading user rewards as the README says (issue 13)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dotted_name_imports_from_the_working_directory(tmp_path, monkeypatch):
+    """`rewards: [{name: myrewards.fn}]` from the directory holding myrewards.py, no PYTHONPATH."""
+    (tmp_path / "cwd_rewards_mod.py").write_text("def fn(completions, **kwargs):\n    return [2.0] * len(completions)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    assert get_reward("cwd_rewards_mod.fn")(["a"]) == [2.0]
+    assert sys.path[-1] == str(tmp_path)  # after the installed modules: a local file cannot shadow one
+
+
+@pytest.mark.parametrize(
+    "entry, words",
+    [
+        ({"name": "accuracy", "checker": "numerc"}, ["'accuracy'", "checker='numerc'", "'numeric'", "'math'"]),
+        ({"name": "accuracy", "extract": "tags"}, ["extract='tags'", "'tag'", "'auto_last_number'"]),
+        ({"name": "format", "mode": "lenient"}, ["'format'", "mode='lenient'", "'strict'", "'soft'"]),
+        ({"name": "tag_count", "style": "reason"}, ["style='reason'", "'reasoning'"]),
+        ({"name": "length", "unit": "words"}, ["unit='words'", "'tokens'", "'chars'"]),
+    ],
+)
+def test_bad_parameter_values_fail_at_load(entry, words):
+    with pytest.raises(ValueError) as info:
+        build_rewards([entry])
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_reward_without_kwargs_fails_at_load(tmp_path, monkeypatch):
+    (tmp_path / "nokw_rewards_mod.py").write_text("def fn(completions, answer):\n    return [0.0] * len(completions)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=r"reward 'nokw_rewards_mod.fn' \(nokw_rewards_mod.fn\) must accept \*\*kwargs"):
+        build_rewards([{"name": "nokw_rewards_mod.fn"}])
+
+
+def test_literal_aliases_match_the_tables():
+    import typing
+
+    from r1kit.data.answers import CHECKERS, EXTRACT_MODES, CheckerName, ExtractMode
+    from r1kit.rewards.catalog import FORMAT_STYLES, FormatStyle
+
+    assert typing.get_args(ExtractMode) == EXTRACT_MODES
+    assert set(typing.get_args(CheckerName)) == set(CHECKERS)
+    assert set(typing.get_args(FormatStyle)) == set(FORMAT_STYLES)
+
+
+def test_bad_reward_fails_before_the_model_loads(tmp_path, capsys):
+    from r1kit.cli import main
+
+    assert main(["train", "rewards=[{name: accuracy, checker: numerc}]", f"output_dir={tmp_path}",
+                 "model.name_or_path=./no-such-model"]) == 2  # the reward is checked first
+    assert "checker='numerc' is not a valid value; expected one of ['auto', 'math', 'numeric']" in capsys.readouterr().err
+    assert not (tmp_path / "tiny-grpo").exists()

@@ -37,8 +37,8 @@ def free_port() -> int:
 class GenServer:
     """`r1kit serve-gen` in its own process group (so stopping it stops vLLM's workers too)."""
 
-    def __init__(self, model: str, port: int, log: Path):
-        self.model, self.port, self.log = model, port, log
+    def __init__(self, model: str, port: int, log: Path, weights_root: Path | None = None):
+        self.model, self.port, self.log, self.weights_root = model, port, log, weights_root
         self.url = f"http://127.0.0.1:{port}"
         self.proc = None
 
@@ -46,7 +46,7 @@ class GenServer:
         env = {**os.environ, "R1KIT_SERVICE_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "r1kit.cli", "serve-gen", self.model, "--port", str(self.port), "--kv-cache-gb",
-             "1", "--", "--enforce-eager", "--dtype", "float32", "--max-model-len", "512"],
+             "1", *(["--weights-root", str(self.weights_root)] if self.weights_root else []), "--", "--enforce-eager", "--dtype", "float32", "--max-model-len", "512"],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
         client = ServiceClient("generation server", self.url, token=TOKEN, timeout_s=5, retries=0)
         deadline = time.time() + timeout
@@ -69,7 +69,8 @@ class GenServer:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = GenServer("builtin:tiny-sft", free_port(), tmp_path_factory.mktemp("serve") / "serve-gen.log").start()
+    srv = GenServer("builtin:tiny-sft", free_port(), tmp_path_factory.mktemp("serve") / "serve-gen.log",
+                    weights_root=tmp_path_factory.getbasetemp()).start()  # the tests' shared_dirs lie under it
     yield srv
     srv.stop()
 
@@ -132,8 +133,26 @@ def test_wrong_token_model_and_push_fail_clearly(server, tiny):
     with pytest.raises(ServiceError, match=r"serves model 'builtin:tiny-sft', not 'Qwen/Qwen2.5-0.5B'"):
         RemoteEngine(ServiceClient("generation server", server.url, token=TOKEN), "Qwen/Qwen2.5-0.5B", tok)
     client = ServiceClient("generation server", server.url, token=TOKEN)
-    with pytest.raises(ServiceError, match=r"update_weights refused the request \(HTTP 400\).*does not exist"):
-        client.post("/r1kit/update_weights", {"path": "/nonexistent-for-the-server"})
+    for path in ("/nonexistent-for-the-server", "/etc"):  # missing or outside --weights-root: the same answer
+        with pytest.raises(ServiceError, match=r"update_weights refused the request \(HTTP 400\).*under the server's "
+                                               r"--weights-root"):
+            client.post("/r1kit/update_weights", {"path": path})
+
+
+@pytest.mark.parametrize("route", ["/invocations", "/tokenize", "/v1/models", "/r1kit/info"])
+def test_routes_outside_v1_need_the_token_too(server, route):
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"model": "builtin:tiny-sft", "prompt": "1+1=", "max_tokens": 2}).encode()
+    method = "GET" if route in ("/v1/models", "/r1kit/info") else "POST"
+    request = urllib.request.Request(server.url + route, data=None if method == "GET" else body, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=30)
+    assert err.value.code == 401
+    with urllib.request.urlopen(server.url + "/health", timeout=30) as answer:  # /health stays open
+        assert answer.status == 200
 
 
 # ------------------------------------------------------------ kill the server mid-run, then resume
@@ -146,7 +165,7 @@ def kill_server_reward(completions, **_):
     KILL["calls"] += 1
     if KILL["calls"] == KILL["at_call"]:
         KILL["server"].stop()
-    return [float(len(c)) for c in completions]
+    return [float(len(c[0]["content"])) for c in completions]  # conversational: TRL's message form
 
 
 def test_server_killed_mid_run_stops_clearly_then_resume_works(tmp_path):

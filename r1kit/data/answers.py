@@ -5,8 +5,10 @@ Two halves:
     convention (``<answer>`` tag, ``\\boxed{}``, GSM8K ``####``, last number); ``extract_answer``
     chains them by mode. When a convention appears several times the LAST one wins, because
     models restate and correct themselves and the final statement is the committed answer.
-  - checking: ``parse_number`` / ``numbers_match`` for plain numbers (fast, exact rules), then
-    ``answers_match`` which falls back to string equality and finally math-verify for LaTeX.
+  - checking: ``parse_exact`` / ``numbers_match`` for plain numbers (exact rational values, so
+    1,000,001 is not 1,000,000), then ``answers_match`` which falls back to string equality and
+    finally math-verify for LaTeX. ``check_answer`` picks a checker; none of them evaluates the
+    policy's arithmetic for a numeric gold (``math_match``).
 
 No torch here, and math-verify (which pulls in sympy) is imported only when a comparison needs it,
 so importing this module stays cheap.
@@ -16,8 +18,10 @@ from __future__ import annotations
 
 import math
 import re
-import threading
-from typing import Callable
+from fractions import Fraction
+from typing import Callable, Literal
+
+from r1kit.data.latex import latex_equal
 
 # ---------------------------------------------------------------------------------------------
 # Extraction
@@ -113,8 +117,15 @@ def extract_last_number(text: str) -> str | None:
 
     A minus after a digit or word is read as subtraction, so ``"3-5"`` -> ``"5"``.
     """
+    for minus in MINUS_SIGNS:
+        text = (text or "").replace(minus, "-")
     matches = _NUMBER_RE.findall(text or "")
     return matches[-1].replace(",", "") if matches else None
+
+
+def _last_tag_open(text: str, tag: str = "answer") -> bool:
+    """True when the last ``<tag>`` has no ``</tag>`` after it (a completion cut off mid-answer)."""
+    return text.rfind(f"<{tag}>") > text.rfind(f"</{tag}>")
 
 
 def _tag_answer(text: str) -> str | None:
@@ -138,6 +149,7 @@ _EXTRACTORS: dict[str, tuple[Callable[[str], str | None], ...]] = {
     "auto_last_number": (_tag_answer, extract_boxed, extract_hash_answer, extract_last_number),
 }
 EXTRACT_MODES: tuple[str, ...] = tuple(_EXTRACTORS)
+ExtractMode = Literal["tag", "boxed", "hash", "last_number", "auto", "auto_last_number"]  # = EXTRACT_MODES (tested)
 
 
 def extract_answer(text: str, mode: str = "auto") -> str | None:
@@ -145,12 +157,16 @@ def extract_answer(text: str, mode: str = "auto") -> str | None:
 
     Modes: ``"tag"`` (``<answer>`` only), ``"boxed"``, ``"hash"``, ``"last_number"``,
     ``"auto"`` (answer tag, else boxed, else ``####``) and ``"auto_last_number"`` (auto, then the
-    last number). In the tag modes a ``\\boxed{}`` inside ``<answer>`` is unwrapped.
+    last number). In the tag modes a ``\\boxed{}`` inside ``<answer>`` is unwrapped, and a final
+    ``<answer>`` that is never closed (the completion was cut off) yields None: an earlier answer
+    the model went on to revise is not credited, nor is a box or number outside the tags.
     Raises ValueError on an unknown mode.
     """
     extractors = _EXTRACTORS.get(mode)
     if extractors is None:
         raise ValueError(f"unknown extract mode {mode!r}; expected one of {list(EXTRACT_MODES)}")
+    if _tag_answer in extractors and _last_tag_open(text or ""):
+        return None  # the final <answer> was cut off: an earlier one is not the committed answer
     for extractor in extractors:
         answer = extractor(text)
         if answer is not None:
@@ -166,11 +182,15 @@ _PLAIN_RE = re.compile(r"[+-]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)")
 _NUM = r"\s*([+-]?(?:\d+(?:\.\d+)?|\.\d+))\s*"  # one fraction part, commas already resolved
 _LATEX_FRAC_RE = re.compile(rf"([+-]?)\\[dt]?frac\{{{_NUM}\}}\{{{_NUM}\}}")
 _SLASH_FRAC_RE = re.compile(rf"{_NUM}/{_NUM}")
+MAX_NUMBER_CHARS = 1000
+MINUS_SIGNS = ("\u2212", "\u2013", "\ufe63", "\uff0d")  # minus sign, en dash, small and full-width hyphen-minus
 
 
 def _clean_number_text(s: str) -> str:
     """Drop currency/percent signs and LaTeX spacing so only the number's own characters stay."""
     t = s.strip()
+    for minus in MINUS_SIGNS:
+        t = t.replace(minus, "-")
     for junk in ("\\$", "$", "\\%", "%", "\\!", "\\,"):
         t = t.replace(junk, "")
     t = t.replace("{,}", ",")  # LaTeX thousands separator: 1{,}080
@@ -180,55 +200,71 @@ def _clean_number_text(s: str) -> str:
     return t
 
 
-def _plain_to_float(t: str) -> float | None:
-    """Float for a plain decimal (commas only as correct thousands groups), else None."""
-    if not _PLAIN_RE.fullmatch(t):
-        return None
-    return float(t.replace(",", ""))
-
-
-def _fraction_to_float(num: str, den: str, sign: str = "") -> float | None:
-    """``sign * num / den``, None on a zero denominator."""
-    d = float(den)
+def _fraction(num: str, den: str, sign: str = "") -> Fraction | None:
+    """``sign * num / den`` exactly, None on a zero denominator."""
+    d = Fraction(den)
     if d == 0:
         return None
-    value = float(num) / d
+    value = Fraction(num) / d
     return -value if sign == "-" else value
 
 
-def parse_number(s: str) -> float | None:
-    """Normalise a numeric answer string to a float, or None when it is not a plain number.
+def parse_exact(s: str) -> Fraction | None:
+    """The exact value of a plain numeric answer, or None when it is not a plain number.
 
     Accepts surrounding whitespace, ``$``, ``%``, a trailing ``.``, thousands commas only in
-    correct groups (``"1,080"`` -> 1080.0, but ``"1,08"`` -> None, since a comma there is more
-    likely a list or a decimal comma), leading zeros (``"025"`` -> 25.0), signs, and simple
-    fractions ``3/4``, ``-3/4``, ``\\frac{3}{4}``, ``-\\dfrac{3}{4}``. Anything with units,
-    variables or other LaTeX returns None; ``answers_match`` hands those to math-verify.
+    correct groups (``"1,080"`` -> 1080, but ``"1,08"`` -> None, since a comma there is more
+    likely a list or a decimal comma), leading zeros (``"025"`` -> 25), signs (the unicode minus
+    too), and simple fractions ``3/4``, ``-3/4``, ``\\frac{3}{4}``, ``-\\dfrac{3}{4}``. Anything
+    with units, variables, operators or other LaTeX returns None: ``17+11`` is not a number; so
+    does a "number" over MAX_NUMBER_CHARS characters (Python refuses to parse one of 4,300 digits).
     """
     if s is None:
         return None
     t = _clean_number_text(str(s))
-    if not t:
+    if not t or len(t) > MAX_NUMBER_CHARS:
         return None
-    plain = _plain_to_float(t)
-    if plain is not None:
-        return plain
+    if _PLAIN_RE.fullmatch(t):
+        return Fraction(t.replace(",", ""))
     if (m := _LATEX_FRAC_RE.fullmatch(t)) is not None:
-        return _fraction_to_float(m.group(2), m.group(3), m.group(1))
+        return _fraction(m.group(2), m.group(3), m.group(1))
     if (m := _SLASH_FRAC_RE.fullmatch(t)) is not None:
-        return _fraction_to_float(m.group(1), m.group(2))
+        return _fraction(m.group(1), m.group(2))
     return None
 
 
-def numbers_match(pred: str, gold: str, rel_tol: float = 1e-6) -> bool:
-    """True when both parse as numbers (``parse_number``) and agree within ``rel_tol``.
+def parse_number(s: str) -> float | None:
+    """``parse_exact`` as a float (see there for what counts as a number), or None."""
+    exact = parse_exact(s)
+    return None if exact is None else float(exact)
 
-    A relative tolerance only, so 0 matches only 0: small answers are not waved through.
+
+def _terminates(x: Fraction) -> bool:
+    """True when x has a finite decimal expansion (its reduced denominator is 2^a 5^b)."""
+    d = x.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    return d == 1
+
+
+def numbers_match(pred: str, gold: str, rel_tol: float = 1e-6) -> bool:
+    """True when both parse as numbers (``parse_exact``) with the same value.
+
+    The comparison is exact: integers and decimals must be equal (1,000,001 is not 1,000,000;
+    ``27.0`` is 27; ``0.5`` is ``1/2``). The one tolerance: when exactly one side is a fraction
+    with no finite decimal expansion (``1/3``) and the other a decimal, no decimal can equal it,
+    so the decimal counts when it is within ``rel_tol`` (default 1e-6, about seven significant
+    digits: ``0.3333333`` is 1/3, ``0.333`` is not).
     """
-    p, g = parse_number(pred), parse_number(gold)
+    p, g = parse_exact(pred), parse_exact(gold)
     if p is None or g is None:
         return False
-    return math.isclose(p, g, rel_tol=rel_tol)
+    if p == g:
+        return True
+    if _terminates(p) != _terminates(g):
+        return math.isclose(p, g, rel_tol=rel_tol)
+    return False
 
 
 def _normalise_ws(s: str) -> str:
@@ -236,70 +272,69 @@ def _normalise_ws(s: str) -> str:
     return " ".join(s.split())
 
 
-def _as_latex(s: str) -> str:
-    """Wrap in ``$...$`` unless already delimited, so math-verify parses bare LaTeX."""
-    t = s.strip()
-    if t.startswith(("$", "\\(", "\\[")):
-        return t
-    return f"${t}$"
-
-
-def _math_verify_equal(pred: str, gold: str) -> bool:
-    """math-verify equivalence; any error or timeout counts as not equal.
-
-    math-verify's timeouts use ``signal.alarm``, which only works in the main thread; elsewhere
-    (a reward thread pool) we run without its timeout rather than have every call fail.
-    """
-    try:
-        import math_verify
-        from math_verify.errors import TimeoutException
-    except ImportError:  # pragma: no cover - math-verify is a dependency, but fail closed
-        return False
-    timeout = 5 if threading.current_thread() is threading.main_thread() else None
-    try:
-        gold_parsed = math_verify.parse(_as_latex(gold), parsing_timeout=timeout)
-        pred_parsed = math_verify.parse(_as_latex(pred), parsing_timeout=timeout)
-        if not gold_parsed or not pred_parsed:
-            return False
-        return bool(math_verify.verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
-    except (Exception, TimeoutException):  # TimeoutException derives from BaseException
-        return False
+_ASSIGNED_RE = re.compile(r"\s*[A-Za-z](?:_\{?\w+\}?)?\s*=(?P<value>[^=]*)")  # "x = 5", "a_1 = 3"
 
 
 def answers_match(pred: str, gold: str) -> bool:
-    """True when ``pred`` is the same answer as ``gold``. Never raises.
+    """True when ``pred`` is the same answer as ``gold`` up to symbolic equivalence. Never raises.
 
     In order: numeric equality (``numbers_match``); exact string equality after whitespace
-    normalisation; math-verify equivalence (``\\frac{\\pi}{2}`` == ``\\pi/2``). When both sides
-    are plain numbers the numeric verdict is final: math-verify would only repeat it more
-    slowly, and its 6-digit float rounding is looser than ``numbers_match``.
-    Pass extracted answers, not whole completions: math-verify finds nothing in
-    ``"<answer>26</answer>"``.
+    normalisation; math-verify equivalence (``\\frac{\\pi}{2}`` == ``\\pi/2``, ``\\sqrt{4}`` == 2),
+    bounded in size and time (r1kit.data.latex). When both sides are plain numbers the numeric
+    verdict is final. An equation answers a gold without one only as ``variable = value``
+    (``x = 5`` for 5): math-verify would read ``43 = 42`` as 42. Pass extracted answers, not
+    whole completions: math-verify finds nothing in ``"<answer>26</answer>"``.
+    This evaluates arithmetic (``17+11`` == 28); the checkers (``check_answer``) do not, for
+    numeric golds.
     """
     if pred is None or gold is None:
         return False
     pred, gold = str(pred), str(gold)
+    if "=" in pred and "=" not in gold:
+        assigned = _ASSIGNED_RE.fullmatch(pred)
+        if assigned is None:
+            return False
+        pred = assigned.group("value")
     if not pred.strip() or not gold.strip():
         return False
     if numbers_match(pred, gold):
         return True
-    if parse_number(pred) is not None and parse_number(gold) is not None:
+    if parse_exact(pred) is not None and parse_exact(gold) is not None:
         return False
     if _normalise_ws(pred) == _normalise_ws(gold):
         return True
-    return _math_verify_equal(pred, gold)
+    return latex_equal(pred, gold)
 
 
-def _numeric_match(pred: str, gold: str) -> bool:
-    return numbers_match(pred, gold)
+def math_match(pred: str, gold: str) -> bool:
+    """The ``auto`` and ``math`` checker: a numeric gold needs a number, any other gold ``answers_match``.
+
+    When the gold is a plain number (integer, decimal, fraction: every GSM8K, AIME, AMC and tiny
+    world gold and most of MATH-500's) the prediction must be a number too (``x = 28`` allowed),
+    compared exactly: an unevaluated ``17+11`` or ``\\sqrt{784}`` scores 0, since a policy that
+    hands its arithmetic to the checker is reward hacking. A symbolic gold (``\\frac{\\sqrt3}{2}``,
+    an interval, a matrix) accepts any form math-verify proves equal, unsimplified ones included,
+    as MATH's graders do: equivalence cannot be told from simplification left undone.
+    """
+    if parse_exact(gold) is not None:
+        return numeric_match(pred, gold)
+    return answers_match(pred, gold)
+
+
+def numeric_match(pred: str, gold: str) -> bool:
+    """The ``numeric`` checker: ``pred`` is a number (or ``variable = number``) equal to ``gold``
+    (``numbers_match``); an expression is never evaluated."""
+    assigned = _ASSIGNED_RE.fullmatch(pred)
+    return numbers_match(assigned.group("value") if assigned else pred, gold)
 
 
 # How a benchmark compares answers: "numeric" (GSM8K, AIME, AMC) accepts only numbers that agree,
-# "math" (MATH-500) is the full answers_match chain with math-verify, "auto" is the same chain.
+# "math" (MATH-500) and "auto" accept numbers for numeric golds and math-verify equivalence for others.
+CheckerName = Literal["auto", "math", "numeric"]  # = CHECKERS' keys (tested)
 CHECKERS: dict[str, Callable[[str, str], bool]] = {
-    "auto": answers_match,
-    "math": answers_match,
-    "numeric": _numeric_match,
+    "auto": math_match,
+    "math": math_match,
+    "numeric": numeric_match,
 }
 
 

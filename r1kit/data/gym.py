@@ -10,6 +10,8 @@ appears among the first 1,000 held-out ones. Rows keep the task's ``metadata``, 
 
 from __future__ import annotations
 
+import logging
+
 HELDOUT_SEED_OFFSET = 1_000_003
 HELDOUT_GUARD = 1000  # held-out questions kept out of the train split
 
@@ -47,7 +49,12 @@ def gym_rows(task: str, split: str, size: int, seed: int = 0, task_config: dict 
     # a train draw of size + HELDOUT_GUARD leaves `size` rows unless held-out questions repeat in it
     entries = _create(task, size + HELDOUT_GUARD, seed, config)
     rows = [_row(e) for e in entries if e["question"] not in banned][:size]
-    if len(rows) < size:
-        raise DataError(f"reasoning_gym:{task}: only {len(rows)} of {size} train questions differ from the held-out "
-                        "ones; the task has too few distinct problems for this data.task_config")
+    if not rows:
+        raise DataError(f"reasoning_gym:{task}: every train question is also a held-out one; the task has too few "
+                        "distinct problems for this data.task_config (widen it)")
+    if len(rows) < size:  # a small task: train on what exists, and say which knob silences this
+        logging.getLogger("r1kit.data").warning(
+            "reasoning_gym:%s: only %d of data.train_size=%d train questions differ from the held-out ones; "
+            "training on those %d (set data.train_size=%d, or widen data.task_config)", task, len(rows), size,
+            len(rows), len(rows))
     return rows

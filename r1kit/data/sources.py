@@ -5,8 +5,13 @@ Sources by `data.source`:
   gsm8k, math500, aime24, aime25, amc23
                             benchmarks shipped inside r1kit (r1kit.data.benchmarks), offline
   reasoning_gym:<task>      a reasoning-gym task (optional extra), options in `data.task_config`
-  path/to/file.jsonl|.parquet|.csv   a local file (the split name is ignored)
+  path/to/file.jsonl|.parquet|.csv   a local file (the split name is ignored: a file has no held-out
+                            split, so evaluation reads `data.eval_source`, or warns that it uses the training rows)
   owner/name                a Hugging Face hub dataset, loaded with `datasets` (needs internet)
+
+Evaluation rows come from `data.eval_source` (a file or benchmark; default: the training source) at
+`data.eval_split`, whose default `auto` is the source's held-out split (heldout for procedural
+sources, test for benchmarks and hub datasets); see `eval_target`.
 
 Files and hub datasets are renamed through `data.columns` (question, answer); a column that is not
 in the data is an error listing the ones that are. A row without a usable question or answer is
@@ -60,9 +65,42 @@ def load_rows(data_cfg, split: str, size: int | None = None) -> list[dict]:
     return rows
 
 
+def heldout_split(source: str) -> str | None:
+    """The split a source keeps out of training: heldout (procedural), test (benchmarks, hub), None (a file)."""
+    if source == "tiny_arith" or source.startswith(REASONING_GYM):
+        return "heldout"
+    if _is_file(source):
+        return None
+    return "test"
+
+
+def eval_target(data_cfg) -> tuple[str, str, bool]:
+    """(source, split, on training rows?) of evaluation: data.eval_source (or data.source) at
+    data.eval_split, whose default ``auto`` is that source's held-out split."""
+    source = data_cfg.eval_source or data_cfg.source
+    split = data_cfg.eval_split if data_cfg.eval_split != "auto" else heldout_split(source) or "all"
+    same = source == data_cfg.source and (_is_file(source) or split == data_cfg.split)
+    return source, split, same
+
+
+def _is_eval_request(data_cfg, split: str) -> bool:
+    """Callers ask for evaluation rows by passing data.eval_split (``auto`` unless set)."""
+    return split == "auto" or (split == data_cfg.eval_split and split != data_cfg.split)
+
+
 def load_data(data_cfg, split: str, size: int | None = None) -> tuple[list[dict], DataReport]:
-    """Rows of one split and the report of how they were read (see the module docstring)."""
+    """Rows of one split and the report of how they were read (see the module docstring).
+
+    ``split=data_cfg.eval_split`` asks for evaluation rows (eval_target): from data.eval_source when
+    set, else the source's held-out split; when those are the training rows (a local file without
+    data.eval_source, or a split equal to data.split) a warning says so.
+    """
     source = data_cfg.source
+    if _is_eval_request(data_cfg, split):
+        source, split, same = eval_target(data_cfg)
+        if same:
+            log.warning("data: evaluating on the training rows of %s (%s has no held-out split here); set "
+                        "data.eval_source to a held-out file or benchmark", source, source)
     if source == "tiny_arith":
         task = data_cfg.task
         n = size if size is not None else data_cfg.train_size
@@ -76,7 +114,7 @@ def load_data(data_cfg, split: str, size: int | None = None) -> tuple[list[dict]
         n = size if size is not None else data_cfg.train_size
         rows = gym_rows(source[len(REASONING_GYM):], split, n, data_cfg.task.seed, data_cfg.task_config)
         return rows, DataReport(f"{source}[{split}]", read=len(rows), kept=len(rows))
-    if source.endswith(FILE_SUFFIXES) or os.path.exists(source):
+    if _is_file(source):
         raw, origin = _read_file(Path(source)), source
     elif source.count("/") == 1 and not source.startswith((".", "/")):
         raw, origin = _read_hub(source, data_cfg.subset, split), f"{source}[{split}]"
@@ -86,6 +124,10 @@ def load_data(data_cfg, split: str, size: int | None = None) -> tuple[list[dict]
                         "nor a hub dataset name like 'openai/gsm8k'")
     rows, report = _normalise(raw, data_cfg.columns, origin, data_cfg.skip_invalid)
     return (rows[:size] if size is not None else rows), report
+
+
+def _is_file(source: str) -> bool:
+    return source.endswith(FILE_SUFFIXES) or os.path.exists(source)
 
 
 def _load_benchmark(name: str, split: str, size: int | None, skip_invalid: bool) -> tuple[list[dict], DataReport]:

@@ -21,12 +21,12 @@ def benchmark_data(name: str, data_cfg, limit: int | None) -> tuple[list[dict], 
     """(rows, data source, description) of a benchmark; `limit` keeps the first N problems (None: all).
     The source names the answer checker (r1kit.data.benchmarks.checker_for)."""
     if name == "tiny":
-        cfg = dataclasses.replace(data_cfg, source="tiny_arith")
+        cfg = dataclasses.replace(data_cfg, source="tiny_arith", eval_source=None)  # the named set, never eval_source
         rows, report = load_data(cfg, "heldout", size=limit or data_cfg.eval_size)
         return rows, cfg.source, report.origin
     if name not in shipped.BENCHMARKS:
         raise DataError(f"unknown benchmark {name!r}; expected one of {', '.join(EVAL_BENCHMARKS)}")
-    cfg = dataclasses.replace(data_cfg, source=name)
+    cfg = dataclasses.replace(data_cfg, source=name, eval_source=None)
     rows, report = load_data(cfg, "test", size=limit)
     return rows, cfg.source, report.summary()
 

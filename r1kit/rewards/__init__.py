@@ -5,6 +5,7 @@ Importing this package registers the built-in catalog. No torch, no model.
 
 from r1kit.rewards import catalog  # noqa: F401  (registers the built-in rewards)
 from r1kit.rewards.catalog import accuracy_reward, completion_text, format_reward, gold_answer
+from r1kit.rewards.contract import RewardState, reward_inputs
 from r1kit.rewards.shaping import (
     cosine_length_reward,
     repetition_reward,
@@ -29,6 +30,7 @@ from r1kit.rewards.registry import (
 __all__ = [
     "RewardFn",
     "RewardResult",
+    "RewardState",
     "UnknownRewardError",
     "accepted_params",
     "accuracy_reward",
@@ -43,6 +45,7 @@ __all__ = [
     "gold_answer",
     "register",
     "repetition_reward",
+    "reward_inputs",
     "soft_overlong_reward",
     "tag_count_reward",
     "think_tags_reward",

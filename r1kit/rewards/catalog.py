@@ -8,21 +8,35 @@ docstring saying what it rewards, and add rows to tests/test_rewards.py.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
-from r1kit.data.answers import check_answer, extract_answer, extract_hash_answer
+from r1kit.data.answers import CheckerName, ExtractMode, check_answer, extract_answer, extract_hash_answer
 from r1kit.rewards.registry import register
 
 
 def completion_text(completion: Any) -> str:
     """Text of one completion: a string as is, or the last message's content of a chat-format
     completion (TRL passes ``[{"role": "assistant", "content": ...}]`` for conversational data).
+    Content given as a list of parts (``[{"type": "text", "text": ...}, ...]``) is the parts' text
+    joined; parts without text (images) add nothing.
     """
     if isinstance(completion, str):
         return completion
     if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        return str(completion[-1].get("content", ""))
+        completion = completion[-1]
+    if isinstance(completion, dict):
+        return content_text(completion.get("content"))
     return "" if completion is None else str(completion)
+
+
+def content_text(content: Any) -> str:
+    """A message's content as text: a string, or the text of a list of parts joined."""
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        return "".join(p if isinstance(p, str) else str(p.get("text") or "") if isinstance(p, dict) else ""
+                       for p in content)
+    return str(content)
 
 
 def gold_answer(gold: Any) -> str | None:
@@ -37,7 +51,8 @@ def gold_answer(gold: Any) -> str | None:
 
 @register("accuracy")
 def accuracy_reward(
-    completions: list, answer: list, extract: str = "auto", checker: str = "auto", **kwargs: Any
+    completions: list, answer: list, extract: ExtractMode = "auto", checker: CheckerName = "auto",
+    **kwargs: Any
 ) -> list[float | None]:
     """1.0 when the completion's final answer equals the gold ``answer`` column, else 0.0.
 
@@ -60,6 +75,7 @@ def accuracy_reward(
 
 
 FORMAT_STYLES = {"think": "think", "reasoning": "reasoning"}  # style -> reasoning tag name
+FormatStyle = Literal["think", "reasoning"]  # = FORMAT_STYLES' keys; a Literal, so a bad value fails at load
 
 
 def _strict_format_ok(text: str, think: str) -> bool:
@@ -83,7 +99,7 @@ _FORMAT_CHECKS = {"strict": _strict_format_ok, "soft": _soft_format_ok}
 
 @register("format")
 def format_reward(
-    completions: list, mode: str = "strict", style: str = "think", **kwargs: Any
+    completions: list, mode: Literal["strict", "soft"] = "strict", style: FormatStyle = "think", **kwargs: Any
 ) -> list[float]:
     """1.0 when the completion follows the reasoning-then-answer format, else 0.0.
 

@@ -2,10 +2,12 @@
 
 The contract is TRL's, so users can bring their TRL rewards unchanged:
 
-    fn(completions: list[str], **columns) -> list[float | None]
+    fn(completions: list, **columns) -> list[float | None]
 
-``completions`` has one string per sampled completion (B*G of them). Every dataset column
-(``answer``, ``prompts``, ...) arrives as a keyword list of the same length, one entry per
+``completions`` has one entry per sampled completion (B*G of them): its text, or with chat
+prompts ``[{"role": "assistant", "content": text}]`` as TRL passes it (contract.py says what the
+trainer passes, ``prompts``, ``completion_ids`` and ``trainer_state`` included). Every dataset
+column (``answer``, ``question``, ...) arrives as a keyword list of the same length, one entry per
 completion. Functions must accept ``**kwargs`` and ignore columns they do not use. ``None`` means
 "does not apply" (e.g. no gold answer for this row) and contributes 0 to the total.
 
@@ -23,8 +25,13 @@ import importlib
 import inspect
 import math
 import numbers
+import os
+import sys
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+from r1kit.config import FLOAT_TEXT
 
 RewardFn = Callable[..., list]  # fn(completions: list[str], **columns) -> list[float | None]
 
@@ -82,6 +89,8 @@ def _import_path(path: str) -> RewardFn:
         module_name, attr_path = path.split(":", 1)
     else:
         module_name, _, attr_path = path.rpartition(".")
+    if os.getcwd() not in sys.path:  # `myrewards.fn` finds ./myrewards.py, after installed modules of that name
+        sys.path.append(os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
         for attr in attr_path.split("."):
@@ -99,7 +108,10 @@ def _import_path(path: str) -> RewardFn:
 def get_reward(name_or_path: str) -> RewardFn:
     """Return the reward registered as ``name_or_path``, or import it as a dotted path.
 
-    Dotted paths name a user's function: ``"mypkg.rewards:my_fn"`` or ``"mypkg.rewards.my_fn"``.
+    Dotted paths name a user's function: ``"mypkg.rewards:my_fn"`` or ``"mypkg.rewards.my_fn"``,
+    importable from the installed packages or, after them, the current working directory (so
+    ``myrewards.fn`` finds ``./myrewards.py`` without PYTHONPATH). Importing runs the module's code:
+    a recipe is code (README, "Recipes are code").
     Raises UnknownRewardError (a KeyError and a ValueError) naming the bad name and listing the
     registered ones.
     """
@@ -128,20 +140,50 @@ def accepted_params(fn: RewardFn) -> list[str]:
 def bind(fn: RewardFn, params: Mapping[str, Any], name: str | None = None) -> RewardFn:
     """Return ``fn`` with ``params`` fixed as keyword arguments (a ``functools.partial``).
 
-    Every key must be a named parameter of ``fn``; otherwise ValueError names the reward, the bad
-    key and the accepted ones. The partial keeps ``fn``'s ``__name__`` and docstring.
+    Every key must be a named parameter of ``fn``, and a parameter annotated ``Literal[...]`` must
+    get one of its values (``checker: numerc`` fails here, at load, not at step 1); ``fn`` must take
+    ``**kwargs``. Otherwise ValueError names the reward, the key and the accepted keys or values.
+    The partial keeps ``fn``'s ``__name__`` and docstring.
     """
     label = name or getattr(fn, "__name__", repr(fn))
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()):
+        raise ValueError(f"reward {label!r} ({_qualname(fn)}) must accept **kwargs: every reward is also given the "
+                         "dataset's columns, prompts, completion_ids and trainer_state (TRL's contract)")
     accepted = accepted_params(fn)
-    for key in params:
+    hints = _hints(fn)
+    choices = _literal_choices(hints)
+    for key, value in dict(params).items():
         if key not in accepted:
             raise ValueError(
                 f"reward {label!r} has no parameter {key!r}; "
                 f"accepted: {', '.join(accepted) or '(none)'}"
             )
+        if isinstance(value, str) and hints.get(key) in (float, float | None) and FLOAT_TEXT.fullmatch(value.strip()):
+            params = {**params, key: float(value)}  # PyYAML reads 5e-5 as a string
+        elif key in choices and value not in choices[key]:
+            raise ValueError(f"reward {label!r}: {key}={value!r} is not a valid value; expected one of {choices[key]}")
     bound = functools.partial(fn, **params)
     functools.update_wrapper(bound, fn)
     return bound
+
+
+def _hints(fn: RewardFn) -> dict[str, Any]:
+    """``fn``'s resolved annotations; {} when a user's annotation does not resolve (nothing to check)."""
+    try:
+        return typing.get_type_hints(fn)
+    except (NameError, TypeError):
+        return {}
+
+
+def _literal_choices(hints: dict[str, Any]) -> dict[str, list]:
+    """Parameter -> allowed values, for parameters annotated ``Literal[...]`` (or ``Literal[...] | None``)."""
+    choices = {}
+    for key, tp in hints.items():
+        options = typing.get_args(tp) if typing.get_origin(tp) is not Literal else (tp,)
+        literals = [a for o in options if typing.get_origin(o) is Literal for a in typing.get_args(o)]
+        if literals:
+            choices[key] = literals + ([None] if type(None) in options else [])
+    return choices
 
 
 _SPEC_KEYS = ("name", "weight", "label")  # every other key of a spec is a parameter
@@ -189,6 +231,8 @@ class RewardResult:
     total: list[float]
     per_func: dict[str, list[float | None]] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
+    logged: dict[str, list[float]] = field(default_factory=dict)  # log_metric(name, value) calls, per call
+    extra_columns: dict[str, list] = field(default_factory=dict)  # log_extra(column, values): (N,) each
 
     def metrics(self, prefix: str = "rewards") -> dict[str, float]:
         """Flat per-reward metrics: mean/std over applicable values, and error counts.
@@ -196,7 +240,7 @@ class RewardResult:
         Keys follow TRL: ``rewards/<label>/mean``, ``rewards/<label>/std``, plus
         ``rewards/<label>/errors`` and ``reward`` (mean total). An empty column reports NaN.
         """
-        out = {"reward": _mean(self.total)}
+        out = {"reward": _mean(self.total), **{name: _mean(v) for name, v in self.logged.items()}}
         for label, values in self.per_func.items():
             vals = [v for v in values if v is not None]
             out[f"{prefix}/{label}/mean"] = _mean(vals)
@@ -208,15 +252,19 @@ class RewardResult:
         """The results of the completions at `indices`, in that order (errors are per call: kept)."""
         idx = list(indices)
         return RewardResult([self.total[i] for i in idx], {k: [v[i] for i in idx] for k, v in self.per_func.items()},
-                            dict(self.errors))
+                            dict(self.errors), dict(self.logged),
+                            {k: [v[i] for i in idx] for k, v in self.extra_columns.items()})
 
     @staticmethod
     def concat(results: Sequence["RewardResult"]) -> "RewardResult":
         """Several batches' results as one (errors summed over the calls)."""
         labels = list(results[0].per_func)
+        logged = {k: [x for r in results for x in r.logged.get(k, [])] for r0 in results for k in r0.logged}
+        extra = {k: [x for r in results for x in r.extra_columns.get(k, [None] * len(r.total))]
+                 for r0 in results for k in r0.extra_columns}
         return RewardResult([t for r in results for t in r.total],
                             {k: [v for r in results for v in r.per_func[k]] for k in labels},
-                            {k: sum(r.errors.get(k, 0) for r in results) for k in labels})
+                            {k: sum(r.errors.get(k, 0) for r in results) for k in labels}, logged, extra)
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -234,20 +282,30 @@ def _std(xs: Sequence[float]) -> float:
 def _validate_output(label: str, out: Any, n: int) -> list[float | None]:
     """Check a reward's return value and convert entries to float or None.
 
-    A wrong type or length raises regardless of ``on_error``: that is a bug in the function,
-    not a flaky input, and scoring the batch as None would train on zeros without a sound.
+    A list or tuple, or anything with ``.tolist()`` (a numpy array, a torch tensor: duck-typed, so
+    this module never imports either); entries are numbers, None, or numpy/torch scalars
+    (``.item()``). A wrong type or length, or an infinite value, raises regardless of
+    ``on_error``: that is a bug in the function, not a flaky input, and scoring the batch as None
+    would train on zeros without a sound (an inf would turn every advantage into NaN).
     NaN is read as None, since TRL uses NaN internally for "does not apply".
     """
+    if not isinstance(out, (list, tuple)) and callable(getattr(out, "tolist", None)):
+        out = out.tolist()
     if not isinstance(out, (list, tuple)):
         raise TypeError(f"reward {label!r} returned {type(out).__name__}, expected a list")
     if len(out) != n:
         raise ValueError(f"reward {label!r} returned {len(out)} values, expected {n}")
     values: list[float | None] = []
     for i, v in enumerate(out):
+        if v is not None and not isinstance(v, numbers.Real) and callable(getattr(v, "item", None)):
+            v = v.item()  # a numpy or torch scalar
         if v is None:
             values.append(None)
         elif isinstance(v, numbers.Real):
             f = float(v)
+            if math.isinf(f):
+                raise ValueError(f"reward {label!r} returned {f} at index {i}; rewards must be finite "
+                                 "(None or NaN means 'does not apply')")
             values.append(None if math.isnan(f) else f)
         else:
             raise TypeError(
@@ -267,15 +325,20 @@ def _check_columns(columns: Mapping[str, Sequence], n: int) -> None:
 
 def combine(
     funcs: Sequence[tuple[str, RewardFn, float]],
-    completions: list[str],
+    completions: list,
     columns: Mapping[str, list],
     on_error: str = "raise",
+    state: Any = None,
 ) -> RewardResult:
     """Apply each ``(label, fn, weight)`` to the batch and sum the weighted outputs.
 
-    completions: (N,) texts; columns: name -> (N,) list (e.g. ``answer``, ``prompts``).
+    completions: (N,) texts or chat messages; columns: name -> (N,) list (e.g. ``answer``,
+    ``prompts``; r1kit.rewards.contract.reward_inputs builds both as TRL does).
     on_error: ``"raise"`` re-raises a function's exception as RuntimeError naming it;
     ``"none"`` scores that function's whole batch as None and counts the error.
+    state: when given (the trainer passes a RewardState), every function also gets TRL's
+    ``trainer_state=state``, ``log_metric(name, value)`` and ``log_extra(column, values)``;
+    what those two receive lands in the result's ``logged`` and ``extra_columns``.
     """
     if on_error not in ("raise", "none"):
         raise ValueError(f"on_error must be 'raise' or 'none', got {on_error!r}")
@@ -287,9 +350,13 @@ def combine(
 
     total = [0.0] * n
     result = RewardResult(total=total, errors={label: 0 for label in labels})
+    extras = {} if state is None else {
+        "trainer_state": state,
+        "log_metric": lambda name, value: result.logged.setdefault(str(name), []).append(float(value)),
+        "log_extra": lambda column, values: result.extra_columns.__setitem__(str(column), list(values))}
     for label, fn, weight in funcs:
         try:
-            out = fn(completions, **columns)
+            out = fn(completions, **columns, **extras)
         except Exception as e:
             if on_error == "raise":
                 raise RuntimeError(f"reward {label!r} raised {type(e).__name__}: {e}") from e

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Literal
 
-from r1kit.data.answers import check_answer, extract_answer
-from r1kit.rewards.catalog import FORMAT_STYLES, completion_text, gold_answer
+from r1kit.data.answers import CheckerName, ExtractMode, check_answer, extract_answer
+from r1kit.rewards.catalog import FORMAT_STYLES, FormatStyle, completion_text, gold_answer
 from r1kit.rewards.registry import register
 
 
@@ -32,7 +32,7 @@ def _style_tag(style: str) -> str:
 
 
 @register("tag_count")
-def tag_count_reward(completions: list, style: str = "think", **kwargs: Any) -> list[float]:
+def tag_count_reward(completions: list, style: FormatStyle = "think", **kwargs: Any) -> list[float]:
     """0.25 for each of ``<think>``, ``</think>``, ``<answer>``, ``</answer>`` that appears exactly once.
 
     Partial credit helps a model that has not found the format yet; repeating a tag forfeits its share.
@@ -44,7 +44,7 @@ def tag_count_reward(completions: list, style: str = "think", **kwargs: Any) -> 
 
 
 @register("think_tags")
-def think_tags_reward(completions: list, style: str = "think", **kwargs: Any) -> list[float]:
+def think_tags_reward(completions: list, style: FormatStyle = "think", **kwargs: Any) -> list[float]:
     """1.0 when the completion opens with a closed reasoning block holding non-blank text, else 0.0.
 
     The block must come first (leading whitespace aside), be closed, and contain no answer tag; the
@@ -92,9 +92,9 @@ def _lengths(completions: list, completion_ids: list | None, unit: str, reward: 
 
 @register("length")
 def cosine_length_reward(completions: list, answer: list, completion_ids: list | None = None,
-                         max_len: int = 1000, unit: str = "tokens", min_value_wrong: float = -1.0,
+                         max_len: int = 1000, unit: Literal["tokens", "chars"] = "tokens", min_value_wrong: float = -1.0,
                          max_value_wrong: float = -0.5, min_value_correct: float = 0.5,
-                         max_value_correct: float = 1.0, extract: str = "auto", checker: str = "auto",
+                         max_value_correct: float = 1.0, extract: ExtractMode = "auto", checker: CheckerName = "auto",
                          **kwargs: Any) -> list[float | None]:
     """Cosine-scaled length reward: correctness sets the range, length the position within it.
 
@@ -160,7 +160,7 @@ def soft_overlong_reward(completions: list, completion_ids: list | None = None, 
 
 @register("reasoning_gym")
 def reasoning_gym_reward(completions: list, metadata: list, question: list | None = None, answer: list | None = None,
-                         extract: str = "tag", **kwargs: Any) -> list[float | None]:
+                         extract: ExtractMode = "tag", **kwargs: Any) -> list[float | None]:
     """A reasoning-gym task's own score (0..1) of the extracted answer; rows without task metadata: None.
 
     Needs the reasoning-gym extra and rows from a ``reasoning_gym:<task>`` source, whose ``metadata``

@@ -4,9 +4,13 @@ The server is vLLM's own (its /v1/completions, /v1/models, /health, ...), starte
 launcher functions with two routes added:
 
   GET  /r1kit/info            {"model": NAME, "logprobs_mode": "processed_logprobs", "weights_version": K}
-  POST /r1kit/update_weights  body: a safetensors file (application/octet-stream), or JSON {"path": DIR}
-                              with DIR/model.safetensors on a filesystem the server can read
+  POST /r1kit/update_weights  body: a safetensors file (application/octet-stream, at most --max-upload-gb),
+                              or JSON {"path": DIR} with DIR/model.safetensors under --weights-root
+                              (services.shared_dir; without --weights-root the path form is off)
                            -> {"weights_version": K+1, "seconds": S}
+
+Updates run one at a time (an upload is written and reloaded under one lock). A refused path always
+gets the same message, so the route cannot be used to learn which files exist on the server.
 
 The update pauses generation (in-flight requests finish first), reloads the weights in place
 (``reload_weights`` on every worker: no restart), resets the prefix cache (stale attention
@@ -15,8 +19,9 @@ so the sampled-token logprobs it returns are those of the distribution it sample
 
 Who may call the weight route: anyone who can reach the port can replace the model's weights.
 So the server binds 127.0.0.1 unless --host says otherwise, and with a token (the environment
-variable --token-env names; R1KIT_SERVICE_TOKEN by default) both /v1 routes (vLLM's --api-key)
-and /r1kit routes need ``Authorization: Bearer TOKEN``. We do not use vLLM's dev mode
+variable --token-env names; R1KIT_SERVICE_TOKEN by default) every route but /health needs
+``Authorization: Bearer TOKEN`` (TokenMiddleware): vLLM's own --api-key guards only /v1 in some
+versions, which left /invocations (completions, SageMaker-style), /tokenize and others open. We do not use vLLM's dev mode
 (VLLM_SERVER_DEV_MODE=1): its /collective_rpc route runs any worker method for any caller.
 
 Multi-GPU / multi-node: pushing a file per step costs one serialisation of the weights. For big
@@ -32,63 +37,157 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 WEIGHTS_FILE = "model.safetensors"
+OPEN_PATHS = ("/health",)  # the only route served without the token
+BAD_PATH = f'"path" must name a directory under the server\'s --weights-root that holds {WEIGHTS_FILE}'
 
 
-def build_router(served_name: str, token: str | None, weights_dir: str):
+class UpdateError(Exception):
+    """A weight update refused with an HTTP status and a message that reveals nothing about the server's files."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def needs_token(path: str) -> bool:
+    """Every route but OPEN_PATHS needs the token: vLLM's --api-key guards only some prefixes in some
+    versions (/v1), leaving e.g. /invocations (SageMaker's completions route), /tokenize or /pooling open."""
+    return path not in OPEN_PATHS
+
+
+def token_ok(authorization: str, token: str) -> bool:
+    return hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode())
+
+
+class TokenMiddleware:
+    """Pure ASGI middleware: HTTP and websocket requests to any path but OPEN_PATHS must carry
+    ``Authorization: Bearer TOKEN``; others get 401 (a websocket is closed with 1008)."""
+
+    def __init__(self, app, token: str):
+        self.app, self.token = app, token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket") and needs_token(scope["path"]):
+            headers = dict(scope.get("headers") or [])
+            if not token_ok(headers.get(b"authorization", b"").decode("latin-1"), self.token):
+                if scope["type"] == "websocket":
+                    return await send({"type": "websocket.close", "code": 1008})
+                body = b'{"error": "missing or wrong bearer token"}'
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                return await send({"type": "http.response.body", "body": body})
+        return await self.app(scope, receive, send)
+
+
+def resolve_weights_dir(path, root: str | None) -> Path | None:
+    """The directory `path` names when it lies under `root` (links and .. resolved) and holds WEIGHTS_FILE; else None.
+
+    Every refusal is the same None, so an error built on it cannot tell a caller which files exist.
+    """
+    if root is None or not isinstance(path, str) or not path or "\0" in path:
+        return None
+    base = Path(root).resolve()
+    target = (base / path).resolve()  # an absolute path replaces base; either way it must end up under it
+    if not target.is_relative_to(base) or not (target / WEIGHTS_FILE).is_file():
+        return None
+    return target
+
+
+class WeightUpdater:
+    """The weight route's logic without FastAPI: one update at a time, from an upload or a directory.
+
+    engine: vLLM's engine client (pause_generation, collective_rpc, reset_prefix_cache, resume_generation).
+    upload_dir: where uploads are written; weights_root: the only tree {"path": DIR} may name (None: no paths);
+    max_upload_bytes: a larger upload is refused (413) before or while it arrives.
+    """
+
+    def __init__(self, engine, upload_dir: str, weights_root: str | None, max_upload_bytes: int):
+        self.engine, self.upload_dir, self.weights_root = engine, Path(upload_dir), weights_root
+        self.max_upload_bytes = max_upload_bytes
+        self.lock = asyncio.Lock()  # held from the first byte written to the reload's end: pushes never interleave
+        self.version = 0
+
+    async def from_upload(self, chunks, declared_bytes: int | None) -> dict:
+        if declared_bytes is not None and declared_bytes > self.max_upload_bytes:
+            raise UpdateError(413, f"weights body of {declared_bytes} bytes; this server takes at most "
+                                   f"{self.max_upload_bytes} (--max-upload-gb)")
+        start = time.perf_counter()
+        async with self.lock:
+            tmp = self.upload_dir / f".tmp-{uuid.uuid4().hex}-{WEIGHTS_FILE}"
+            try:
+                size = 0
+                with open(tmp, "wb") as f:
+                    async for chunk in chunks:
+                        size += len(chunk)
+                        if size > self.max_upload_bytes:
+                            raise UpdateError(413, f"weights body over {self.max_upload_bytes} bytes (--max-upload-gb)")
+                        f.write(chunk)
+                if size == 0:
+                    raise UpdateError(400, "empty weights body")
+                os.replace(tmp, self.upload_dir / WEIGHTS_FILE)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return await self._reload(self.upload_dir, start)
+
+    async def from_path(self, path) -> dict:
+        start = time.perf_counter()
+        if self.weights_root is None:
+            raise UpdateError(400, 'this server takes no {"path": DIR} updates: start it with --weights-root DIR '
+                                   "(services.shared_dir), or send the weights as the body")
+        async with self.lock:
+            directory = resolve_weights_dir(path, self.weights_root)
+            if directory is None:
+                raise UpdateError(400, BAD_PATH)
+            return await self._reload(directory, start)
+
+    async def _reload(self, directory: Path, start: float) -> dict:
+        """Pause generation (in-flight requests finish), reload in place, reset the prefix cache, resume."""
+        await self.engine.pause_generation(mode="wait")
+        try:
+            await self.engine.collective_rpc("reload_weights", kwargs={"weights_path": str(directory)})
+            await self.engine.reset_prefix_cache()
+        finally:
+            await self.engine.resume_generation()
+        self.version += 1
+        return {"weights_version": self.version, "seconds": time.perf_counter() - start}
+
+
+def build_router(served_name: str, updater_of):
+    """/r1kit routes; `updater_of(request)` gives the app's WeightUpdater (the token is TokenMiddleware's job)."""
     from fastapi import APIRouter, HTTPException, Request
 
     router = APIRouter()
-    lock = asyncio.Lock()
-    state = {"version": 0}
-
-    def check_token(request: Request) -> None:
-        if token and not hmac.compare_digest(request.headers.get("Authorization", "").encode(),
-                                             f"Bearer {token}".encode()):
-            raise HTTPException(status_code=401, detail="missing or wrong bearer token")
 
     @router.get("/r1kit/info")
     async def info(request: Request):
-        check_token(request)
-        return {"model": served_name, "logprobs_mode": "processed_logprobs", "weights_version": state["version"]}
+        return {"model": served_name, "logprobs_mode": "processed_logprobs",
+                "weights_version": updater_of(request).version}
 
     @router.post("/r1kit/update_weights")
     async def update_weights(request: Request):
-        check_token(request)
-        start = time.perf_counter()
-        if request.headers.get("content-type", "").startswith("application/octet-stream"):
-            body = await request.body()
-            if not body:
-                raise HTTPException(status_code=400, detail="empty weights body")
-            path = weights_dir
-            tmp = Path(weights_dir) / f".tmp-{WEIGHTS_FILE}"
-            tmp.write_bytes(body)
-            os.replace(tmp, Path(weights_dir) / WEIGHTS_FILE)
-        else:
+        updater = updater_of(request)
+        try:
+            if request.headers.get("content-type", "").startswith("application/octet-stream"):
+                declared = request.headers.get("content-length", "")
+                return await updater.from_upload(request.stream(), int(declared) if declared.isdigit() else None)
             try:
                 path = (await request.json())["path"]
             except (ValueError, KeyError, TypeError):
-                raise HTTPException(status_code=400, detail='send a safetensors body, or JSON {"path": DIR}') from None
-            if not (Path(path) / WEIGHTS_FILE).is_file():
-                raise HTTPException(status_code=400, detail=f"{path}/{WEIGHTS_FILE} does not exist on the server")
-        engine = request.app.state.engine_client
-        async with lock:
-            await engine.pause_generation(mode="wait")
-            try:
-                await engine.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
-                await engine.reset_prefix_cache()
-            finally:
-                await engine.resume_generation()
-            state["version"] += 1
-        return {"weights_version": state["version"], "seconds": time.perf_counter() - start}
+                raise UpdateError(400, 'send a safetensors body, or JSON {"path": DIR}') from None
+            return await updater.from_path(path)
+        except UpdateError as e:
+            raise HTTPException(status_code=e.status, detail=str(e)) from None
 
     return router
 
 
-async def _serve(args, served_name: str, token: str | None) -> None:
-    """vLLM's run_server, with r1kit's router added to the app."""
+async def _serve(args, served_name: str, token: str | None, weights_root: str | None, max_upload_bytes: int) -> None:
+    """vLLM's run_server, with r1kit's router and token middleware added to the app."""
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
     from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
     from vllm.entrypoints.launchers.app import build_app
@@ -99,7 +198,10 @@ async def _serve(args, served_name: str, token: str | None) -> None:
     async with build_async_engine_client(args) as engine_client:
         supported_tasks = await engine_client.get_supported_tasks()
         app = build_app(args, supported_tasks, engine_client.model_config)
-        app.include_router(build_router(served_name, token, weights_dir))
+        updater = WeightUpdater(engine_client, weights_dir, weights_root, max_upload_bytes)
+        app.include_router(build_router(served_name, lambda request: updater))
+        if token:
+            app.add_middleware(TokenMiddleware, token=token)  # outermost: every route but /health
         await init_app_state(engine_client, app.state, args, supported_tasks)
         print(f"r1kit serve-gen: serving {served_name!r} on {listen_address} (weights route /r1kit/update_weights, "
               f"{'token required' if token else 'NO token: anyone who can reach the port may replace the weights'})",
@@ -133,7 +235,7 @@ def vllm_args(model_path: str, served_name: str, host: str, port: int, token: st
 
 
 def main(model: str, host: str, port: int, token_env: str, kv_cache_gb: float, extra: list[str],
-         served_name: str | None = None) -> None:
+         served_name: str | None = None, weights_root: str | None = None, max_upload_gb: float = 64.0) -> None:
     """Resolve MODEL (builtin:tiny-sft, a directory, a hub name), set the CPU KV-cache size, serve until killed."""
     from r1kit.models import resolve_model_path
     from r1kit.rollout.vllm import import_vllm
@@ -145,4 +247,4 @@ def main(model: str, host: str, port: int, token_env: str, kv_cache_gb: float, e
     args = vllm_args(resolve_model_path(model), served_name or model, host, port, token, extra)
     import uvloop
 
-    uvloop.run(_serve(args, served_name or model, token))
+    uvloop.run(_serve(args, served_name or model, token, weights_root, int(max_upload_gb * 2**30)))

@@ -14,14 +14,24 @@ Routes (JSON):
 Security: it binds 127.0.0.1 unless --host says otherwise. Anyone who can reach the port can use
 it; with a token (the variable --token-env names, R1KIT_SERVICE_TOKEN by default) every route but
 /health needs ``Authorization: Bearer TOKEN``. Put it behind a firewall or an SSH tunnel between nodes.
-Standard library HTTP server (one request at a time: the model is the bottleneck anyway).
+
+Bounds (``Limits``; ``r1kit serve-ref --help``), so that one caller cannot tie up the memory and the
+model for everyone: rows per request, tokens per row (prompt + completion) and padded tokens per
+request (rows x longest row) are capped (413, naming the bound); a client that stalls while sending
+gets ``read_timeout_s`` and is dropped; at most ``max_connections`` connections are served at once
+(503 beyond). Token ids must be ints (not booleans) in the vocabulary; the temperature a finite
+number > 0; bodies with NaN/Infinity are refused. Answers are always strict JSON: a logprob of
+-infinity (a token the model gives probability 0) is sent as null, and RemoteReference reads it back.
+Standard library HTTP server (one forward pass at a time: the model is the bottleneck anyway).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import math
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
@@ -32,14 +42,26 @@ from r1kit.types import Completion
 MAX_BODY = 256 * 1024 * 1024  # a request larger than this is refused (413)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server (defaults fit a GRPO batch of 256 rows x 4k tokens)."""
+
+    max_rows: int = 1024  # completions per request
+    max_row_tokens: int = 16384  # prompt + completion tokens of one row
+    max_padded_tokens: int = 1 << 20  # rows x (longest prompt + longest completion): the padded batch
+    read_timeout_s: float = 30.0  # a client silent this long while sending is dropped
+    max_connections: int = 32  # connections served at once; more get 503
+
+
 class ReferenceService:
     """The model behind the routes: validates a request and scores it."""
 
-    def __init__(self, model, pad_id: int, name: str, micro_batch_size: int = 64):
+    def __init__(self, model, pad_id: int, name: str, micro_batch_size: int = 64, limits: Limits = Limits()):
         self.model = model.requires_grad_(False).eval()
         self.pad_id = pad_id
         self.name = name
         self.micro_batch_size = micro_batch_size
+        self.limits = limits
         self.vocab = model.get_input_embeddings().weight.shape[0]
         self.lock = threading.Lock()
 
@@ -51,10 +73,12 @@ class ReferenceService:
         prompts, completions = request.get("prompt_ids"), request.get("completion_ids")
         temperature = request.get("temperature", 1.0)
         problem = _check_ids(prompts, completions, self.vocab)
-        if problem is None and not (isinstance(temperature, (int, float)) and temperature > 0):
-            problem = f"temperature must be a number > 0, got {temperature!r}"
+        if problem is None and not (type(temperature) in (int, float) and math.isfinite(temperature) and temperature > 0):
+            problem = f"temperature must be a finite number > 0, got {temperature!r}"
         if problem:
             return 400, {"error": problem}
+        if (too_big := _over_limits(prompts, completions, self.limits)) is not None:
+            return 413, {"error": too_big}
         if not prompts:
             return 200, {"model": self.name, "logprobs": []}
         rows = [{"prompt_ids": p} for p in prompts]
@@ -62,28 +86,51 @@ class ReferenceService:
         batch = make_batch(items, rows, torch.zeros(len(items)), self.pad_id)
         with self.lock, torch.no_grad():
             out = completion_logprobs(self.model, batch, float(temperature), self.micro_batch_size).float().cpu()
-        return 200, {"model": self.name, "logprobs": [out[i, :len(c)].tolist() for i, c in enumerate(completions)]}
+        if out.isnan().any() or out.isposinf().any():
+            return 500, {"error": "the model produced NaN or +inf logprobs for this request"}
+        return 200, {"model": self.name, "logprobs": [[None if math.isinf(v) else v for v in out[i, :len(c)].tolist()]
+                                                      for i, c in enumerate(completions)]}
 
 
 def _check_ids(prompts, completions, vocab: int) -> str | None:
     if not isinstance(prompts, list) or not isinstance(completions, list) or len(prompts) != len(completions):
         return "prompt_ids and completion_ids must be lists of token-id lists of the same length"
     for name, lists in (("prompt_ids", prompts), ("completion_ids", completions)):
-        for i, ids in enumerate(lists):
-            if not isinstance(ids, list) or not ids or not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
-                return f"{name}[{i}] must be a non-empty list of token ids in [0, {vocab})"
+        for i, ids in enumerate(lists):  # type() is int: a JSON true/false is a bool, not a token id
+            if not isinstance(ids, list) or not ids or not all(type(t) is int and 0 <= t < vocab for t in ids):
+                return f"{name}[{i}] must be a non-empty list of token ids (integers, not booleans) in [0, {vocab})"
     return None
+
+
+def _over_limits(prompts: list, completions: list, limits: Limits) -> str | None:
+    """Which bound of `limits` the request exceeds, as an error line; None when it fits."""
+    if len(prompts) > limits.max_rows:
+        return f"{len(prompts)} rows in one request; this server takes at most {limits.max_rows} (split the batch)"
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        if len(p) + len(c) > limits.max_row_tokens:
+            return (f"row {i} has {len(p) + len(c)} tokens (prompt + completion); this server takes at most "
+                    f"{limits.max_row_tokens} per row")
+    padded = len(prompts) * (max(map(len, prompts), default=0) + max(map(len, completions), default=0))
+    if padded > limits.max_padded_tokens:
+        return (f"the request pads to {padded} tokens ({len(prompts)} rows x the longest prompt + completion); this "
+                f"server takes at most {limits.max_padded_tokens} (send long rows in their own request)")
+    return None
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def make_handler(service: ReferenceService, token: str | None):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = service.limits.read_timeout_s  # socket timeout: a stalled client frees its thread
 
         def log_message(self, fmt, *args):  # one quiet line per request on stderr
             pass
 
         def _send(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
+            data = json.dumps(body, allow_nan=False).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -106,11 +153,13 @@ def make_handler(service: ReferenceService, token: str | None):
                 return self._send(404, {"error": f"no route POST {self.path}"})
             if not self._authorized():
                 return self._send(401, {"error": "missing or wrong bearer token"})
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
+            length = self.headers.get("Content-Length") or "0"
+            if not length.isdigit():
+                return self._send(400, {"error": f"Content-Length must be a number of bytes, got {length!r}"})
+            if int(length) > MAX_BODY:
                 return self._send(413, {"error": f"request body over {MAX_BODY} bytes"})
             try:
-                request = json.loads(self.rfile.read(length) or b"{}")
+                request = json.loads(self.rfile.read(int(length)) or b"{}", parse_constant=_no_constants)
             except ValueError as e:
                 return self._send(400, {"error": f"body is not JSON: {e}"})
             if not isinstance(request, dict):
@@ -124,16 +173,43 @@ def make_handler(service: ReferenceService, token: str | None):
     return Handler
 
 
+class BoundedServer(ThreadingHTTPServer):
+    """A threading server that serves at most `max_connections` connections at once (503 beyond)."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, max_connections: int):
+        super().__init__(address, handler)
+        self.slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            body = b'{"error": "too many connections; retry later"}'
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            except OSError:
+                pass  # the client is gone already: nothing to tell it
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
 def make_server(service: ReferenceService, host: str = "127.0.0.1", port: int = 8001,
                 token: str | None = None) -> ThreadingHTTPServer:
     """A bound server (port 0 picks a free port: server.server_address[1]); call serve_forever()."""
-    server = ThreadingHTTPServer((host, port), make_handler(service, token))
-    server.daemon_threads = True
-    return server
+    return BoundedServer((host, port), make_handler(service, token), service.limits.max_connections)
 
 
 def load_service(model_name: str, dtype: str = "float32", device: str = "auto", micro_batch_size: int = 64,
-                 served_name: str | None = None, trust_remote_code: bool = False) -> ReferenceService:
+                 served_name: str | None = None, trust_remote_code: bool = False,
+                 limits: Limits = Limits()) -> ReferenceService:
     """Load MODEL the way the trainer loads its reference (r1kit.models), frozen, on `device`."""
     from r1kit.config import ModelCfg
     from r1kit.models import load_model, load_tokenizer, pick_device
@@ -141,4 +217,4 @@ def load_service(model_name: str, dtype: str = "float32", device: str = "auto", 
     tokenizer = load_tokenizer(model_name, trust_remote_code)
     cfg = ModelCfg(name_or_path=model_name, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     model = load_model(cfg, tokenizer).to(pick_device(device))
-    return ReferenceService(model, tokenizer.pad_token_id, served_name or model_name, micro_batch_size)
+    return ReferenceService(model, tokenizer.pad_token_id, served_name or model_name, micro_batch_size, limits)
