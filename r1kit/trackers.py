@@ -27,7 +27,7 @@ def require_log_packages(log_cfg) -> None:
             raise ImportError(_missing(name))
     if log_cfg.report and importlib.util.find_spec("matplotlib") is None:
         raise ImportError("log.report=true (the default) draws report.html with matplotlib: "
-                          "pip install 'r1kit[report]', or set log.report=false")
+                          "pip install matplotlib, or set log.report=false")
 
 
 def _missing(name: str) -> str:

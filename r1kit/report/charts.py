@@ -12,7 +12,7 @@ from pathlib import Path
 
 from r1kit.report.runlog import PHASES, RunLog
 
-EXTRA_HINT = "the report needs matplotlib: pip install 'r1kit[report]'"
+EXTRA_HINT = "the report needs matplotlib (an r1kit dependency): pip install matplotlib"
 LINE_STYLES = ("-", "--", ":", "-.")
 
 

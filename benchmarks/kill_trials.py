@@ -1,0 +1,101 @@
+"""kill -9 trials: a run killed at a random moment, then resumed, must end with the weights of a run never killed.
+
+    python benchmarks/kill_trials.py --trials 8
+
+Each trial starts `r1kit train` (a small random model, 6 steps, a checkpoint every 2), sends SIGKILL after a
+random delay (seeded), checks that every checkpoint left behind is complete, resumes with
+train.resume_from=latest, and compares final/ with an uninterrupted run bit for bit. A kill before the first
+checkpoint resumes from step 0. Prints a table and writes benchmarks/results/kill_trials.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = ["train.batch_size=8", "rollout.num_generations=4", "train.micro_batch_size=4",
+            "rollout.max_completion_length=12", "data.eval_size=4", "eval.max_new_tokens=12", "log.progress=false",
+            "log.report=false", "rewards=[{name: unique_chars}]", "train.learning_rate=1e-3", "train.max_steps=6",
+            "train.save_every=2", "eval.before=false"]
+
+
+def train(model_dir: Path, out: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "r1kit", "train", f"model.name_or_path={model_dir}", f"output_dir={out}", "name=t",
+           *SETTINGS, *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "final" / "model.safetensors"))
+
+
+def complete(checkpoint: Path) -> bool:
+    return all((checkpoint / f).exists() for f in ("model.safetensors", "trainer_state.pt", "accelerator"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    from r1kit.models import build_tiny_model, build_tiny_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tok = build_tiny_tokenizer()
+        build_tiny_model(tok, seed=0, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4).save_pretrained(tmp / "model")
+        tok.save_pretrained(tmp / "model")
+        start = time.time()
+        straight = train(tmp / "model", tmp / "straight")
+        assert straight.wait() == 0, straight.stderr.read()
+        full_seconds = time.time() - start
+        reference = weights(tmp / "straight" / "t")
+        rows = []
+        for trial in range(args.trials):
+            out = tmp / f"trial-{trial}"
+            delay = rng.uniform(2.0, full_seconds)
+            proc = train(tmp / "model", out)
+            time.sleep(delay)
+            killed = proc.poll() is None
+            if killed:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            left = sorted((out / "t" / "checkpoints").glob("step-*")) if (out / "t" / "checkpoints").exists() else []
+            resumed = train(tmp / "model", out, "train.resume_from=latest")
+            ok = resumed.wait() == 0
+            result = weights(out / "t") if ok else {}
+            identical = ok and all((result[k] == reference[k]).all().item() for k in reference)
+            rows.append({"trial": trial, "kill_after_s": round(delay, 1), "killed": killed,
+                         "checkpoints_left": [p.name for p in left], "all_complete": all(complete(p) for p in left),
+                         "resumed": ok, "identical": identical,
+                         "error": None if ok else resumed.stderr.read().strip().splitlines()[-1][:200]})
+    print(f"{'trial':>5} {'kill after s':>12} {'killed':>6} {'checkpoints left':<24} {'resumed':>7} {'identical':>9}")
+    for r in rows:
+        print(f"{r['trial']:>5} {r['kill_after_s']:>12} {str(r['killed']):>6} {','.join(r['checkpoints_left']) or '-':<24}"
+              f" {str(r['resumed']):>7} {str(r['identical']):>9}")
+    summary = {"trials": len(rows), "killed": sum(r["killed"] for r in rows),
+               "identical": sum(r["identical"] for r in rows), "failed": sum(not r["resumed"] for r in rows),
+               "incomplete_checkpoints": sum(not r["all_complete"] for r in rows)}
+    print(summary)
+    path = ROOT / "benchmarks" / "results" / "kill_trials.json"
+    path.write_text(json.dumps({"summary": summary, "rows": rows, "straight_run_seconds": round(full_seconds)},
+                               indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
