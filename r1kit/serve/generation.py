@@ -201,6 +201,9 @@ async def _serve(args, served_name: str, token: str | None, weights_root: str | 
         updater = WeightUpdater(engine_client, weights_dir, weights_root, max_upload_bytes)
         app.include_router(build_router(served_name, lambda request: updater))
         if token:
+            # vLLM 0.32's build_app has already built Starlette's middleware stack, and add_middleware refuses
+            # a built one; dropped here, it is rebuilt at the first request with TokenMiddleware outermost
+            app.middleware_stack = None
             app.add_middleware(TokenMiddleware, token=token)  # outermost: every route but /health
         await init_app_state(engine_client, app.state, args, supported_tasks)
         print(f"r1kit serve-gen: serving {served_name!r} on {listen_address} (weights route /r1kit/update_weights, "
