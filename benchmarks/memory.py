@@ -1,6 +1,6 @@
 """Peak memory per process of a GRPO step under each strategy, on a model with Qwen2.5-0.5B's shape.
 
-    python benchmarks/memory.py                 # all layouts, 6 of Qwen2.5-0.5B's 24 layers, bf16
+    python benchmarks/memory.py                 # all layouts, 6 of Qwen2.5-0.5B's 24 layers, fp32
     python benchmarks/memory.py --layers 24     # the full shape (about 16 GB of RAM for the 2-process runs)
 
 A random model with Qwen2.5-0.5B's width, heads and vocabulary (151,936, tied embeddings) is built from
@@ -8,6 +8,7 @@ its config (no download) with the tiny character tokenizer (ids it cannot decode
 each layout trains 2 GRPO steps of 4 prompts x 2 completions x 16 tokens, launched as the README says.
 The number reported is `memory/max_process_gb` from the run's metrics.jsonl: the largest peak of any
 process (the resident set on a CPU, CUDA allocations on a GPU). Writes benchmarks/results/memory.json.
+On a CPU the resident set also holds what "offload" moves off a GPU, so that row saves nothing here.
 TRL is not run here: on a CPU, Accelerate enables neither DeepSpeed nor FSDP, so TRL has no ZeRO
 layout to compare with; r1kit sets those strategies up itself (r1kit/distributed.py).
 """
@@ -60,7 +61,10 @@ def run_layout(name: str, accelerate_config: str | None, processes: int, lora: b
                  "train.batch_size=8",
                  "rollout.num_generations=2", "train.micro_batch_size=2", "rollout.max_completion_length=16",
                  "train.max_steps=2", "train.save_every=0", "eval.before=false", "eval.after=false", "eval.every=0",
-                 "log.progress=false", "rewards=[{name: unique_chars}]"]
+                 "log.progress=false", "log.report=false", "rewards=[{name: unique_chars}]",
+                 # a random model's groups often score alike; a tiny entropy bonus keeps every row in the backward
+                 # (one process would otherwise skip zero-advantage rows and measure no backward at all)
+                 "algo.entropy_coef=1e-6"]
     if lora:
         overrides += ["model.lora.enabled=true", "model.lora.r=16"]
     if accelerate_config is None:
@@ -83,7 +87,8 @@ def run_layout(name: str, accelerate_config: str | None, processes: int, lora: b
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=6, help="decoder layers (Qwen2.5-0.5B has 24)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--dtype", default="float32", choices=["bfloat16", "float32"],
+                        help="float32: every layout keeps the same copies (with bf16, DeepSpeed adds fp32 masters)")
     parser.add_argument("--only", nargs="*", default=None, help="layout names to run (default: all)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -91,6 +91,7 @@ class RunState:
     step: int = 0  # optimizer steps done
     accuracy_before: float | None = None
     reasoning_share_before: float | None = None  # share of greedy answers that show reasoning, at the start
+    mean_length_before: float | None = None  # mean greedy completion length (tokens) on the held-out problems
     eval_history: list = field(default_factory=list)  # (step, greedy accuracy)
     wall_seconds: float = 0.0  # training wall time of earlier sessions of this run (resume)
     nonfinite_steps: int = 0  # optimizer steps skipped because the gradient was NaN/inf
@@ -183,6 +184,7 @@ def setup_run(cfg: Config) -> Run:
         before = run_eval(run, "before")
         state.accuracy_before = before["eval/greedy_accuracy"]
         state.reasoning_share_before = before["eval/reasoning_share"]
+        state.mean_length_before = before["eval/mean_length"]
     return run
 
 
@@ -474,6 +476,7 @@ def finish_run(run: Run) -> dict:
                "accuracy_after": after.get("eval/greedy_accuracy"),
                "reasoning_share_before": state.reasoning_share_before,
                "reasoning_share_after": after.get("eval/reasoning_share"),
+               "mean_length_before": state.mean_length_before, "mean_length_after": after.get("eval/mean_length"),
                "wall_seconds": run.training_seconds(), "stopped_by_time_budget": state.step < cfg.train.max_steps,
                "eval_history": state.eval_history, "run_dir": str(cfg.run_dir), "final_model": str(final),
                "processes": run.accelerator.num_processes, "strategy": dist.strategy_name(run.accelerator),
