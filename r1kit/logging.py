@@ -41,6 +41,10 @@ class PhaseTimer:
         return out
 
 
+def _nonfinite_name(value: float) -> str:
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
 class MetricsLogger:
     """metrics.jsonl and samples.jsonl of a run, and the trackers of `log.report_to` (r1kit.trackers)."""
 
@@ -51,7 +55,10 @@ class MetricsLogger:
         self.trackers = open_trackers(log_cfg.report_to, run_dir, config_dict)
 
     def log(self, step: int, metrics: dict) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        # JSON has no NaN/inf: write them as the strings "NaN", "Infinity", "-Infinity" (JavaScript's names),
+        # so a non-finite value stays visible instead of looking like a missing one (null)
+        clean = {k: (_nonfinite_name(v) if isinstance(v, float) and not math.isfinite(v) else v)
+                 for k, v in metrics.items()}
         self.file.write(json.dumps({"step": step, **clean}) + "\n")
         self.file.flush()
         numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}

@@ -114,6 +114,7 @@ def test_a_non_finite_gradient_is_skipped_then_stops_the_run(small_model_dir, tm
         train(cfg)
     lines = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
     assert [m["update/skipped_nonfinite"] for m in lines] == [1.0]  # the second skip stopped the run
+    assert lines[0]["grad_norm"] in ("NaN", "Infinity")  # visible as such, not null
     saved = weights(tmp_path / "t" / "checkpoints" / "step-1")
     start = weights(small_model_dir)
     assert all(torch.equal(saved[k], start[k]) for k in start)  # the skipped step changed nothing

@@ -110,7 +110,7 @@ def test_wandb_offline_run_directory(tmp_path, monkeypatch):
     ("wandb", ["log.report_to=[tensorboard, wandb]"],
      r"^log.report_to lists wandb, which needs the wandb package: pip install 'r1kit\[wandb\]'$"),
     ("matplotlib", [], r"^log.report=true \(the default\) draws report.html with matplotlib: "
-                       r"pip install 'r1kit\[report\]', or set log.report=false$")])
+                       r"pip install matplotlib, or set log.report=false$")])
 def test_a_missing_package_names_its_extra_before_training(monkeypatch, capsys, absent, overrides, message):
     import importlib.util
 

@@ -28,7 +28,7 @@ class RunLog:
         return {k for row in self.metrics for k, v in row.items() if isinstance(v, (int, float))}
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
-        """(steps, values) of one metric, skipping steps where it is absent or not finite (logged as null)."""
+        """(steps, values) of one metric, skipping steps where it is absent or not finite (logged as "NaN", ...)."""
         steps, values = [], []
         for row in self.metrics:
             value = row.get(key)
