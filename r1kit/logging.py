@@ -163,8 +163,10 @@ def print_run_summary(summary: dict, phase_shares: dict[str, float], report: Pat
     if phase_shares:
         console.print("time: " + ", ".join(f"{phase} {share:.0%}" for phase, share in phase_shares.items()
                                            if share >= 0.005))
-    console.print(f"run directory: {s['run_dir']}  (metrics.jsonl, samples.jsonl, summary.json, final/)")
-    console.print(f"report: {report}" if report else "report: off (log.report=false); `r1kit report RUN_DIR` writes it")
+    # paths are never folded across lines (soft_wrap): a person copies them
+    console.print(f"run directory: {s['run_dir']}  (metrics.jsonl, samples.jsonl, summary.json, final/)", soft_wrap=True)
+    console.print(f"report: {report}" if report else "report: off (log.report=false); `r1kit report RUN_DIR` writes it",
+                  soft_wrap=True)
 
 
 def short_name(key: str) -> str:
