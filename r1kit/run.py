@@ -142,7 +142,8 @@ def setup_run(cfg: Config) -> Run:
     if not acc.is_main_process:
         console.quiet = True  # one process speaks for the run
     run_dir = cfg.run_dir
-    resume_dir = _resume_point(cfg)
+    resume = _resume_point(cfg)
+    resume_dir = resume.directory if resume else None
     # rewards, data and the process layout first: bad input fails in seconds, before anything is written
     dist.local_share(cfg.prompts_per_step, acc)
     _check_strategy(cfg, acc)
@@ -151,7 +152,7 @@ def setup_run(cfg: Config) -> Run:
     eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size)
     acc.wait_for_everyone()  # every process has checked the run directory before the main one writes to it
     if acc.is_main_process:
-        _prepare_run_dir(cfg, resume_dir)
+        _prepare_run_dir(cfg, resume)
     pick_device(cfg.model.device)  # fails clearly on device=cuda without a GPU
     quiet_library_progress()
     torch.manual_seed(cfg.seed)
@@ -164,11 +165,10 @@ def setup_run(cfg: Config) -> Run:
                               num_training_steps=max(cfg.train.max_steps * cfg.algo.num_iterations, 1))
     model, optimizer = acc.prepare(model, optimizer)
     state = RunState()
-    if resume_dir is not None:
-        saved = load_trainer_state(resume_dir)
+    if resume is not None:
         acc.load_state(str(resume_dir / ACCELERATOR_DIR))
-        scheduler.load_state_dict(saved["scheduler"])
-        state = RunState(**saved["run_state"])
+        scheduler.load_state_dict(resume.trainer_state["scheduler"])
+        state = RunState(**resume.trainer_state["run_state"])
         console.print(f"resumed from {resume_dir} at step {state.step}")
 
     train_rows = _with_prompts(raw_train_rows, cfg, tokenizer)
@@ -188,7 +188,14 @@ def setup_run(cfg: Config) -> Run:
     return run
 
 
-def _resume_point(cfg: Config) -> Path | None:
+@dataclass
+class ResumePoint:
+    directory: Path  # the checkpoint
+    trainer_state: dict  # its trainer_state.pt, read once
+    allowed_changes: list[str]  # settings this session changes that can take effect ('key: old -> new')
+
+
+def _resume_point(cfg: Config) -> ResumePoint | None:
     """The checkpoint to resume from, or None for a fresh start; refuses to overwrite another run and
     to resume with settings that would not take effect. Nothing is written here."""
     run_dir = cfg.run_dir
@@ -201,29 +208,29 @@ def _resume_point(cfg: Config) -> Path | None:
     if resume_dir is None:
         console.print(f"[yellow]{run_dir} holds no checkpoint yet: starting from step 0[/]")
         return None
-    load_trainer_state(resume_dir)  # a torn or foreign file fails here, before anything is written
+    trainer_state = load_trainer_state(resume_dir)  # a torn or foreign file fails here, before anything is written
     if not cfg.train.trust_checkpoint:
         verify_pickles(resume_dir / ACCELERATOR_DIR)  # before DeepSpeed (weights_only=False) unpickles anything
+    refused, allowed = [], []
     saved_config = run_dir / "config.yaml"
     if saved_config.exists():
-        refused, _ = changed_settings(yaml.safe_load(saved_config.read_text()) or {}, cfg)
+        refused, allowed = changed_settings(yaml.safe_load(saved_config.read_text()) or {}, cfg)
         if refused:
             raise ConfigError(f"resuming {run_dir} with settings that cannot take effect mid-run: "
                               + "; ".join(refused) + " (start a new run with another name= to change them)")
-    return resume_dir
+    return ResumePoint(resume_dir, trainer_state, allowed)
 
 
-def _prepare_run_dir(cfg: Config, resume_dir: Path | None) -> None:
+def _prepare_run_dir(cfg: Config, resume: ResumePoint | None) -> None:
     """The run directory as this session starts: config.yaml (a resume that changes allowed settings keeps
     the previous file as config.before-step-N.yaml), and per-step logs cut back to the checkpoint's step."""
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    step = load_trainer_state(resume_dir)["run_state"]["step"] if resume_dir else 0
-    if resume_dir is not None and (run_dir / "config.yaml").exists():
-        _, allowed = changed_settings(yaml.safe_load((run_dir / "config.yaml").read_text()) or {}, cfg)
-        if allowed:
-            os.replace(run_dir / "config.yaml", run_dir / f"config.before-step-{step}.yaml")
-            console.print(f"resume changes {'; '.join(allowed)} (previous config: config.before-step-{step}.yaml)")
+    step = resume.trainer_state["run_state"]["step"] if resume else 0
+    if resume is not None and resume.allowed_changes:
+        os.replace(run_dir / "config.yaml", run_dir / f"config.before-step-{step}.yaml")
+        console.print(f"resume changes {'; '.join(resume.allowed_changes)} "
+                      f"(previous config: config.before-step-{step}.yaml)")
     save_config(cfg, run_dir / "config.yaml")
     for log in ("metrics.jsonl", "samples.jsonl"):
         truncate_jsonl(run_dir / log, step)

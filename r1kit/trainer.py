@@ -96,8 +96,9 @@ def train(cfg: Config) -> dict:
             log_step(run, step, metrics, rows, completions, scored, advantages)
             maybe_checkpoint(run, step)
             bar.update(task, completed=step, info=run.bar_info(metrics))
-            if dist.all_max(acc, signals.signum):  # every process stops after the same step
-                stop_on_signal(run, dist.all_max(acc, signals.signum))
+            signum = dist.all_max(acc, signals.signum)  # every process stops after the same step
+            if signum:
+                stop_on_signal(run, signum)
     return finish_run(run)
 
 
