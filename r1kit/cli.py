@@ -75,7 +75,10 @@ def cmd_eval(argv: list[str]) -> None:
     parser.add_argument("model", nargs="?", default=None, help="model dir or hub name (default: the recipe's model)")
     parser.add_argument("--recipe", default=None, help="recipe whose data/eval sections are the defaults")
     parser.add_argument("--benchmark", default=None,
-                        help="gsm8k, math500, aime24, aime25, amc23 (shipped, offline) or tiny; default: the recipe's data")
+                        help="gsm8k, math500, aime24, aime25, amc23 (shipped, offline) or tiny; gpqa_diamond, gpqa_main, "
+                             "gpqa_extended (hub, gated); or a .jsonl/.parquet/.csv file (multiple choice when it has "
+                             "GPQA's or question/choices/answer columns); default: the recipe's data")
+    parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter directory to apply to MODEL")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
     parser.add_argument("--n", type=int, default=None, help="samples per problem for pass@k / maj@k (0: greedy only)")
     parser.add_argument("--k", type=int, nargs="+", default=None, help="k values (default: powers of 2 up to n, and n)")
@@ -86,7 +89,9 @@ def cmd_eval(argv: list[str]) -> None:
     parser.add_argument("--system-prompt", default=None, help="none, r1, tiny_r1, or literal text")
     parser.add_argument("--instruction", default=None, help="none, boxed, or literal text appended to each problem")
     parser.add_argument("--prompt-format", choices=["chat", "plain"], default=None)
-    parser.add_argument("--extract", default=None, help="answer extraction: auto, tag, boxed, hash, last_number, ...")
+    parser.add_argument("--extract", default=None, help="answer extraction: auto, tag, boxed, hash, last_number, choice, ...")
+    parser.add_argument("--checker", default=None, choices=["auto", "numeric", "math", "multiple_choice"],
+                        help="answer comparison (default: eval.checker; auto: the benchmark's own)")
     parser.add_argument("--output", default=None, help="per-problem jsonl (default: <output_dir>/eval/<model>-<benchmark>.jsonl)")
     parser.add_argument("overrides", nargs="*", help="a.b=c recipe overrides")
     ns = parser.parse_intermixed_args(argv)
@@ -94,14 +99,14 @@ def cmd_eval(argv: list[str]) -> None:
         ns.overrides, ns.model = [ns.model, *ns.overrides], None
 
     from r1kit.config import load_recipe
-    from r1kit.data.benchmarks import checker_for
+    from r1kit.data.benchmarks import checker_for, extract_for
     from r1kit.data.sources import load_data
     from r1kit.data.templates import prompt_ids
     from r1kit.evaluate import evaluate
-    from r1kit.evaluate.benchmarks import benchmark_data, summary_table, write_items
+    from r1kit.evaluate.benchmarks import benchmark_data, benchmark_name, summary_table, write_items
     from r1kit.logging import console, quiet_library_progress
     from r1kit.model_files import context_overflow
-    from r1kit.models import load_model, load_tokenizer, pick_device
+    from r1kit.models import load_inference_model, load_tokenizer, pick_device
     from r1kit.run import make_engine
 
     quiet_library_progress()
@@ -115,11 +120,12 @@ def cmd_eval(argv: list[str]) -> None:
     else:
         rows, report = load_data(d, d.eval_split, size=ns.limit or d.eval_size)
         source, origin = d.source, report.summary()
-    checker = checker_for(source, e.checker)  # as during training: a shipped benchmark's own, unless eval.checker
+    checker = checker_for(source, ns.checker or e.checker)  # as during training: a benchmark's own, unless set
+    extract = extract_for(checker, _pick(ns.extract, e.extract))  # multiple choice: the option letter
     model_path = ns.model or cfg.model.name_or_path
     cfg.model = dataclasses.replace(cfg.model, name_or_path=model_path)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code, cfg.model.gguf_file)
-    model = load_model(cfg.model, tokenizer, cfg.seed).to(pick_device(cfg.model.device))
+    model = load_inference_model(cfg.model, tokenizer, cfg.seed, ns.adapter).to(pick_device(cfg.model.device))
     max_new_tokens = _pick(ns.max_new_tokens, e.max_new_tokens)
     longest = max((len(prompt_ids(tokenizer, row["question"], d)) for row in rows), default=0)
     overflow = context_overflow(model, longest, max_new_tokens, "--max-new-tokens (eval.max_new_tokens)")
@@ -132,15 +138,16 @@ def cmd_eval(argv: list[str]) -> None:
             engine, tokenizer, rows, system_prompt=d.system_prompt, instruction=d.instruction,
             prompt_format=d.prompt_format, n_samples=n, temperature=_pick(ns.temperature, e.temperature),
             top_p=_pick(ns.top_p, e.top_p), max_new_tokens=max_new_tokens,
-            seed=_pick(ns.seed, cfg.seed), extract=_pick(ns.extract, e.extract), checker=checker, ks=ns.k)
+            seed=_pick(ns.seed, cfg.seed), extract=extract, checker=checker, ks=ns.k)
     finally:
         engine.close()
-    name = ns.benchmark or d.source.replace("/", "_")
-    output = Path(ns.output) if ns.output else cfg.run_dir.parent / "eval" / f"{_slug(model_path)}-{name}.jsonl"
+    name = benchmark_name(ns.benchmark) if ns.benchmark else d.source.replace("/", "_")
+    model_name = _slug(model_path) + (f"+{_slug(ns.adapter)}" if ns.adapter else "")  # base+adapter: its own file
+    output = Path(ns.output) if ns.output else cfg.run_dir.parent / "eval" / f"{model_name}-{name}.jsonl"
     output.parent.mkdir(parents=True, exist_ok=True)
     write_items(output, result.items)
     summary = {"model": model_path, "engine": cfg.rollout.engine, "benchmark": name, "data": origin,
-               "checker": checker, **result.summary()}
+               "checker": checker, **({"adapter": ns.adapter} if ns.adapter else {}), **result.summary()}
     output.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
     console.print(summary_table(f"{model_path} on {name}", result.summary()))
     console.print(f"per-problem results: {output}")

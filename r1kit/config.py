@@ -229,9 +229,10 @@ class EvalCfg:
     top_p: float = 1.0  # nucleus sampling for the sampled metrics
     max_new_tokens: int = 64
     # how the final answer is found (r1kit.data.answers.extract_answer): <answer> tag, else \boxed{}, else "#### N"
-    # (auto); one of them alone; or a last-number fallback (last_number, auto_last_number)
-    extract: Literal["auto", "tag", "boxed", "hash", "last_number", "auto_last_number"] = "auto"
-    checker: Literal["auto", "numeric", "math"] = "auto"  # answer comparison; a shipped benchmark uses its own
+    # (auto); one of them alone; or a last-number fallback (last_number, auto_last_number); choice: a multiple-choice letter
+    extract: Literal["auto", "tag", "boxed", "hash", "last_number", "auto_last_number", "choice"] = "auto"
+    # answer comparison; a shipped benchmark uses its own; multiple_choice compares option letters (GPQA)
+    checker: Literal["auto", "numeric", "math", "multiple_choice"] = "auto"
 
 
 @dataclass

@@ -244,3 +244,41 @@ def save_model(model, tokenizer, path: str | Path, state_dict: dict | None = Non
         model, state_dict = model.merge_and_unload(), None
     model.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(path)
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def load_adapter(model, adapter: str, merge: bool = True):
+    """`model` with a saved PEFT adapter applied (a LoRA run's final/ with model.lora.save=adapter, or
+    any PEFT adapter directory or hub repo), merged into the weights by default: generation then runs
+    at the base model's speed and equals the unmerged adapter's up to float rounding."""
+    from peft import PeftModel
+
+    from r1kit.model_files import ModelFileError
+
+    path = Path(os.path.expanduser(adapter))
+    looks_hub = not path.exists() and adapter.count("/") == 1 and not adapter.startswith((".", "/", "~"))
+    if not looks_hub and not (path / ADAPTER_CONFIG).is_file():
+        what = ("it holds a full model (config.json): pass it as MODEL instead" if (path / "config.json").is_file()
+                else "no such directory" if not path.is_dir() else f"it has no {ADAPTER_CONFIG}")
+        raise ModelFileError(f"adapter {adapter}: not a PEFT adapter directory ({what}); a LoRA run writes one "
+                             "with model.lora.save=adapter")
+    try:
+        peft_model = PeftModel.from_pretrained(model, adapter if looks_hub else str(path))
+    except (ValueError, RuntimeError, KeyError) as e:  # bad JSON, modules not in this base, shape mismatch
+        raise ModelFileError(f"adapter {adapter} cannot be applied to this base model: {e}") from e
+    return peft_model.merge_and_unload() if merge else peft_model
+
+
+def load_inference_model(cfg: "ModelCfg", tokenizer, seed: int = 0, adapter: str | None = None):
+    """The model for generation only (eval, chat): no fresh LoRA wrapper and no gradient checkpointing
+    (which turns the KV cache off), plus a saved adapter when given (merged, unless the base is 4-bit,
+    where merging would round the adapter into the quantised weights), in eval mode."""
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, gradient_checkpointing=False, lora=dataclasses.replace(cfg.lora, enabled=False))
+    model = load_model(cfg, tokenizer, seed)
+    if adapter:
+        model = load_adapter(model, adapter, merge=not cfg.load_in_4bit)
+    return model.eval()

@@ -9,6 +9,9 @@ Two halves:
     1,000,001 is not 1,000,000), then ``answers_match`` which falls back to string equality and
     finally math-verify for LaTeX. ``check_answer`` picks a checker; none of them evaluates the
     policy's arithmetic for a numeric gold (``math_match``).
+  - multiple choice: ``extract_choice`` finds the option letter a completion commits to
+    (``<answer>B</answer>``, ``\\boxed{B}``, "The answer is (B)", "Answer: B"); the
+    ``multiple_choice`` checker compares letters (r1kit.data.choices builds the lettered questions).
 
 No torch here, and math-verify (which pulls in sympy) is imported only when a comparison needs it,
 so importing this module stays cheap.
@@ -137,6 +140,61 @@ def _tag_answer(text: str) -> str | None:
     return boxed if boxed is not None else content
 
 
+# Multiple choice. A letter on its own: "B", "(b)", "B.", "B)", and with the option's text after
+# a bracket or period ("B) 42", "(B) 42", "B. 42"); "A bird" is not the letter A.
+_LONE_LETTER_RE = re.compile(r"\(?([A-Za-z])\)?[.):]?")
+_LETTER_THEN_TEXT_RE = re.compile(r"(?:\(([A-Za-z])\)|([A-Za-z])[.)])\s.*", re.DOTALL)
+# "The answer is (B)", "Answer: B", "**Answer:** B", "final answer is: C": uppercase, or any case in brackets,
+# and not the first letter of a word ("Answer: Because" names no option).
+_ANSWER_IS_RE = re.compile(r"(?i:answer)(?:\s+is)?[\s:*_]*(?:\(([A-Za-z])\)|([A-Z]))(?![A-Za-z0-9])")
+_LATEX_TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")
+
+
+def choice_letter(text: str | None) -> str | None:
+    """The option letter (uppercase) a short answer names, or None.
+
+    ``"B"``, ``"(b)"``, ``"B) 42"``, ``"$\\text{B}$"``, ``"**B**"`` -> ``"B"``; a sentence is searched for
+    "answer is (B)" / "Answer: B" (the last one wins); ``"A bird"`` -> None.
+    """
+    if text is None:
+        return None
+    t = _LATEX_TEXT_RE.sub(r"\1", str(text)).replace("$", "").replace("*", "").strip()
+    if (m := _LONE_LETTER_RE.fullmatch(t)) is not None:
+        return m.group(1).upper()
+    if (m := _LETTER_THEN_TEXT_RE.fullmatch(t)) is not None:
+        return (m.group(1) or m.group(2)).upper()
+    return _last_answer_is(t)
+
+
+def _last_answer_is(text: str) -> str | None:
+    """The letter of the last "answer is (B)" / "Answer: B" in the text, uppercase, or None."""
+    matches = _ANSWER_IS_RE.findall(text)
+    return (matches[-1][0] or matches[-1][1]).upper() if matches else None
+
+
+def extract_choice(text: str) -> str | None:
+    """The option letter a completion commits to, or None (the ``choice`` extract mode).
+
+    In order: the last complete ``<answer>`` tag (a cut-off final tag yields None, as in the tag
+    modes), the last ``\\boxed{}``, the last "answer is (B)" / "Answer: B", and a completion that
+    is a letter alone. Each must name a letter by ``choice_letter``'s rules.
+
+    >>> [extract_choice(t) for t in ("<answer>B</answer>", r"so \\boxed{C}", "The answer is (d).", "Answer: A")]
+    ['B', 'C', 'D', 'A']
+    """
+    text = text or ""
+    if _last_tag_open(text):
+        return None
+    for content in (extract_tag(text, "answer"), extract_boxed(text)):
+        if content is not None:
+            return choice_letter(content)
+    stated = _last_answer_is(text)
+    if stated is not None:
+        return stated
+    lone = _LONE_LETTER_RE.fullmatch(text.strip())
+    return lone.group(1).upper() if lone else None
+
+
 # Each mode is the ordered list of extractors to try; the first non-None result wins.
 # "auto" never falls back to the last number: on a model that ignores the format, grabbing any
 # number rewards lucky guesses and hides format failures. Ask for it with "auto_last_number".
@@ -147,18 +205,20 @@ _EXTRACTORS: dict[str, tuple[Callable[[str], str | None], ...]] = {
     "last_number": (extract_last_number,),
     "auto": (_tag_answer, extract_boxed, extract_hash_answer),
     "auto_last_number": (_tag_answer, extract_boxed, extract_hash_answer, extract_last_number),
+    "choice": (extract_choice,),
 }
 EXTRACT_MODES: tuple[str, ...] = tuple(_EXTRACTORS)
-ExtractMode = Literal["tag", "boxed", "hash", "last_number", "auto", "auto_last_number"]  # = EXTRACT_MODES (tested)
+# = EXTRACT_MODES (tested)
+ExtractMode = Literal["tag", "boxed", "hash", "last_number", "auto", "auto_last_number", "choice"]
 
 
 def extract_answer(text: str, mode: str = "auto") -> str | None:
     """Extract the final answer from a completion according to ``mode``.
 
     Modes: ``"tag"`` (``<answer>`` only), ``"boxed"``, ``"hash"``, ``"last_number"``,
-    ``"auto"`` (answer tag, else boxed, else ``####``) and ``"auto_last_number"`` (auto, then the
-    last number). In the tag modes a ``\\boxed{}`` inside ``<answer>`` is unwrapped, and a final
-    ``<answer>`` that is never closed (the completion was cut off) yields None: an earlier answer
+    ``"auto"`` (answer tag, else boxed, else ``####``), ``"auto_last_number"`` (auto, then the
+    last number) and ``"choice"`` (a multiple-choice letter: ``extract_choice``). In the tag
+    modes a ``\\boxed{}`` inside ``<answer>`` is unwrapped, and a final ``<answer>`` that is never closed (the completion was cut off) yields None: an earlier answer
     the model went on to revise is not credited, nor is a box or number outside the tags.
     Raises ValueError on an unknown mode.
     """
@@ -328,13 +388,22 @@ def numeric_match(pred: str, gold: str) -> bool:
     return numbers_match(assigned.group("value") if assigned else pred, gold)
 
 
+def choice_match(pred: str, gold: str) -> bool:
+    """The ``multiple_choice`` checker: both name the same option letter (``choice_letter``), so
+    ``"(b)"`` and ``"B) 42"`` answer gold ``"B"``; an option's text without its letter does not."""
+    letter = choice_letter(pred)
+    return letter is not None and letter == choice_letter(gold)
+
+
 # How a benchmark compares answers: "numeric" (GSM8K, AIME, AMC) accepts only numbers that agree,
-# "math" (MATH-500) and "auto" accept numbers for numeric golds and math-verify equivalence for others.
-CheckerName = Literal["auto", "math", "numeric"]  # = CHECKERS' keys (tested)
+# "math" (MATH-500) and "auto" accept numbers for numeric golds and math-verify equivalence for others,
+# "multiple_choice" (GPQA) compares option letters.
+CheckerName = Literal["auto", "math", "numeric", "multiple_choice"]  # = CHECKERS' keys (tested)
 CHECKERS: dict[str, Callable[[str, str], bool]] = {
     "auto": math_match,
     "math": math_match,
     "numeric": numeric_match,
+    "multiple_choice": choice_match,
 }
 
 

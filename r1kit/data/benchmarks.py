@@ -52,11 +52,23 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
 )}
 
 
+MULTIPLE_CHOICE = "multiple_choice"  # the source of lettered rows (r1kit.data.choices), and their checker's name
+
+
 def checker_for(source: str, checker: str) -> str:
     """The answer checker for data from `source`: eval.checker when set, else ("auto") a shipped
-    benchmark's own checker. Training-time eval and `r1kit eval` both decide here."""
+    benchmark's own checker, or multiple_choice for lettered rows. Training-time eval and `r1kit eval`
+    both decide here."""
+    if checker == "auto" and source == MULTIPLE_CHOICE:
+        return MULTIPLE_CHOICE
     bench = BENCHMARKS.get(source)
     return bench.checker if bench is not None and checker == "auto" else checker
+
+
+def extract_for(checker: str, extract: str) -> str:
+    """The extract mode: `extract` as set, except that ``auto`` under the multiple_choice checker reads
+    the option letter (``choice``: "The answer is (B)" too, which the math extractors never read)."""
+    return "choice" if checker == MULTIPLE_CHOICE and extract == "auto" else extract
 
 
 def get_benchmark(name: str) -> Benchmark:
