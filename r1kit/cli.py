@@ -23,6 +23,9 @@ USAGE = """examples:
       --temperature 0.6 --top-p 0.95 --max-new-tokens 4096    pass@1, pass@k, maj@k (shipped data, offline)
   r1kit report runs/tiny-grpo                   runs/tiny-grpo/report.html: charts, phase times, samples
   r1kit report runs/a runs/b                    both runs' curves overlaid: runs/compare-a-b/report.html
+  r1kit eval MODEL --benchmark gpqa_diamond     multiple choice (GPQA from the hub; or --benchmark mc.jsonl)
+  r1kit eval BASE --adapter runs/x/final        base model + a saved LoRA adapter
+  r1kit chat builtin:tiny-sft --system tiny_r1  chat in the terminal (/reset, /exit); --prompt TEXT for scripts
   r1kit serve-gen builtin:tiny-sft --port 8000  vLLM generation server with a weight-update route
   r1kit serve-ref builtin:tiny-sft --port 8001  reference-model server (per-token logprobs)
 """
@@ -230,6 +233,12 @@ def cmd_data(argv: list[str]) -> None:
         print(f"wrote {len(samples)} SFT samples to {ns.traces} (train on them with sft.source={ns.traces})")
 
 
+def cmd_chat(argv: list[str]) -> None:
+    from r1kit.chat import main as chat
+
+    chat(argv)
+
+
 def _server_parser(prog: str, description: str, port: int) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("model", help="model dir, hub name, or builtin:tiny-sft")
@@ -302,13 +311,14 @@ def _split_double_dash(argv: list[str]) -> tuple[list[str], str, list[str]]:
 
 COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "data": cmd_data, "report": cmd_report,
             "serve-gen": cmd_serve_gen, "serve-ref": cmd_serve_ref}
+COMMANDS["chat"] = cmd_chat
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: r1kit {train,sft,eval,data} [RECIPE] [a.b=c ...] | r1kit report RUN_DIR [RUN_DIR ...] | "
-              "r1kit {serve-gen,serve-ref} MODEL [options]\n\n"
+              "r1kit {serve-gen,serve-ref,chat} MODEL [options]\n\n"
               + USAGE)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     from r1kit.checkpoint import CheckpointError

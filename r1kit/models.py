@@ -249,6 +249,22 @@ def save_model(model, tokenizer, path: str | Path, state_dict: dict | None = Non
 ADAPTER_CONFIG = "adapter_config.json"
 
 
+def adapter_source(adapter: str) -> str:
+    """The directory (or hub repo) of a PEFT adapter, checked before any model loads: a local path
+    must hold adapter_config.json; the error names the directory and what it holds instead."""
+    from r1kit.model_files import ModelFileError
+
+    path = Path(os.path.expanduser(adapter))
+    if not path.exists() and adapter.count("/") == 1 and not adapter.startswith((".", "/", "~")):
+        return adapter  # a hub repo: peft downloads it (needs internet)
+    if not (path / ADAPTER_CONFIG).is_file():
+        what = ("it holds a full model (config.json): pass it as MODEL instead" if (path / "config.json").is_file()
+                else "no such directory" if not path.is_dir() else f"it has no {ADAPTER_CONFIG}")
+        raise ModelFileError(f"adapter {adapter}: not a PEFT adapter directory ({what}); a LoRA run writes one "
+                             "with model.lora.save=adapter")
+    return str(path)
+
+
 def load_adapter(model, adapter: str, merge: bool = True):
     """`model` with a saved PEFT adapter applied (a LoRA run's final/ with model.lora.save=adapter, or
     any PEFT adapter directory or hub repo), merged into the weights by default: generation then runs
@@ -257,15 +273,9 @@ def load_adapter(model, adapter: str, merge: bool = True):
 
     from r1kit.model_files import ModelFileError
 
-    path = Path(os.path.expanduser(adapter))
-    looks_hub = not path.exists() and adapter.count("/") == 1 and not adapter.startswith((".", "/", "~"))
-    if not looks_hub and not (path / ADAPTER_CONFIG).is_file():
-        what = ("it holds a full model (config.json): pass it as MODEL instead" if (path / "config.json").is_file()
-                else "no such directory" if not path.is_dir() else f"it has no {ADAPTER_CONFIG}")
-        raise ModelFileError(f"adapter {adapter}: not a PEFT adapter directory ({what}); a LoRA run writes one "
-                             "with model.lora.save=adapter")
+    source = adapter_source(adapter)
     try:
-        peft_model = PeftModel.from_pretrained(model, adapter if looks_hub else str(path))
+        peft_model = PeftModel.from_pretrained(model, source)
     except (ValueError, RuntimeError, KeyError) as e:  # bad JSON, modules not in this base, shape mismatch
         raise ModelFileError(f"adapter {adapter} cannot be applied to this base model: {e}") from e
     return peft_model.merge_and_unload() if merge else peft_model
@@ -277,6 +287,8 @@ def load_inference_model(cfg: "ModelCfg", tokenizer, seed: int = 0, adapter: str
     where merging would round the adapter into the quantised weights), in eval mode."""
     import dataclasses
 
+    if adapter:
+        adapter_source(adapter)  # a wrong adapter path fails now, not after the base model has loaded
     cfg = dataclasses.replace(cfg, gradient_checkpointing=False, lora=dataclasses.replace(cfg.lora, enabled=False))
     model = load_model(cfg, tokenizer, seed)
     if adapter:
