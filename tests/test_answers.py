@@ -284,7 +284,7 @@ def test_extract_answer_cut_off_and_minus(text, mode, expected):
 
 def test_policy_cannot_hand_arithmetic_to_the_checker():
     """Every numeric gold of the shipped benchmarks and the tiny world: the gold scores, an
-    unevaluated expression of the same value never does, under every checker."""
+    unevaluated expression of the same value never does, under every checker of numbers."""
     from r1kit.config import DataCfg
     from r1kit.data.sources import load_rows
 
@@ -296,7 +296,7 @@ def test_policy_cannot_hand_arithmetic_to_the_checker():
     for gold in numeric:
         value = parse_exact(gold)
         for hack in (f"{value - 1}+1", f"{value + 3}-3", f"2*{value}/2", f"({value})"):
-            for checker in CHECKERS:
+            for checker in (c for c in CHECKERS if c != "multiple_choice"):  # letters: tests/test_choices.py
                 assert check_answer(gold, gold, checker), gold
                 assert not check_answer(hack, gold, checker), (hack, gold, checker)
 

@@ -432,5 +432,6 @@ def test_bad_reward_fails_before_the_model_loads(tmp_path, capsys):
 
     assert main(["train", "rewards=[{name: accuracy, checker: numerc}]", f"output_dir={tmp_path}",
                  "model.name_or_path=./no-such-model"]) == 2  # the reward is checked first
-    assert "checker='numerc' is not a valid value; expected one of ['auto', 'math', 'numeric']" in capsys.readouterr().err
+    assert ("checker='numerc' is not a valid value; expected one of ['auto', 'math', 'numeric', 'multiple_choice']"
+            in capsys.readouterr().err)
     assert not (tmp_path / "tiny-grpo").exists()

@@ -153,12 +153,13 @@ _LATEX_TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")
 def choice_letter(text: str | None) -> str | None:
     """The option letter (uppercase) a short answer names, or None.
 
-    ``"B"``, ``"(b)"``, ``"B) 42"``, ``"$\\text{B}$"``, ``"**B**"`` -> ``"B"``; a sentence is searched for
-    "answer is (B)" / "Answer: B" (the last one wins); ``"A bird"`` -> None.
+    ``"B"``, ``"(b)"``, ``"B) 42"``, ``"$\\text{B}$"``, ``"\\boxed{B}"``, ``"**B**"`` -> ``"B"``; a sentence
+    is searched for "answer is (B)" / "Answer: B" (the last one wins); ``"A bird"`` -> None.
     """
     if text is None:
         return None
-    t = _LATEX_TEXT_RE.sub(r"\1", str(text)).replace("$", "").replace("*", "").strip()
+    boxed = extract_boxed(str(text))  # "<answer>\\boxed{B}</answer>": the box's content
+    t = _LATEX_TEXT_RE.sub(r"\1", str(text) if boxed is None else boxed).replace("$", "").replace("*", "").strip()
     if (m := _LONE_LETTER_RE.fullmatch(t)) is not None:
         return m.group(1).upper()
     if (m := _LETTER_THEN_TEXT_RE.fullmatch(t)) is not None:

@@ -136,7 +136,11 @@ def load_gpqa(name: str, shuffle_seed: int = 0) -> tuple[list[dict], DataReport]
     """A GPQA config from the hub (needs internet, and access to the gated dataset)."""
     if name not in GPQA_BENCHMARKS:
         raise DataError(f"unknown GPQA set {name!r}; expected one of {', '.join(GPQA_BENCHMARKS)}")
-    raw = _read_hub(GPQA_HUB, name, GPQA_SPLIT)
+    try:
+        raw = _read_hub(GPQA_HUB, name, GPQA_SPLIT)
+    except DataError as e:
+        raise DataError(f"{e}. GPQA is gated: accept its terms on https://huggingface.co/datasets/{GPQA_HUB}, log in "
+                        "(`hf auth login` or HF_TOKEN), or evaluate a local copy with --benchmark FILE") from e
     return choice_rows(raw, f"{GPQA_HUB}[{name}/{GPQA_SPLIT}]", seed=shuffle_seed)
 
 
