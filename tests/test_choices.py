@@ -61,7 +61,8 @@ def test_multiple_choice_checker(pred, gold, expected):
 
 
 def test_choice_letter_of_latex_and_markdown():
-    assert [choice_letter(t) for t in ("$\\textbf{D}$", "**B**", "\\mathrm{A}", None, "E.")] == ["D", "B", "A", None, "E"]
+    letters = [choice_letter(t) for t in ("$\\textbf{D}$", "**B**", "\\mathrm{A}", None, "E.")]
+    assert letters == ["D", "B", "A", None, "E"]
 
 
 def test_shuffle_is_seeded_per_row_and_tracks_the_correct_choice():

@@ -219,8 +219,9 @@ def extract_answer(text: str, mode: str = "auto") -> str | None:
     Modes: ``"tag"`` (``<answer>`` only), ``"boxed"``, ``"hash"``, ``"last_number"``,
     ``"auto"`` (answer tag, else boxed, else ``####``), ``"auto_last_number"`` (auto, then the
     last number) and ``"choice"`` (a multiple-choice letter: ``extract_choice``). In the tag
-    modes a ``\\boxed{}`` inside ``<answer>`` is unwrapped, and a final ``<answer>`` that is never closed (the completion was cut off) yields None: an earlier answer
-    the model went on to revise is not credited, nor is a box or number outside the tags.
+    modes a ``\\boxed{}`` inside ``<answer>`` is unwrapped, and a final ``<answer>`` that is never
+    closed (the completion was cut off) yields None: an earlier answer the model went on to revise
+    is not credited, nor is a box or number outside the tags.
     Raises ValueError on an unknown mode.
     """
     extractors = _EXTRACTORS.get(mode)
