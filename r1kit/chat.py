@@ -51,6 +51,7 @@ class Chat:
         self.sampling = sampling or SamplingParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=0.0)
         self.history: list[dict] = []  # user and assistant turns, oldest first
         self.turns = 0  # answers generated so far: turn t samples from its own seeded stream
+        self.cut_off = False  # whether the last answer stopped at max_new_tokens rather than at its end
 
     def reset(self) -> None:
         self.history = []
@@ -68,15 +69,17 @@ class Chat:
             raise ChatError(f"the conversation is {len(prompt_ids)} tokens and an answer may take --max-new-tokens="
                             f"{self.sampling.max_new_tokens} more, past the model's context of {context}: /reset to "
                             "start a new conversation, or lower --max-new-tokens")
-        answer = generate_streaming(self.model, self.tokenizer, prompt_ids, self.sampling, self.turns, on_text)
+        answer, self.cut_off = generate_streaming(self.model, self.tokenizer, prompt_ids, self.sampling, self.turns,
+                                                  on_text)
         self.turns += 1
         self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": answer}]
         return answer
 
 
 def generate_streaming(model, tokenizer, prompt_ids: list[int], sampling: SamplingParams, turn: int,
-                       on_text: Callable[[str], None]) -> str:
-    """Decode one answer, passing text to `on_text` as it is generated; returns the whole answer.
+                       on_text: Callable[[str], None]) -> tuple[str, bool]:
+    """Decode one answer, passing text to `on_text` as it is generated; returns the whole answer and
+    whether it was cut off at sampling.max_new_tokens.
 
     Greedy at temperature 0; otherwise r1kit's SeededSampler with the row seed of (sampling.seed,
     turn), as the HF engine samples. Only these knobs apply: the checkpoint's generation_config
@@ -108,8 +111,8 @@ def generate_streaming(model, tokenizer, prompt_ids: list[int], sampling: Sampli
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config,
                              logits_processor=LogitsProcessorList(processors), streamer=streamer)
     tokens = out[0, ids.shape[1]:].tolist()
-    end = next((t for t, token in enumerate(tokens) if token in stop), len(tokens))
-    return tokenizer.decode(tokens[:end], skip_special_tokens=True)
+    end = next((t for t, token in enumerate(tokens) if token in stop), None)
+    return tokenizer.decode(tokens[:end], skip_special_tokens=True), end is None
 
 
 def repl(chat: Chat, read: Callable[[str], str] = input, out=sys.stdout) -> None:
@@ -145,7 +148,7 @@ def repl(chat: Chat, read: Callable[[str], str] = input, out=sys.stdout) -> None
         except ChatError as e:
             write(f"{e}\n")
             continue
-        write("\n")
+        write(f"\n(cut off at --max-new-tokens={chat.sampling.max_new_tokens})\n" if chat.cut_off else "\n")
 
 
 def parser() -> argparse.ArgumentParser:

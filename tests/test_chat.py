@@ -100,6 +100,9 @@ def test_repl_commands(tiny_sft):
                               "the model's context of 512: /reset to start a new conversation, or lower "
                               "--max-new-tokens\n\n")  # 678 = 300 + 300 + 72 characters + 6 role tokens
     assert len(chat.history) == 2  # the turn that did not fit is not kept
+    short, out = Chat(model, tokenizer, "none", SamplingParams(max_new_tokens=5, temperature=0.0)), io.StringIO()
+    repl(short, _reader([Q1]), out)
+    assert out.getvalue() == "<think>17+1\n(cut off at --max-new-tokens=5)\n\n"
 
 
 def test_ctrl_c_while_streaming_drops_the_turn(tiny_sft):
