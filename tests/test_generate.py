@@ -187,3 +187,40 @@ def test_bad_generate_settings_name_the_key():
                               ("generate.keep=best", "generate.keep: expected one of ['all', 'correct', 'reward']")]:
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
             load_recipe(None, [override])
+
+
+def _resume_matches(tmp_path, overrides, name):
+    """A full run, then the same output cut back mid-way through prompt 3 and resumed: the same bytes."""
+    full, resumed = tmp_path / f"{name}.jsonl", tmp_path / f"{name}-resumed.jsonl"
+    summary = run(full, *overrides)
+    rows = read_rows(full)
+    assert len(rows) == 24 and [(r["prompt_index"], r["sample_index"]) for r in rows] == \
+        [(i, j) for i in range(6) for j in range(4)]
+    assert all(r["messages"][-1] == {"role": "assistant", "content": r["completion"]} and r["num_tokens"] > 0
+               for r in rows)
+    assert summary["session"]["tokens_per_second"] > 0
+    _copy_output(full, resumed)
+    entries = Path(f"{full}.progress.jsonl").read_bytes().splitlines(keepends=True)
+    Path(f"{resumed}.progress.jsonl").write_bytes(b"".join(entries[:3]))
+    os.truncate(resumed, json.loads(entries[2])["end_offset"] + 50)
+    assert run(resumed, *overrides)["session"]["prompts"] == 3
+    assert resumed.read_bytes() == full.read_bytes()
+    return rows
+
+
+@pytest.mark.vllm
+def test_vllm_engine_generates_resumable_rows(tmp_path):
+    _resume_matches(tmp_path, ["rollout.engine=vllm", "rollout.vllm.kv_cache_gb=1", "rollout.vllm.max_model_len=512"],
+                    "vllm")
+
+
+@pytest.mark.vllm
+def test_server_engine_generates_resumable_rows(tmp_path, monkeypatch):
+    from test_vllm_server import TOKEN, GenServer, free_port
+
+    server = GenServer("builtin:tiny-sft", free_port(), tmp_path / "serve-gen.log").start()
+    monkeypatch.setenv("R1KIT_SERVICE_TOKEN", TOKEN)
+    try:
+        _resume_matches(tmp_path, ["rollout.engine=server", f"services.generation_url={server.url}"], "server")
+    finally:
+        server.stop()
