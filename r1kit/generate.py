@@ -212,7 +212,8 @@ def identity(cfg: Config, source: str, split: str, rows: list[dict], checker: st
             "engine": cfg.rollout.engine, "seed": cfg.seed, "generate": g,
             "prompts": {"source": source, "split": split, "count": len(rows), "sha256": digest.hexdigest(),
                         "system_prompt": d.system_prompt, "instruction": d.instruction, "prompt_format": d.prompt_format},
-            "rewards": [to_dict(r) for r in cfg.rewards], "answers": {"extract": cfg.eval.extract, "checker": checker}}
+            "rewards": [to_dict(r) for r in cfg.rewards], "reward_on_error": cfg.train.reward_on_error,
+            "answers": {"extract": cfg.eval.extract, "checker": checker}}
     return json.loads(json.dumps(tree))  # as it reads back from the manifest (tuples -> lists)
 
 

@@ -166,6 +166,14 @@ def test_parquet_output_holds_the_same_rows(reference, tmp_path):
     run(parquet)
     assert pq.read_table(parquet).to_pylist() == read_rows(out)
     assert not Path(f"{parquet}.partial.jsonl").exists()
+    # killed before the conversion, mid-way through prompt 2: the working jsonl is cut back, resumed, converted
+    resumed = tmp_path / "resumed.parquet"
+    shutil.copyfile(f"{out}.manifest.json", f"{resumed}.manifest.json")  # the output's path is not a setting
+    entries = Path(f"{out}.progress.jsonl").read_bytes().splitlines(keepends=True)
+    Path(f"{resumed}.progress.jsonl").write_bytes(b"".join(entries[:2]))
+    Path(f"{resumed}.partial.jsonl").write_bytes(out.read_bytes()[:json.loads(entries[1])["end_offset"] + 70])
+    assert run(resumed)["session"]["prompts"] == 4
+    assert pq.read_table(resumed).to_pylist() == read_rows(out)
 
 
 def test_benchmark_flag_and_cli_summary(tmp_path, capsys):
