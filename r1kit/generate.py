@@ -302,7 +302,8 @@ def generate_data(cfg: Config, benchmark: str | None = None) -> dict:
     with _exclusive(files):
         done = open_output(files, identity(cfg, source, split, rows, checker, max_new_tokens), len(rows))
         if done:
-            console.print(f"{files.output}: {len(done)} of {len(rows)} prompts already written; continuing")
+            left = f"{len(rows) - len(done)} to go" if len(done) < len(rows) else "nothing left to sample"
+            console.print(f"{files.output}: {len(done)} of {len(rows)} prompts already written; {left}")
         if len(done) < len(rows):
             console.print(f"[bold]r1kit generate[/] {len(rows)} prompts x {g.n} samples of {cfg.model.name_or_path} "
                           f"({cfg.rollout.engine}, T={g.temperature}, top_p={g.top_p}, keep={g.keep}) -> {files.output}")

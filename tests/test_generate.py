@@ -149,6 +149,16 @@ def test_other_settings_or_foreign_files_are_refused_untouched(reference, tmp_pa
     assert foreign.read_text() == '{"mine": 1}\n'
 
 
+def test_a_second_writer_on_the_same_output_is_refused(tmp_path):
+    from r1kit.generate import OutputFiles, _exclusive
+
+    output = tmp_path / "busy.jsonl"
+    with _exclusive(OutputFiles(output)):  # as a running `r1kit generate` holds it
+        with pytest.raises(FileExistsError, match=f"another r1kit generate is writing {output} "):
+            run(output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written; the lock is gone with its holder
+
+
 def test_a_finished_output_is_not_sampled_again(reference, tmp_path):
     out, _ = reference
     again = tmp_path / "again.jsonl"
