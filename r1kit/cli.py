@@ -28,6 +28,10 @@ USAGE = """examples:
   r1kit chat builtin:tiny-sft --system tiny_r1  chat in the terminal (/reset, /exit); --prompt TEXT for scripts
   r1kit serve-gen builtin:tiny-sft --port 8000  vLLM generation server with a weight-update route
   r1kit serve-ref builtin:tiny-sft --port 8001  reference-model server (per-token logprobs)
+  r1kit generate generate.n=8 generate.keep=correct generate.output=traces.jsonl --limit 500
+                                                distillation data: R1-protocol samples, correct ones kept (resumable)
+  r1kit generate MODEL_RECIPE.yaml --benchmark math500 generate.output=math.parquet --push-to-hub you/math-traces
+  r1kit train|sft ... --push-to-hub you/model [--private]    upload final/ to the hub when the run ends
 """
 
 
@@ -49,6 +53,7 @@ def cmd_train(args: list[str]) -> None:
     from r1kit.trackers import require_log_packages
     from r1kit.trainer import train
 
+    args, push = _push_flags(args)
     cfg = _load(args)
     require_log_packages(cfg.log)  # a missing tracker package or matplotlib fails now, not after training
     started, metrics = time.time(), cfg.run_dir / "metrics.jsonl"
@@ -61,15 +66,19 @@ def cmd_train(args: list[str]) -> None:
 
             print(f"r1kit train: stopped; report of the steps so far: {write_report(cfg.run_dir)}", file=sys.stderr)
         raise
+    _push_result(push, cfg.run_dir / "final", "model")
 
 
 def cmd_sft(args: list[str]) -> None:
     from r1kit.config import Config, ModelCfg
     from r1kit.sft import run_sft
 
+    args, push = _push_flags(args)
     # without a recipe, SFT starts the tiny world from a fresh model (recipes/tiny/sft.yaml)
-    summary = run_sft(_load(args, base=Config(name="tiny-sft", model=ModelCfg(name_or_path="builtin:tiny-init"))))
+    cfg = _load(args, base=Config(name="tiny-sft", model=ModelCfg(name_or_path="builtin:tiny-init")))
+    summary = run_sft(cfg)
     print(json.dumps(summary, indent=2))
+    _push_result(push, cfg.run_dir / "final", "model")
 
 
 def cmd_eval(argv: list[str]) -> None:
@@ -303,6 +312,66 @@ def cmd_serve_ref(argv: list[str]) -> None:
         server.server_close()
 
 
+def cmd_generate(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="r1kit generate", description="Distillation data: n samples per prompt (R1 protocol: T=0.6, top_p 0.95), "
+        "scored and optionally filtered, as chat-messages rows for r1kit sft. Resumable: rerun the same command.")
+    parser.add_argument("args", nargs="*", metavar="[RECIPE] a.b=c",
+                        help="recipe and overrides: generate.n, generate.keep=correct, generate.output=x.jsonl, ...")
+    parser.add_argument("--benchmark", default=None, help="prompts of a shipped benchmark's test split (gsm8k, math500, "
+                                                          "aime24, aime25, amc23) or tiny; default: data.source")
+    parser.add_argument("--limit", type=int, default=None, help="the first N prompts (generate.limit)")
+    parser.add_argument("--output", default=None, help="a .jsonl or .parquet file (generate.output)")
+    _push_arguments(parser, "the output file, to a dataset repo")
+    ns = parser.parse_intermixed_args(argv)
+    flags = [f"generate.{key}={value}" for key, value in (("limit", ns.limit), ("output", ns.output)) if value is not None]
+    cfg = _load([*ns.args, *flags])
+    if ns.push_to_hub:
+        from r1kit.hub import check_can_push
+
+        check_can_push(ns.push_to_hub)
+    from r1kit.generate import generate_data
+
+    try:
+        summary = generate_data(cfg, ns.benchmark)
+    except KeyboardInterrupt:
+        print("\nr1kit generate: interrupted; every finished prompt's rows are on disk: rerun the same command to "
+              "continue", file=sys.stderr)
+        sys.exit(130)
+    _push_result((ns.push_to_hub, ns.private), Path(summary["output"]), "dataset")
+
+
+def _push_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO", help=f"upload {what} (huggingface_hub)")
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+
+
+def _push_flags(args: list[str]) -> tuple[list[str], tuple[str | None, bool]]:
+    """Take --push-to-hub REPO (or =REPO) and --private out of train/sft arguments, before the recipe and
+    overrides are read; a push that cannot succeed (no token, offline, bad repo id) fails now, before the work."""
+    parser = argparse.ArgumentParser(prog="r1kit", add_help=False)
+    _push_arguments(parser, "the final model")
+    ns, rest = parser.parse_known_args(args)
+    if ns.private and not ns.push_to_hub:
+        from r1kit.config import ConfigError
+
+        raise ConfigError("--private only applies with --push-to-hub REPO")
+    if ns.push_to_hub:
+        from r1kit.hub import check_can_push
+
+        check_can_push(ns.push_to_hub)
+    return rest, (ns.push_to_hub, ns.private)
+
+
+def _push_result(push: tuple[str | None, bool], path: Path, repo_type: str) -> None:
+    repo_id, private = push
+    if not repo_id or os.environ.get("RANK", "0") != "0":  # under a launcher, the main process pushes once
+        return
+    from r1kit.hub import push_to_hub
+
+    print(f"pushed {path} to {push_to_hub(path, repo_id, repo_type, private)}")
+
+
 def _split_double_dash(argv: list[str]) -> tuple[list[str], str, list[str]]:
     if "--" in argv:
         i = argv.index("--")
@@ -313,18 +382,20 @@ def _split_double_dash(argv: list[str]) -> tuple[list[str], str, list[str]]:
 COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "data": cmd_data, "report": cmd_report,
             "serve-gen": cmd_serve_gen, "serve-ref": cmd_serve_ref}
 COMMANDS["chat"] = cmd_chat
+COMMANDS["generate"] = cmd_generate
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: r1kit {train,sft,eval,data} [RECIPE] [a.b=c ...] | r1kit report RUN_DIR [RUN_DIR ...] | "
+        print("usage: r1kit {train,sft,eval,data,generate} [RECIPE] [a.b=c ...] | r1kit report RUN_DIR [RUN_DIR ...] | "
               "r1kit {serve-gen,serve-ref,chat} MODEL [options]\n\n"
               + USAGE)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     from r1kit.checkpoint import CheckpointError
     from r1kit.config import ConfigError
     from r1kit.data.sources import DataError
+    from r1kit.hub import HubError
     from r1kit.rollout.http import ServiceError
     from r1kit.run import NonFiniteError, RunStopped
 
@@ -343,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
         return 1
     except (ServiceError, ImportError) as e:  # a server that stopped answering; an engine that is not installed
+        print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
+        return 1
+    except HubError as e:  # --push-to-hub: no token, offline, no access; the result stays on disk
         print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -236,6 +236,28 @@ class EvalCfg:
 
 
 @dataclass
+class GenerateCfg:
+    """`r1kit generate`: n samples per prompt, optionally filtered, as chat-messages rows for SFT (distillation).
+
+    The sampling defaults are R1's protocol (DeepSeek-R1 paper, evaluation setup: temperature 0.6, top_p 0.95).
+    """
+
+    n: int = 4  # samples per prompt
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 0  # 0 disables top-k
+    max_new_tokens: int | None = None  # tokens per sample; None: rollout.max_completion_length
+    split: str = "train"  # split of data.source to sample prompts from (r1kit generate --benchmark: its test split)
+    limit: int | None = None  # the first N prompts only (None: all; a procedural source: data.train_size)
+    batch_size: int = 8  # prompts per engine call; each batch's rows are written and fsync'd together
+    output: str | None = None  # .jsonl or .parquet; None: <output_dir>/generate/<model>-<data>.jsonl
+    # which samples become rows: all; correct (the answer checks against the gold one: rejection sampling);
+    # reward (the recipe's weighted reward total >= min_reward)
+    keep: Literal["all", "correct", "reward"] = "all"
+    min_reward: float | None = None  # keep=reward only: the threshold
+
+
+@dataclass
 class LogCfg:
     progress: bool = True  # live progress bar
     console_every: int = 10  # print a metrics line every N steps (0: never)
@@ -260,6 +282,7 @@ class Config:
     sft: SFTCfg = field(default_factory=SFTCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
     log: LogCfg = field(default_factory=LogCfg)
+    generate: GenerateCfg = field(default_factory=GenerateCfg)  # r1kit generate
 
     @property
     def run_dir(self) -> Path:
@@ -488,6 +511,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"rewards[{i}] (soft_overlong).max_completion_length ({cap}) must equal "
                               f"rollout.max_completion_length ({cfg.rollout.max_completion_length}); leave it out "
                               "to use the rollout's")
+    for ok, message in _generate_checks(cfg.generate):
+        if not ok:
+            raise ConfigError(message)
 
 
 def _algo_checks(a: AlgoCfg) -> list[tuple[bool, str]]:
@@ -506,6 +532,25 @@ def _algo_checks(a: AlgoCfg) -> list[tuple[bool, str]]:
          f"algo.dynamic_sampling needs a cap: algo.max_sampling_rounds must be >= 1, got {a.max_sampling_rounds}{src}"),
         (a.entropy_coef >= 0, f"algo.entropy_coef must be >= 0, got {a.entropy_coef}"),
         (a.is_cap >= 1, f"algo.is_cap must be >= 1, got {a.is_cap}"),
+    ]
+
+
+def _generate_checks(g: GenerateCfg) -> list[tuple[bool, str]]:
+    """generate.*: ranges, the output's format, and a threshold exactly when keep=reward uses one."""
+    return [
+        (g.n >= 1, f"generate.n must be >= 1, got {g.n}"),
+        (g.temperature > 0, f"generate.temperature must be > 0, got {g.temperature}"),
+        (0 < g.top_p <= 1, f"generate.top_p must be in (0, 1], got {g.top_p}"),
+        (g.top_k >= 0, f"generate.top_k must be >= 0 (0 disables it), got {g.top_k}"),
+        (g.max_new_tokens is None or g.max_new_tokens >= 1, f"generate.max_new_tokens must be >= 1, got {g.max_new_tokens}"),
+        (g.limit is None or g.limit >= 1, f"generate.limit must be >= 1 or null, got {g.limit}"),
+        (g.batch_size >= 1, f"generate.batch_size must be >= 1, got {g.batch_size}"),
+        (g.output is None or g.output.endswith((".jsonl", ".parquet")),
+         f"generate.output must end with .jsonl or .parquet, got {g.output!r}"),
+        (g.keep != "reward" or (g.min_reward is not None and math.isfinite(g.min_reward)),
+         "generate.keep=reward needs generate.min_reward (keep samples whose weighted reward total is >= it)"),
+        (g.keep == "reward" or g.min_reward is None,
+         f"generate.min_reward is set but generate.keep={g.keep!r} ignores it: set generate.keep=reward or drop it"),
     ]
 
 
