@@ -251,9 +251,8 @@ def weights_gatherer(acc: Accelerator):
             yield [t.full_tensor() if isinstance(t, DTensor) else t for t in tensors]
 
         return Gatherer(whole=whole, collective=True)  # a DTensor's numel() is its full size
-    if is_sharded(acc):
-        raise ConfigError(f"rollout.engine=server with {strategy} is not supported (the weight push gathers ZeRO-3 "
-                          "or FSDP2 shards); use recipes/accelerate/fsdp2.yaml or zero3.yaml")
+    if is_sharded(acc):  # refused at set-up (run.py _check_strategy); kept so no caller pushes half a model
+        raise ConfigError(f"the weight push cannot gather {strategy} shards; use zero3 or fsdp2")
     return LOCAL
 
 

@@ -263,6 +263,9 @@ def _check_strategy(cfg: Config, acc) -> None:
     if cfg.model.lora.enabled and dist.is_sharded(acc):
         raise ConfigError(f"model.lora.enabled with {strategy} is not supported: the adapters are small, so shard the "
                           "frozen base with zero2 (recipes/accelerate/zero2.yaml) or train without LoRA")
+    if cfg.rollout.engine == "server" and dist.is_sharded(acc) and strategy not in ("zero3", "fsdp2"):
+        raise ConfigError(f"rollout.engine=server with {strategy} is not supported (the weight push gathers ZeRO-3 or "
+                          "FSDP2 shards one layer at a time); use recipes/accelerate/zero3.yaml or fsdp2.yaml")
     if cfg.rollout.engine == "vllm" and acc.num_processes > 1:
         raise ConfigError("rollout.engine=vllm (colocated) runs in one process; with several training processes use "
                           "rollout.engine=server (every rank samples from one `r1kit serve-gen`) or hf")
