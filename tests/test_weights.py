@@ -102,14 +102,18 @@ def test_lora_buckets_equal_the_merged_export(small_model):
     assert all(torch.equal(joined[k], whole[k]) for k in whole)
 
 
-def test_ranks_that_only_gather_keep_nothing(small_model):
+@pytest.mark.parametrize("keep", [True, False])
+def test_sharded_weights_are_gathered_one_layer_at_a_time(small_model, keep):
+    """What ZeRO-3/FSDP2 see (r1kit.distributed.weights_gatherer): one gather per load unit, never the whole
+    model; ranks that only take part in the gathers (keep=False) hold nothing."""
+    name_of = {id(t): n for n, t in small_model.state_dict(keep_vars=True).items()}
     calls = []
 
     @contextmanager
     def whole(tensors):
-        calls.append(len(tensors))
-        yield tensors
+        calls.append({load_unit(name_of[id(t)]) for t in tensors})
+        yield [t * 1 for t in tensors]  # a fresh full copy, as a gather gives
 
-    gatherer = Gatherer(whole=whole, collective=True)
-    parts = list(export_buckets(small_model, 1, gatherer, keep=False))
-    assert [b for _, _, b in parts] == [{}, {}, {}] and sum(calls) == len(small_model.state_dict())
+    parts = list(export_buckets(small_model, 10**9, Gatherer(whole=whole, collective=True), keep=keep))
+    assert calls == [{""}, {"model.layers.0"}, {"model.layers.1"}]  # one part, three gathers
+    assert len(parts) == 1 and (parts[0][2] == {} if not keep else set(parts[0][2]) == set(export_state_dict(small_model)))
