@@ -12,7 +12,10 @@ Models: the built-in tiny model (2.4M parameters) and a random model with SmolLM
 - export: r1kit.rollout.weights.export_state_dict (LoRA: merge, copy under the base names, unmerge; full: a view);
 - in-process sync: VLLMEngine.update_weights (export, safetensors file on tmpfs, vLLM reload, prefix-cache reset);
 - server sync: RemoteEngine.update_weights over HTTP on loopback (export, serialise, POST in parts of at most
-  services.weight_bucket_mb, reload, reset); load = sync - export.
+  services.weight_bucket_mb, reload, reset).
+
+The full model's export is a view (no copy), so its sync time is the load alone; a LoRA sync is its export
+plus that same load (the pushed tensors are the same size).
 
 Writes benchmarks/results/weight_sync.json and prints a table.
 """
@@ -122,8 +125,6 @@ def phases(label: str, path: str, model, tok, syncs: int) -> list[dict]:
     finally:
         server.stop()
     for row in rows.values():
-        row["in_process_load_s"] = row["in_process_sync_s"] - row["export_s"]
-        row["server_load_s"] = row["server_sync_s"] - row["export_s"]
         print(json.dumps(row), flush=True)
     return list(rows.values())
 
@@ -156,12 +157,12 @@ def main() -> None:
     def ms(row, key):
         return f"{1000 * row[key]:.0f}" if key in row else "-"
 
-    print(f"\n{'model':<36} {'weights':<20} {'MB':>6} {'merge':>6} {'unmerge':>7} {'export':>6} "
-          f"{'in-proc load':>12} {'in-proc sync':>12} {'server load':>11} {'server sync':>11}   (ms)")
+    print(f"\n{'model':<36} {'weights':<20} {'MB':>6} {'merge':>6} {'unmerge':>7} {'export':>6} {'in-process sync':>15} "
+          f"{'server sync':>11} {'parts':>5}   (times in ms)")
     for r in rows:
         print(f"{r['model']:<36} {r['weights']:<20} {r['push_mb']:>6.0f} {ms(r, 'merge_s'):>6} {ms(r, 'unmerge_s'):>7} "
-              f"{ms(r, 'export_s'):>6} {ms(r, 'in_process_load_s'):>12} {ms(r, 'in_process_sync_s'):>12} "
-              f"{ms(r, 'server_load_s'):>11} {ms(r, 'server_sync_s'):>11}")
+              f"{ms(r, 'export_s'):>6} {ms(r, 'in_process_sync_s'):>15} {ms(r, 'server_sync_s'):>11} "
+              f"{r['server_parts_per_sync']:>5.0f}")
     import vllm
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.machine()} CPU"
