@@ -13,11 +13,10 @@ On a CPU the resident set also holds what "offload" moves off a GPU, so that row
 
 TRL 1.16's GRPOTrainer runs beside it (--trl, the default) on the same model, data size, completion length,
 micro-batch, optimizer steps and precision (fp32, gradient checkpointing off on both sides, beta 0, no vLLM),
-for the layouts it has on this machine: one process (full and LoRA r16) and DDP, launched the same way.
-Its number is the largest peak resident set of its processes, read the same way (ru_maxrss at the end).
-TRL is also launched with the ZeRO-2 and ZeRO-3 files: on a CPU Accelerate 1.15 does not enable DeepSpeed,
-so the row says which layout Accelerate actually built (r1kit sets these strategies up itself, see
-r1kit/distributed.py).
+launched the same way with the same Accelerate files: one process (full and LoRA r16), DDP, ZeRO-2 and
+ZeRO-3. Its number is the largest peak resident set of its processes, read the same way (ru_maxrss at the
+end); each row records the layout Accelerate built for TRL (measured here: DeepSpeed for the ZeRO files,
+MULTI_CPU for DDP), and a row whose ZeRO launch did not get DeepSpeed says so.
 """
 
 from __future__ import annotations
