@@ -99,12 +99,9 @@ def load_unit(name: str) -> str:
 def plan_buckets(sizes: dict[str, int], max_bytes: int) -> list[list[str]]:
     """Names (in `sizes`' order, their byte sizes as values) packed into buckets of at most max_bytes,
     each unit (load_unit) whole in one bucket; a unit larger than max_bytes is a bucket of its own."""
-    units: dict[str, list[str]] = {}
-    for name in sizes:
-        units.setdefault(load_unit(name), []).append(name)
     buckets: list[list[str]] = []
     filled = max_bytes + 1  # forces a new bucket for the first unit
-    for names in units.values():
+    for names in _units(list(sizes)):
         size = sum(sizes[n] for n in names)
         if filled + size > max_bytes:
             buckets.append([])
@@ -142,6 +139,7 @@ def export_buckets(model, max_bytes: int, gatherer: Gatherer = LOCAL,
 
 
 def _units(names: list[str]) -> list[list[str]]:
+    """`names` grouped by load_unit, in order of first appearance."""
     units: dict[str, list[str]] = {}
     for name in names:
         units.setdefault(load_unit(name), []).append(name)
