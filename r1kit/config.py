@@ -144,6 +144,7 @@ class ServicesCfg:
     backoff_s: float = 2.0  # wait before the first retry; doubles each time
     weight_transfer: Literal["http", "path"] = "http"  # http: POST the weights; path: write them to shared_dir
     shared_dir: str | None = None  # weight_transfer=path: a directory both the trainer and the server can read
+    weight_bucket_mb: float = 512.0  # a weight push is sent in parts of at most this size (whole decoder layers)
 
 
 @dataclass
@@ -570,6 +571,7 @@ def _services_checks(cfg: Config) -> list[tuple[bool, str]]:
          "services.timeout_s must be > 0, services.retries and services.backoff_s >= 0"),
         (s.weight_transfer != "path" or bool(s.shared_dir),
          "services.weight_transfer=path needs services.shared_dir (a directory the server can read)"),
+        (s.weight_bucket_mb > 0, f"services.weight_bucket_mb must be > 0, got {s.weight_bucket_mb}"),
     ]
     for url_key in ("generation_url", "reference_url"):
         url = getattr(s, url_key)

@@ -15,6 +15,7 @@ the same for every strategy; what it needs from this module:
   ranks with fewer rows run empty micro-batches (a dummy row with weight 0).
 - ``backward``: one optimizer step per batch; DeepSpeed is told where the accumulation boundary is.
 - ``gather_for_generation`` / ``full_state_dict``: sharded weights made whole, for ``generate`` and saving.
+- ``weights_gatherer``: sharded weights made whole a few tensors at a time, for the push to a vLLM server.
 - ``reduce_metrics``: the step's metrics as global means (maxima for ``*max*`` keys).
 """
 
@@ -224,6 +225,35 @@ def gather_for_generation(acc: Accelerator, model):
             yield
 
     return gathered
+
+
+def weights_gatherer(acc: Accelerator):
+    """How the server weight push sees whole tensors (r1kit.rollout.weights.Gatherer): under ZeRO-3 a
+    GatheredParameters per load unit, under FSDP2 each DTensor's full_tensor(); both are collective, so
+    every rank runs the export and only the main process keeps and posts. Elsewhere weights are whole."""
+    from r1kit.rollout.weights import LOCAL, Gatherer
+
+    strategy = strategy_name(acc)
+    if strategy == "zero3":
+        @contextmanager
+        def whole(tensors):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(tensors, modifier_rank=None):
+                yield [t.data for t in tensors]
+
+        return Gatherer(numel=lambda t: getattr(t, "ds_numel", t.numel()), whole=whole, collective=True)
+    if strategy == "fsdp2":
+        @contextmanager
+        def whole(tensors):
+            from torch.distributed.tensor import DTensor
+
+            yield [t.full_tensor() if isinstance(t, DTensor) else t for t in tensors]
+
+        return Gatherer(whole=whole, collective=True)  # a DTensor's numel() is its full size
+    if is_sharded(acc):  # refused at set-up (run.py _check_strategy); kept so no caller pushes half a model
+        raise ConfigError(f"the weight push cannot gather {strategy} shards; use zero3 or fsdp2")
+    return LOCAL
 
 
 def replicas_identical(acc: Accelerator, model) -> bool | None:

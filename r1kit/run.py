@@ -42,6 +42,7 @@ from r1kit.report import phase_shares, read_run, write_report
 from r1kit.rollout.hf import HFEngine, eos_ids
 from r1kit.rollout.http import ServiceClient
 from r1kit.rollout.remote import START_HINT, RemoteEngine
+from r1kit.rollout.weights import LOCAL
 from r1kit.types import SamplingParams
 
 
@@ -262,6 +263,9 @@ def _check_strategy(cfg: Config, acc) -> None:
     if cfg.model.lora.enabled and dist.is_sharded(acc):
         raise ConfigError(f"model.lora.enabled with {strategy} is not supported: the adapters are small, so shard the "
                           "frozen base with zero2 (recipes/accelerate/zero2.yaml) or train without LoRA")
+    if cfg.rollout.engine == "server" and dist.is_sharded(acc) and strategy not in ("zero3", "fsdp2"):
+        raise ConfigError(f"rollout.engine=server with {strategy} is not supported (the weight push gathers ZeRO-3 or "
+                          "FSDP2 shards one layer at a time); use recipes/accelerate/zero3.yaml or fsdp2.yaml")
     if cfg.rollout.engine == "vllm" and acc.num_processes > 1:
         raise ConfigError("rollout.engine=vllm (colocated) runs in one process; with several training processes use "
                           "rollout.engine=server (every rank samples from one `r1kit serve-gen`) or hf")
@@ -322,14 +326,12 @@ def make_engine(cfg: Config, model, tokenizer, acc=None):
         vllm_engine.update_weights(model)
         return vllm_engine
     if engine == "server":
-        if acc is not None and dist.is_sharded(acc):
-            raise ConfigError("rollout.engine=server with ZeRO-3/FSDP is not supported yet (the weight push would "
-                              "need the sharded weights gathered one parameter at a time); use zero2 or ddp")
         s = cfg.services
         client = ServiceClient.from_services("generation server", s.generation_url, s, hint=START_HINT)
         remote = RemoteEngine(client, cfg.model.name_or_path, tokenizer, s.weight_transfer, s.shared_dir,
                               stop_ids=eos_ids(getattr(model, "module", model), tokenizer),
-                              pushes=acc is None or acc.is_main_process, barrier=acc.wait_for_everyone if acc else None)
+                              pushes=acc is None or acc.is_main_process, barrier=acc.wait_for_everyone if acc else None,
+                              bucket_mb=s.weight_bucket_mb, gatherer=dist.weights_gatherer(acc) if acc else LOCAL)
         remote.update_weights(model)
         return remote
     raise ValueError(f"rollout.engine={engine!r} is not available; expected 'hf', 'vllm' or 'server'")

@@ -144,3 +144,46 @@ def test_concurrent_pushes_are_serialised(tmp_path):
     assert versions == [1, 2]
     assert sorted(content for _, content in engine.reloaded) == [b"first-1", b"second-2"]
     assert engine.events == ["pause", "reload", "reset", "resume"] * 2  # one whole update, then the other
+
+
+def test_an_update_in_parts_reloads_each_and_resets_the_prefix_cache_once(tmp_path):
+    engine = FakeEngine()
+    updater = WeightUpdater(engine, str(tmp_path), None, max_upload_bytes=100)
+
+    def send(body, update, index, parts):
+        return asyncio.run(updater.from_upload(_chunks(body), None, (update, index, parts)))
+
+    assert send(b"one", "u1", 1, 3) == {"part": 1, "parts": 3, "seconds": pytest.approx(0, abs=5)}
+    assert updater.pending is not None and updater.version == 0
+    assert "part" in send(b"two", "u1", 2, 3) and "part" in send(b"two", "u1", 2, 3)  # a retried part: applied again
+    assert send(b"three", "u1", 3, 3)["weights_version"] == 1
+    assert send(b"three", "u1", 3, 3)["weights_version"] == 1  # a retried last part: answered, not applied again
+    assert [content for _, content in engine.reloaded] == [b"one", b"two", b"two", b"three"]
+    assert engine.events == ["pause", "reload", "resume"] * 3 + ["pause", "reload", "reset", "resume"]
+    assert updater.pending is None and updater.parts_applied == 4
+    for update, index in (("u2", 2), ("u1", 2)):  # no update in progress: only a part 1 may start one
+        with pytest.raises(UpdateError, match="resend the update from part 1") as err:
+            send(b"x", update, index, 3)
+        assert err.value.status == 409
+    send(b"a", "u3", 1, 3)
+    with pytest.raises(UpdateError, match="does not follow"):
+        send(b"c", "u3", 3, 3)  # part 2 skipped
+    assert updater.version == 1 and len(engine.reloaded) == 5  # refused parts are never written or reloaded
+
+
+@pytest.mark.parametrize("query, expected", [({}, None), ({"update": "a", "part": "2", "parts": "3"}, ("a", 2, 3))])
+def test_update_parts_are_read_from_the_query(query, expected):
+    from r1kit.serve.generation import parse_part
+
+    assert parse_part(query) == expected
+
+
+@pytest.mark.parametrize("query", [{"update": "a"}, {"update": "a", "part": "0", "parts": "2"},
+                                   {"update": "a", "part": "3", "parts": "2"}, {"update": "", "part": "1", "parts": "1"},
+                                   {"update": "a", "part": "x", "parts": "2"}])
+def test_malformed_parts_are_refused(query):
+    from r1kit.serve.generation import parse_part
+
+    with pytest.raises(UpdateError, match=r"\?update=ID&part=I&parts=N") as err:
+        parse_part(query)
+    assert err.value.status == 400

@@ -11,6 +11,12 @@ Per step:
   ``services.shared_dir`` and sends the path (a shared filesystem: one copy less). The server
   reloads them in place and resets its prefix cache.
 
+A push goes in parts of at most ``services.weight_bucket_mb`` (whole decoder layers each, see
+r1kit.rollout.weights): every part is a POST with ``?update=ID&part=I&parts=N``, the server
+reloads each part in place and resets its prefix cache once, after the last. Under ZeRO-3 and
+FSDP2 every process runs the export (the gathers are collective, one layer at a time) and only
+the main process posts, so neither side ever holds more than one part beyond its own weights.
+
 Every request has a timeout and bounded retries with backoff (r1kit.rollout.http); then the run
 stops with a ServiceError naming the server and URL. Checkpoints are written atomically, so the
 last one stays intact and ``train.resume_from=latest`` continues once the server is back: the
@@ -21,10 +27,11 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from r1kit.rollout.http import ServiceClient, ServiceError
-from r1kit.rollout.weights import export_state_dict, save_weights, weights_bytes
+from r1kit.rollout.weights import LOCAL, Gatherer, export_buckets, save_weights, weights_bytes
 from r1kit.types import Completion, SamplingParams
 
 START_HINT = "Start it with `r1kit serve-gen MODEL` (see README, 'Generation and reference servers')."
@@ -33,9 +40,11 @@ START_HINT = "Start it with `r1kit serve-gen MODEL` (see README, 'Generation and
 class RemoteEngine:
     def __init__(self, client: ServiceClient, model_name: str, tokenizer, weight_transfer: str = "http",
                  shared_dir: str | None = None, stop_ids: set[int] | None = None, max_concurrency: int = 64,
-                 pushes: bool = True, barrier=None):
+                 pushes: bool = True, barrier=None, bucket_mb: float = 512.0, gatherer: Gatherer = LOCAL):
         """pushes: this process sends the weights (with several training processes, only the main one
-        does); barrier: called after a push so no process samples from the old weights."""
+        does); barrier: called after a push so no process samples from the old weights; bucket_mb: the
+        largest part of a push; gatherer: how sharded weights are made whole (collective: every process
+        exports, see r1kit.distributed.weights_gatherer)."""
         self.client = client
         self.model_name = model_name
         self.tokenizer = tokenizer
@@ -44,6 +53,7 @@ class RemoteEngine:
         self.stop_ids = sorted(stop_ids or {tokenizer.eos_token_id})
         self.max_concurrency = max_concurrency
         self.pushes, self.barrier = pushes, barrier
+        self.bucket_bytes, self.gatherer = int(bucket_mb * 2**20), gatherer
         self.sync_seconds: list[float] = []
         info = client.get("/r1kit/info")
         if info.get("model") != model_name:
@@ -92,22 +102,26 @@ class RemoteEngine:
     # ------------------------------------------------------------ weights
 
     def update_weights(self, model) -> None:
-        """Push `model`'s weights; the server reloads them in place and resets its prefix cache."""
+        """Push `model`'s weights in parts; the server reloads each in place and resets its prefix cache once."""
         start = time.perf_counter()
-        if self.pushes:
-            self._push(export_state_dict(model))
+        if self.pushes or self.gatherer.collective:
+            update = uuid.uuid4().hex
+            for part, parts, bucket in export_buckets(model, self.bucket_bytes, self.gatherer, keep=self.pushes):
+                if self.pushes:
+                    self._push(bucket, f"?update={update}&part={part}&parts={parts}" if parts > 1 else "")
         if self.barrier is not None:
             self.barrier()
         self.sync_seconds.append(time.perf_counter() - start)
 
-    def _push(self, state: dict) -> None:
-        if self.weight_transfer == "path":
+    def _push(self, state: dict, query: str) -> None:
+        route = "/r1kit/update_weights" + query
+        if self.weight_transfer == "path":  # the server has read the file before it answers: reuse it per part
             directory = os.path.join(self.shared_dir, "r1kit-weights")
             save_weights(state, directory)
-            answer = self.client.post("/r1kit/update_weights", {"path": os.path.abspath(directory)})
+            answer = self.client.post(route, {"path": os.path.abspath(directory)})
         else:
-            answer = self.client.post("/r1kit/update_weights", weights_bytes(state))
-        if "weights_version" not in answer:
+            answer = self.client.post(route, weights_bytes(state))
+        if "weights_version" not in answer and "part" not in answer:
             raise ServiceError(f"weight push to the generation server at {self.client.url} failed: {answer}")
 
     def close(self) -> None:

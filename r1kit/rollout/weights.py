@@ -7,11 +7,23 @@ as a flat ``{name: tensor}`` in the checkpoint format ``save_pretrained`` writes
 - a LoRA model is merged first (vLLM serves the merged weights; adapters are not reloaded per step);
 - with tied embeddings ``save_pretrained`` drops ``lm_head.weight``, and a vLLM reload then keeps
   the old head silently, so the head is always written out explicitly.
+
+``export_buckets`` gives the same weights in parts of bounded size, for a server push and for
+sharded models (ZeRO-3, FSDP2): a ``Gatherer`` makes one decoder layer whole at a time (every rank
+takes part), so the whole model is never gathered at once on the accelerator. A part always holds
+whole decoder layers: vLLM fuses q/k/v and gate/up inside a layer, and its in-place reload leaves
+the unsent parts of a half-loaded fused layer uninitialised (``reload/layerwise.py``, measured
+with vLLM 0.32). Embeddings, the final norm and the head travel together (a tied head shares the
+embedding's tensor).
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,6 +65,85 @@ def _with_head(model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         if head is not None:
             state["lm_head.weight"] = head.weight.detach()
     return state
+
+
+@contextmanager
+def _as_is(tensors: list[torch.Tensor]):
+    yield [t.detach() for t in tensors]
+
+
+@dataclass(frozen=True)
+class Gatherer:
+    """How to see whole tensors of a model whose weights may be sharded.
+
+    numel(t): t's full number of elements; whole(tensors): a context manager giving full tensors, valid
+    inside it; collective: whole() is a collective operation (every rank calls it with the same tensors).
+    """
+
+    numel: Callable[[torch.Tensor], int] = torch.Tensor.numel
+    whole: Callable = _as_is
+    collective: bool = False
+
+
+LOCAL = Gatherer()
+_LAYER = re.compile(r"^(.*?\.layers\.\d+)\.")
+
+
+def load_unit(name: str) -> str:
+    """The unit a checkpoint name travels in: its decoder layer ("model.layers.3"), or "" for the rest
+    (embeddings, final norm, head)."""
+    match = _LAYER.match(name)
+    return match.group(1) if match else ""
+
+
+def plan_buckets(sizes: dict[str, int], max_bytes: int) -> list[list[str]]:
+    """Names (in `sizes`' order, their byte sizes as values) packed into buckets of at most max_bytes,
+    each unit (load_unit) whole in one bucket; a unit larger than max_bytes is a bucket of its own."""
+    buckets: list[list[str]] = []
+    filled = max_bytes + 1  # forces a new bucket for the first unit
+    for names in _units(list(sizes)):
+        size = sum(sizes[n] for n in names)
+        if filled + size > max_bytes:
+            buckets.append([])
+            filled = 0
+        buckets[-1].extend(names)
+        filled += size
+    return buckets
+
+
+def export_buckets(model, max_bytes: int, gatherer: Gatherer = LOCAL,
+                   keep: bool = True) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
+    """(part, parts, {name: tensor}) for part = 1..parts: together export_state_dict(model), split by plan_buckets.
+
+    Sharded tensors are made whole one load unit at a time and copied to the CPU; keep=False (ranks that
+    only take part in the gathers) yields empty dicts. A LoRA model is merged and exported at once, as
+    export_state_dict does (LoRA is never sharded here).
+    """
+    model = unwrap(model)
+    if hasattr(model, "peft_config") and hasattr(model, "merge_adapter"):
+        tensors, gatherer = _merged_lora_state(model), LOCAL
+    else:
+        tensors = _with_head(model, dict(model.state_dict(keep_vars=True)))
+    sizes = {name: gatherer.numel(t) * t.element_size() for name, t in tensors.items()}
+    buckets = plan_buckets(sizes, max_bytes)
+    for part, names in enumerate(buckets, start=1):
+        bucket: dict[str, torch.Tensor] = {}
+        for unit in _units(names):
+            distinct = list({id(tensors[n]): tensors[n] for n in unit}.values())  # a tied tensor is gathered once
+            with torch.no_grad(), gatherer.whole(distinct) as full:
+                if keep:
+                    by_id = {id(t): f for t, f in zip(distinct, full)}
+                    copy = gatherer is not LOCAL  # gathered storage is freed when the context ends
+                    bucket.update({n: by_id[id(tensors[n])].detach().to("cpu", copy=copy) for n in unit})
+        yield part, len(buckets), bucket
+
+
+def _units(names: list[str]) -> list[list[str]]:
+    """`names` grouped by load_unit, in order of first appearance."""
+    units: dict[str, list[str]] = {}
+    for name in names:
+        units.setdefault(load_unit(name), []).append(name)
+    return list(units.values())
 
 
 def save_weights(state: dict[str, torch.Tensor], directory: str | Path) -> Path:

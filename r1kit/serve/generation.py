@@ -8,13 +8,20 @@ launcher functions with two routes added:
                               or JSON {"path": DIR} with DIR/model.safetensors under --weights-root
                               (services.shared_dir; without --weights-root the path form is off)
                            -> {"weights_version": K+1, "seconds": S}
+       ...?update=ID&part=I&parts=N   one part of an update sent in N parts (any subset of the weights;
+                              whole decoder layers, see r1kit.rollout.weights): parts 1..N-1 answer
+                              {"part": I, "parts": N, "seconds": S}, part N as above. Parts come in order;
+                              a part 1 starts over, a repeated part (a client's retry) is applied again.
 
 Updates run one at a time (an upload is written and reloaded under one lock). A refused path always
 gets the same message, so the route cannot be used to learn which files exist on the server.
 
 The update pauses generation (in-flight requests finish first), reloads the weights in place
 (``reload_weights`` on every worker: no restart), resets the prefix cache (stale attention
-state otherwise) and resumes. The server always runs with ``--logprobs-mode processed_logprobs``
+state otherwise) and resumes. A multi-part update pauses and reloads per part and resets the
+prefix cache once, after its last part; between parts the model is part old, part new, which
+r1kit's trainer never samples from (every process waits for the push to finish). /r1kit/info
+says when an update is incomplete (``update_in_progress``). The server always runs with ``--logprobs-mode processed_logprobs``
 so the sampled-token logprobs it returns are those of the distribution it sampled from.
 
 Who may call the weight route: anyone who can reach the port can replace the model's weights.
@@ -111,13 +118,32 @@ class WeightUpdater:
         self.max_upload_bytes = max_upload_bytes
         self.lock = asyncio.Lock()  # held from the first byte written to the reload's end: pushes never interleave
         self.version = 0
+        self.parts_applied = 0  # every part reloaded, whole updates included (one part each)
+        self.pending: tuple[str, int, int] | None = None  # (update id, next part, parts) of an incomplete update
+        self.last_done: tuple[str, int] | None = None  # (update id, parts) of the last multi-part update completed
 
-    async def from_upload(self, chunks, declared_bytes: int | None) -> dict:
+    def check_part(self, part: tuple[str, int, int] | None) -> bool:
+        """False for a repeat of the last completed update's final part (answered, not applied again);
+        raises 409 for a part that does not follow the update in progress."""
+        if part is None or part[1] == 1:
+            return True
+        update, index, parts = part
+        if self.last_done == (update, parts) and index == parts:
+            return False
+        if self.pending is None or self.pending[0] != update or self.pending[2] != parts or \
+                index not in (self.pending[1], self.pending[1] - 1):
+            raise UpdateError(409, f"part {index} of {parts} of update {update!r} does not follow the parts received "
+                                   "(they come in order, from part 1): resend the update from part 1")
+        return True
+
+    async def from_upload(self, chunks, declared_bytes: int | None, part: tuple[str, int, int] | None = None) -> dict:
         if declared_bytes is not None and declared_bytes > self.max_upload_bytes:
             raise UpdateError(413, f"weights body of {declared_bytes} bytes; this server takes at most "
                                    f"{self.max_upload_bytes} (--max-upload-gb)")
         start = time.perf_counter()
         async with self.lock:
+            if not self.check_part(part):
+                return {"weights_version": self.version, "seconds": 0.0}
             tmp = self.upload_dir / f".tmp-{uuid.uuid4().hex}-{WEIGHTS_FILE}"
             try:
                 size = 0
@@ -132,9 +158,9 @@ class WeightUpdater:
                 os.replace(tmp, self.upload_dir / WEIGHTS_FILE)
             finally:
                 tmp.unlink(missing_ok=True)
-            return await self._reload(self.upload_dir, start)
+            return await self._reload(self.upload_dir, start, part)
 
-    async def from_path(self, path) -> dict:
+    async def from_path(self, path, part: tuple[str, int, int] | None = None) -> dict:
         start = time.perf_counter()
         if self.weights_root is None:
             raise UpdateError(400, 'this server takes no {"path": DIR} updates: start it with --weights-root DIR '
@@ -143,18 +169,40 @@ class WeightUpdater:
             directory = resolve_weights_dir(path, self.weights_root)
             if directory is None:
                 raise UpdateError(400, BAD_PATH)
-            return await self._reload(directory, start)
+            if not self.check_part(part):
+                return {"weights_version": self.version, "seconds": 0.0}
+            return await self._reload(directory, start, part)
 
-    async def _reload(self, directory: Path, start: float) -> dict:
-        """Pause generation (in-flight requests finish), reload in place, reset the prefix cache, resume."""
+    async def _reload(self, directory: Path, start: float, part: tuple[str, int, int] | None = None) -> dict:
+        """Pause generation (in-flight requests finish), reload in place, after the last part reset the
+        prefix cache, resume."""
+        update, index, parts = part or ("", 1, 1)
+        self.pending = None  # a part that fails leaves no update to continue
         await self.engine.pause_generation(mode="wait")
         try:
             await self.engine.collective_rpc("reload_weights", kwargs={"weights_path": str(directory)})
-            await self.engine.reset_prefix_cache()
+            if index == parts:
+                await self.engine.reset_prefix_cache()
         finally:
             await self.engine.resume_generation()
+        self.parts_applied += 1
+        if index < parts:
+            self.pending = (update, index + 1, parts)
+            return {"part": index, "parts": parts, "seconds": time.perf_counter() - start}
         self.version += 1
+        self.last_done = (update, parts) if parts > 1 else None
         return {"weights_version": self.version, "seconds": time.perf_counter() - start}
+
+
+def parse_part(query) -> tuple[str, int, int] | None:
+    """(update id, part, parts) from ?update=ID&part=I&parts=N, None without them; 400 when malformed."""
+    given = [query.get(k) for k in ("update", "part", "parts")]
+    if all(v is None for v in given):
+        return None
+    update, index, parts = given
+    if not update or not (index or "").isdigit() or not (parts or "").isdigit() or not 1 <= int(index) <= int(parts):
+        raise UpdateError(400, "a part of an update needs ?update=ID&part=I&parts=N with 1 <= I <= N")
+    return update, int(index), int(parts)
 
 
 def build_router(served_name: str, updater_of):
@@ -165,21 +213,23 @@ def build_router(served_name: str, updater_of):
 
     @router.get("/r1kit/info")
     async def info(request: Request):
-        return {"model": served_name, "logprobs_mode": "processed_logprobs",
-                "weights_version": updater_of(request).version}
+        updater = updater_of(request)
+        return {"model": served_name, "logprobs_mode": "processed_logprobs", "weights_version": updater.version,
+                "parts_applied": updater.parts_applied, "update_in_progress": updater.pending is not None}
 
     @router.post("/r1kit/update_weights")
     async def update_weights(request: Request):
         updater = updater_of(request)
         try:
+            part = parse_part(request.query_params)
             if request.headers.get("content-type", "").startswith("application/octet-stream"):
                 declared = request.headers.get("content-length", "")
-                return await updater.from_upload(request.stream(), int(declared) if declared.isdigit() else None)
+                return await updater.from_upload(request.stream(), int(declared) if declared.isdigit() else None, part)
             try:
                 path = (await request.json())["path"]
             except (ValueError, KeyError, TypeError):
                 raise UpdateError(400, 'send a safetensors body, or JSON {"path": DIR}') from None
-            return await updater.from_path(path)
+            return await updater.from_path(path, part)
         except UpdateError as e:
             raise HTTPException(status_code=e.status, detail=str(e)) from None
 
