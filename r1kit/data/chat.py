@@ -228,9 +228,9 @@ def fit_length(samples: list[Sample], max_seq_length: int, overlong: str, stats:
         if len(s) <= max_seq_length:
             out.append(s)
         elif overlong == "error":
-            raise DataError(f"{s.origin}: {len(s)} tokens, longer than sft.max_seq_length={max_seq_length} (packing "
-                            "needs every sample to fit one sequence); raise sft.max_seq_length or set "
-                            "sft.overlong=truncate or drop")
+            raise DataError(f"{s.origin}: {len(s)} tokens, longer than sft.max_seq_length={max_seq_length} (a sample "
+                            "must fit one sequence, packed or not); raise sft.max_seq_length, or set "
+                            "sft.overlong=truncate or drop to cut or leave out such samples")
         elif overlong == "truncate":
             stats.truncated += 1
             out.append(Sample(s.input_ids[:max_seq_length], s.labels[:max_seq_length], s.origin))
