@@ -66,7 +66,8 @@ def cmd_sft(args: list[str]) -> None:
 
     # without a recipe, SFT starts the tiny world from a fresh model (recipes/tiny/sft.yaml)
     summary = run_sft(_load(args, base=Config(name="tiny-sft", model=ModelCfg(name_or_path="builtin:tiny-init"))))
-    print(json.dumps(summary, indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under a launcher, one process prints
+        print(json.dumps(summary, indent=2))
 
 
 def cmd_eval(argv: list[str]) -> None:

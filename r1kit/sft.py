@@ -182,14 +182,12 @@ def run_sft(cfg: Config) -> dict:
         for _ in range(state.step):  # replay the draws of the steps done
             torch.randint(len(samples), (s.batch_size,), generator=order)
         console.print(f"resumed from {resume.directory} at step {state.step}")
-    engine = HFEngine(model, tokenizer, cfg.rollout.generation_batch_size,
-                      gather=dist.gather_for_generation(acc, model), synced=dist.is_sharded(acc))
     console.print(f"[bold]r1kit sft[/] {cfg.name}: {s.steps} steps of {s.batch_size} samples from {s.source} "
                   f"({_describe(stats)}), {acc.num_processes} process(es), strategy {dist.strategy_name(acc)} "
                   f"-> {cfg.run_dir}")
     logger = MetricsLogger(cfg.run_dir, cfg.log, resume=resume is not None) if acc.is_main_process else None
     if cfg.eval.before and state.step == 0 and s.steps > 0:
-        state.eval_before = sft_eval(cfg, engine, tokenizer, eval_rows, acc)
+        state.eval_before = sft_eval(cfg, model, tokenizer, eval_rows, acc)
         console.print("eval (before): " + format_metrics(state.eval_before, sorted(state.eval_before)))
     started, metrics = time.time(), {}
     model.train()
@@ -206,7 +204,7 @@ def run_sft(cfg: Config) -> dict:
             state.target_tokens += int(metrics["train/target_tokens"])
             state.skipped_nonfinite += int(metrics.pop("train/skipped_nonfinite"))
             if (s.eval_every and step % s.eval_every == 0) or (step == s.steps and cfg.eval.after):
-                metrics |= sft_eval(cfg, engine, tokenizer, eval_rows, acc)
+                metrics |= sft_eval(cfg, model, tokenizer, eval_rows, acc)
                 console.print(f"step {step}: " + format_metrics(metrics, sorted(metrics)))
             if (s.save_every and step % s.save_every == 0) or step == s.steps:
                 state.wall_seconds += time.time() - started
@@ -281,9 +279,14 @@ def _describe(stats: ChatStats) -> str:
 # ---------------------------------------------------------------- evaluation and the end
 
 
-def sft_eval(cfg: Config, engine, tokenizer, rows: list[dict], acc) -> dict:
+def sft_eval(cfg: Config, model, tokenizer, rows: list[dict], acc=None) -> dict:
     """Held-out greedy accuracy; in the tiny world also the accuracy of each forced answer style.
-    With several processes each scores its share of the problems, gathered (evaluation runs once)."""
+    With several processes (`acc`) each scores its share of the problems, gathered (evaluation runs once)."""
+    if acc is None:
+        engine = HFEngine(model, tokenizer, cfg.rollout.generation_batch_size)
+    else:
+        engine = HFEngine(model, tokenizer, cfg.rollout.generation_batch_size,
+                          gather=dist.gather_for_generation(acc, model), synced=dist.is_sharded(acc))
     kwargs = dict(system_prompt=cfg.data.system_prompt, instruction=cfg.data.instruction,
                   prompt_format=cfg.data.prompt_format, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed)
     result = _shared_eval(engine, tokenizer, rows, acc, **kwargs)
@@ -297,7 +300,7 @@ def sft_eval(cfg: Config, engine, tokenizer, rows: list[dict], acc) -> dict:
 
 
 def _shared_eval(engine, tokenizer, rows: list[dict], acc, **kwargs) -> EvalResult:
-    if acc.num_processes == 1:
+    if acc is None or acc.num_processes == 1:
         return evaluate(engine, tokenizer, rows, **kwargs)
     share, per_rank = dist.padded_share(len(rows), acc)
     mine = [rows[i] for i in share] or rows[-1:]
