@@ -139,6 +139,25 @@ def test_files_of_every_layout_become_completion_only_samples(tmp_path, tiny_tok
         assert tiny_tokenizer.decode(samples[0].input_ids).startswith(f"<|system|>{SYSTEM}<|end|><|user|>Return")
 
 
+def test_a_hub_dataset_goes_through_load_dataset(tiny_tokenizer, monkeypatch):
+    """Offline here: datasets.load_dataset is replaced at the boundary; the conversion after it is the real one."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, subset, split):
+        calls.append((name, subset, split))
+        return [BESPOKE_STRATOS, OPENTHOUGHTS]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    cfg = sft_cfg("sft.source=bespokelabs/Bespoke-Stratos-17k", "sft.thought_tags=think")
+    samples, stats = build_samples(cfg, tiny_tokenizer)
+    assert calls == [("bespokelabs/Bespoke-Stratos-17k", None, "train")] and stats.layouts == {"sharegpt": 2}
+    assert targets_text(tiny_tokenizer, samples[0]) == ["<think>\n\n2+3=5\n\n</think>\n\n\n\n\\boxed{5}\n\n<|end|>"]
+    with pytest.raises(DataError, match="sft.source='nope': expected tiny_arith, gsm8k, a .jsonl"):
+        build_samples(sft_cfg("sft.source=nope"), tiny_tokenizer)
+
+
 def test_a_template_that_rewrites_history_gives_one_sample_per_turn(tiny_tokenizer):
     # the plain format writes no end-of-turn token into the history, so turn 2's prompt does not extend turn 1
     messages = chat.to_messages(SHAREGPT, "sharegpt", "x")
