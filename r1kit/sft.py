@@ -46,7 +46,7 @@ from r1kit.evaluate import EvalResult, evaluate, tiny_style_prefills
 from r1kit.logging import MetricsLogger, console, format_metrics, progress_bar, quiet_library_progress
 from r1kit.models import load_model, load_tokenizer, pick_device
 from r1kit.rollout.hf import HFEngine
-from r1kit.run import _prepare_run_dir, _resume_point
+from r1kit.run import RunStopped, StopSignals, _prepare_run_dir, _resume_point
 
 
 # ---------------------------------------------------------------- data
@@ -191,7 +191,7 @@ def run_sft(cfg: Config) -> dict:
         console.print("eval (before): " + format_metrics(state.eval_before, sorted(state.eval_before)))
     started, metrics = time.time(), {}
     model.train()
-    with progress_bar(cfg.log.progress and acc.is_main_process) as bar:
+    with StopSignals() as signals, progress_bar(cfg.log.progress and acc.is_main_process) as bar:
         task = bar.add_task("sft", total=s.steps, completed=state.step, info="")
         while state.step < s.steps:
             step = state.step + 1
@@ -206,7 +206,8 @@ def run_sft(cfg: Config) -> dict:
             if (s.eval_every and step % s.eval_every == 0) or (step == s.steps and cfg.eval.after):
                 metrics |= sft_eval(cfg, model, tokenizer, eval_rows, acc)
                 console.print(f"step {step}: " + format_metrics(metrics, sorted(metrics)))
-            if (s.save_every and step % s.save_every == 0) or step == s.steps:
+            signum = dist.all_max(acc, signals.signum)  # SIGINT/SIGTERM: every process stops after this step
+            if (s.save_every and step % s.save_every == 0) or step == s.steps or signum:
                 state.wall_seconds += time.time() - started
                 started = time.time()
                 save_checkpoint(cfg.run_dir / "checkpoints", step, acc, model, tokenizer,
@@ -216,6 +217,8 @@ def run_sft(cfg: Config) -> dict:
                 logger.log(step, metrics)
             bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.3f}  "
                                                   f"tok/s {metrics['train/tokens_per_second']:.0f}")
+            if signum and step < s.steps:
+                _stop(cfg, step, signum, logger)
     return _finish(cfg, acc, model, tokenizer, state, metrics, stats, logger, time.time() - started)
 
 
@@ -252,6 +255,20 @@ def train_step(cfg: Config, acc, model, optimizer, mine: list[Sample], pad_id: i
             "train/target_tokens": float(total_targets), "train/tokens": float(tokens * world),
             "train/tokens_per_second": tokens * world / seconds, "train/padding_share": 1 - tokens / max(cells, 1),
             "train/skipped_nonfinite": float(skipped), "time/step": seconds}
+
+
+def _stop(cfg: Config, step: int, signum: int, logger) -> None:
+    """After the stop signal's step was checkpointed: close the log and say how to resume."""
+    import shlex
+    import signal
+    import sys
+
+    if logger is not None:
+        logger.close()
+    command = " ".join(["r1kit", *(shlex.quote(a) for a in sys.argv[1:] if not a.startswith("train.resume_from=")),
+                        "train.resume_from=latest"])
+    raise RunStopped(signum, f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint "
+                             f"{cfg.run_dir / 'checkpoints' / f'step-{step}'}. Resume with: {command}")
 
 
 def _check_strategy(cfg: Config, acc) -> None:

@@ -433,6 +433,34 @@ def test_a_crashed_run_resumes_exactly(small_model_dir, tmp_path, monkeypatch):
     assert steps == [1, 2, 3, 4]
 
 
+def test_a_stop_signal_checkpoints_the_step_and_the_run_resumes_exactly(small_model_dir, tmp_path, monkeypatch):
+    """SIGINT after step 1's stop check (raised from its metrics logger): the run stops after the next step,
+    checkpoints it though sft.save_every would not, exits with 130, and a resume ends at the straight run's weights."""
+    import signal
+
+    from r1kit.logging import MetricsLogger
+    from r1kit.run import RunStopped
+
+    path = chat_file(tmp_path)
+    common = ["sft.steps=3", "sft.batch_size=4", "sft.learning_rate=1e-3", "sft.save_every=0", "eval.before=false",
+              "eval.after=false", f"sft.source={path}"]
+    run_sft(load_recipe(None, run_overrides(small_model_dir, tmp_path, "straight", *common)))
+    log = MetricsLogger.log
+
+    def interrupt_at_step_one(self, step, metrics):
+        log(self, step, metrics)
+        if step == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(MetricsLogger, "log", interrupt_at_step_one)
+    with pytest.raises(RunStopped, match="stopped by SIGINT after step 2; checkpoint .*step-2. Resume with:") as stop:
+        run_sft(load_recipe(None, run_overrides(small_model_dir, tmp_path, "t", *common)))
+    assert stop.value.exit_code == 130
+    monkeypatch.setattr(MetricsLogger, "log", log)
+    run_sft(load_recipe(None, run_overrides(small_model_dir, tmp_path, "t", *common, "train.resume_from=latest")))
+    assert max_diff(final_weights(tmp_path / "t"), final_weights(tmp_path / "straight")) == 0.0
+
+
 # ---------------------------------------------------------------- several processes (marker: distributed)
 
 # fp32 on one machine: the processes sum gradients in another order than one process does
