@@ -77,7 +77,8 @@ def cmd_sft(args: list[str]) -> None:
     # without a recipe, SFT starts the tiny world from a fresh model (recipes/tiny/sft.yaml)
     cfg = _load(args, base=Config(name="tiny-sft", model=ModelCfg(name_or_path="builtin:tiny-init")))
     summary = run_sft(cfg)
-    print(json.dumps(summary, indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under a launcher, one process prints
+        print(json.dumps(summary, indent=2))
     _push_result(push, cfg.run_dir / "final", "model")
 
 

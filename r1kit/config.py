@@ -218,6 +218,16 @@ class SFTCfg:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     eval_every: int = 500  # held-out check during SFT (0: only at the end)
+    # SFT at scale (r1kit.data.chat, README "SFT at scale"): chat datasets, packing, micro-batches, checkpoints
+    format: Literal["auto", "messages", "sharegpt", "prompt_completion"] = "auto"  # chat file/hub layout (auto: by columns)
+    subset: str | None = None  # hub dataset configuration (sft.source=owner/name)
+    split: str = "train"  # hub dataset split
+    thought_tags: Literal["keep", "think"] = "keep"  # think: Bespoke-Stratos <|begin_of_thought|> markers -> <think>
+    max_seq_length: int = 0  # tokens per sample (and per packed row); 0: no limit (packing needs one)
+    overlong: Literal["error", "truncate", "drop"] = "error"  # samples longer than max_seq_length (counted, logged)
+    packing: bool = False  # several samples per row of max_seq_length tokens, no attention across them
+    micro_batch_size: int = 0  # samples (packed: rows) per forward/backward on each process; 0: its whole share
+    save_every: int = 500  # checkpoint every N steps and after the last (0: only after the last); resume: train.resume_from
 
 
 @dataclass
@@ -479,6 +489,10 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.sft.direct_fraction <= 1 and 0 <= cfg.sft.large_direct_fraction <= 1,
          "sft.direct_fraction and sft.large_direct_fraction must be in [0, 1]"),
         (cfg.sft.batch_size >= 1 and cfg.sft.steps >= 0, "sft.batch_size must be >= 1 and sft.steps >= 0"),
+        (cfg.sft.max_seq_length >= 0 and cfg.sft.micro_batch_size >= 0 and cfg.sft.save_every >= 0,
+         "sft.max_seq_length, sft.micro_batch_size and sft.save_every must be >= 0"),
+        (not cfg.sft.packing or cfg.sft.max_seq_length > 0,
+         "sft.packing needs sft.max_seq_length > 0 (the length of a packed row)"),
         (cfg.eval.n_samples >= 0 and cfg.eval.every >= 0, "eval.n_samples and eval.every must be >= 0"),
         (cfg.eval.temperature > 0, f"eval.temperature must be > 0 (greedy is always reported), got {cfg.eval.temperature}"),
         (0 < cfg.eval.top_p <= 1, f"eval.top_p must be in (0, 1], got {cfg.eval.top_p}"),
