@@ -110,6 +110,10 @@ def test_seed_recipe_loads_validates_and_explains_itself(name):
     for part in ("# Reproduces:", "# Hardware:", "# Launch", "# Differs from the original:", "# Dry run on a CPU:"):
         assert part in header, f"{path.name}: its opening comment lacks {part!r}"
     seed = SEED_RUNS[name]
+    if seed.command == "train":
+        from r1kit.run import _build_rewards
+
+        assert len(_build_rewards(cfg)) == len(cfg.rewards)  # names, parameters and labels resolve
     for config in re.findall(r"--config_file (\S+)", header):
         assert (ROOT / config).is_file(), config
         assert seed.strategy is None or config.endswith(f"/{seed.strategy}.yaml"), (config, seed.strategy)
