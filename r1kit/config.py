@@ -91,6 +91,9 @@ class DataCfg:
     eval_size: int = 200  # held-out problems evaluated (first N rows)
     columns: ColumnsCfg = field(default_factory=ColumnsCfg)  # files and hub datasets (shipped ones know theirs)
     skip_invalid: bool = False  # rows without a usable question/answer: error naming the row (false) or skip and count
+    # how the gold answer is read from the answer column: none (the cell as is; a GSM8K '... #### N' cell gives N);
+    # boxed (the last \boxed{} of a worked solution, as MATH, NuminaMath and X-R1 store it; a row without one is invalid)
+    gold_extract: Literal["none", "boxed"] = "none"
     task_config: dict[str, Any] = field(default_factory=dict)  # reasoning_gym:<task> options (e.g. min_terms)
     system_prompt: str = "none"  # none, r1, tiny_r1, or the literal text of a system prompt
     instruction: str = "none"  # appended to each question: none, boxed (R1 / Qwen-Math eval), or literal text

@@ -60,6 +60,27 @@ def test_local_files(tmp_path):
         assert [(r["question"], r["answer"]) for r in got] == [("1+1?", "2"), ("2+2?", "4")]
 
 
+def test_gold_from_a_worked_solution_is_its_last_boxed_answer(tmp_path):
+    """data.gold_extract=boxed: MATH / NuminaMath / X-R1 keep only a worked solution; its last \\boxed{} is the gold."""
+    rows = [{"problem": "Half of 1?", "solution": "First \\boxed{2} is wrong; halve: $\\boxed{\\frac{1}{2}}$."},
+            {"problem": "3+4?", "solution": "3+4 = \\boxed{ 7 }"},
+            {"problem": "No box?", "solution": "The answer is 5."}]
+    path = tmp_path / "math.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = DataCfg(source=str(path), gold_extract="boxed")
+    cfg.columns.question, cfg.columns.answer = "problem", "solution"
+    with pytest.raises(DataError, match=r"math.jsonl row 2: no \\boxed\{\} answer in column 'solution' "
+                                        r"\(data.gold_extract=boxed\); fix the data or set data.skip_invalid=true"):
+        load_rows(cfg, "train")
+    cfg.skip_invalid = True
+    got, report = load_data(cfg, "train")
+    assert [r["answer"] for r in got] == ["\\frac{1}{2}", "7"]
+    assert got[1]["solution"] == rows[1]["solution"]  # the worked solution stays in its own column
+    assert report.kept == 2 and report.skipped == {"no \\boxed{} answer": 1}
+    cfg.gold_extract = "none"  # the default: the cell as it is
+    assert load_rows(cfg, "train")[1]["answer"] == rows[1]["solution"]
+
+
 def test_bad_data_errors_name_file_and_row(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"question": "a", "answer": "1"}\n{"question": "b"}\n')

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r1kit.data import benchmarks, tasks
-from r1kit.data.answers import extract_hash_answer
+from r1kit.data.answers import extract_boxed, extract_hash_answer
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 REASONING_GYM = "reasoning_gym:"
@@ -122,7 +122,7 @@ def load_data(data_cfg, split: str, size: int | None = None) -> tuple[list[dict]
         raise DataError(f"data.source {source!r} is not tiny_arith, a shipped benchmark ({', '.join(benchmarks.BENCHMARKS)}), "
                         "reasoning_gym:<task>, an existing .jsonl/.parquet/.csv file, "
                         "nor a hub dataset name like 'openai/gsm8k'")
-    rows, report = _normalise(raw, data_cfg.columns, origin, data_cfg.skip_invalid)
+    rows, report = _normalise(raw, data_cfg.columns, origin, data_cfg.skip_invalid, data_cfg.gold_extract)
     return (rows[:size] if size is not None else rows), report
 
 
@@ -221,7 +221,8 @@ def _read_hub(name: str, subset: str | None, split: str) -> list[dict]:
         raise DataError(f"could not load hub dataset {name!r} (subset {subset!r}) split {split!r}: {e}") from e
 
 
-def _normalise(raw: list[dict], columns, origin: str, skip_invalid: bool = False) -> tuple[list[dict], DataReport]:
+def _normalise(raw: list[dict], columns, origin: str, skip_invalid: bool = False,
+               gold_extract: str = "none") -> tuple[list[dict], DataReport]:
     report = DataReport(origin, read=len(raw))
     if not raw:
         raise DataError(f"dataset {origin} is empty")
@@ -240,7 +241,15 @@ def _normalise(raw: list[dict], columns, origin: str, skip_invalid: bool = False
             reason = f"missing or empty {bad[0]}"
             _reject(report, reason, i, f"{origin} row {i}: {reason} (column {getattr(columns, bad[0])!r})", skip_invalid)
             continue
-        rows.append({**row, "question": str(row[columns.question]), "answer": str(row[columns.answer])})
+        gold = str(row[columns.answer])
+        if gold_extract == "boxed":
+            gold = (extract_boxed(gold) or "").strip()
+            if not gold:  # a worked solution without a final \boxed{} has no gold to check
+                reason = "no \\boxed{} answer"
+                _reject(report, reason, i, f"{origin} row {i}: {reason} in column {columns.answer!r} "
+                        "(data.gold_extract=boxed)", skip_invalid)
+                continue
+        rows.append({**row, "question": str(row[columns.question]), "answer": gold})
     report.kept = len(rows)
     _check_not_empty(rows, report)
     return rows, report
