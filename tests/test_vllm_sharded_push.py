@@ -64,7 +64,7 @@ def runs(served, model_dir, tmp_path_factory):
     for strategy in ("zero2", "zero3", "fsdp2"):
         before = client.get("/r1kit/info")
         done = launch(strategy, recipe(tmp, model_dir), f"name={strategy}", "rollout.engine=server",
-                      f"services.generation_url={served.url}", "services.weight_bucket_mb=0.01", timeout=600)
+                      f"services.generation_url={served.url}", "services.weight_bucket_mb=0.01", timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         after = client.get("/r1kit/info")
         out[strategy] = {"run": tmp / "runs" / strategy, "before": before, "after": after,

@@ -12,8 +12,9 @@ as a flat ``{name: tensor}`` in the checkpoint format ``save_pretrained`` writes
 sharded models (ZeRO-3, FSDP2): a ``Gatherer`` makes one decoder layer whole at a time (every rank
 takes part), so the whole model is never gathered at once on the accelerator. A part always holds
 whole decoder layers: vLLM fuses q/k/v and gate/up inside a layer, and its in-place reload leaves
-the unsent parts of a half-loaded fused layer uninitialised (``reload/layerwise.py``, measured
-with vLLM 0.32). Embeddings, the final norm and the head travel together (a tied head shares the
+the unsent parts of a half-loaded fused layer uninitialised (vLLM 0.32's ``reload/layerwise.py``
+materialises the layer with ``torch.empty`` and processes it at the end: read in its source, not
+provoked here). Embeddings, the final norm and the head travel together (a tied head shares the
 embedding's tensor).
 """
 
