@@ -27,11 +27,13 @@ def default_chunk_rows(vocab_size: int) -> int:
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   temperature: float) -> torch.Tensor:
     """(m, H) hidden, (V, H) weight, (V,) bias -> (m, V) temperature-scaled logits in float32 (float64
-    for a float64 head). The product runs in the weight's dtype, as the model's own head would."""
+    for a float64 head). The product runs in the weight's dtype, as the model's own head would; the
+    rest is in place, so one (m, V) buffer is made (two for a half-precision head)."""
     logits = hidden.to(weight.dtype) @ weight.t()
     if bias is not None:
-        logits = logits + bias
-    return logits.to(torch.promote_types(weight.dtype, torch.float32)) / temperature
+        logits.add_(bias)
+    logits = logits.to(torch.promote_types(weight.dtype, torch.float32))
+    return logits.div_(temperature) if temperature != 1.0 else logits
 
 
 class _ChunkedHeadScores(torch.autograd.Function):
@@ -44,11 +46,16 @@ class _ChunkedHeadScores(torch.autograd.Function):
         logprobs, entropy, lse = (torch.zeros(rows, dtype=dtype, device=hidden.device) for _ in range(3))
         for s in range(0, rows, chunk_rows):
             z = _chunk_logits(hidden[s:s + chunk_rows], weight, bias, temperature)  # (m, V)
-            chunk_lse = torch.logsumexp(z, dim=-1)  # (m,)
+            top = z.max(dim=-1, keepdim=True).values  # (m, 1)
+            target_logit = z.gather(-1, targets[s:s + chunk_rows, None])  # (m, 1)
+            shifted = z.sub_(top)  # (m, V) z - max, in z's buffer
+            e = shifted.exp()  # (m, V)
+            total = e.sum(-1, keepdim=True)  # (m, 1)
+            chunk_lse = (top + total.log()).squeeze(-1)  # (m,)
             lse[s:s + chunk_rows] = chunk_lse
-            logprobs[s:s + chunk_rows] = z.gather(-1, targets[s:s + chunk_rows, None]).squeeze(-1) - chunk_lse
-            if with_entropy:
-                entropy[s:s + chunk_rows] = chunk_lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+            logprobs[s:s + chunk_rows] = target_logit.squeeze(-1) - chunk_lse
+            if with_entropy:  # entropy = log(total) - sum_v p_v (z_v - max), p = e / total
+                entropy[s:s + chunk_rows] = (total.log() - e.mul_(shifted).sum(-1, keepdim=True) / total).squeeze(-1)
         ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
         ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
         ctx.set_materialize_grads(False)  # an output nobody differentiates gets None, not a zero tensor
@@ -68,7 +75,9 @@ class _ChunkedHeadScores(torch.autograd.Function):
                                        targets[s:s + step], entropy[s:s + step],
                                        None if grad_logprobs is None else grad_logprobs[s:s + step],
                                        None if grad_entropy is None else grad_entropy[s:s + step])
-            grad_z = (grad_z / ctx.temperature).to(weight.dtype)  # d/d(h W^T + b)
+            if ctx.temperature != 1.0:
+                grad_z.div_(ctx.temperature)
+            grad_z = grad_z.to(weight.dtype)  # d/d(h W^T + b)
             if need_hidden:
                 grad_hidden[s:s + step] = (grad_z @ weight).to(hidden.dtype)
             if need_weight:
@@ -80,16 +89,19 @@ class _ChunkedHeadScores(torch.autograd.Function):
 
 def _chunk_logit_grad(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, entropy: torch.Tensor,
                       grad_logprobs: torch.Tensor | None, grad_entropy: torch.Tensor | None) -> torch.Tensor:
-    """d(loss)/dz for one chunk: z (m, V) float32 logits; lse, targets, entropy and the incoming
-    gradients (m,). Gradients of None contribute nothing."""
-    log_p = z - lse[:, None]  # (m, V)
+    """d(loss)/dz for one chunk, computed in z's buffer (plus one more when the entropy has a gradient):
+    z (m, V) float32 logits; lse, targets, entropy and the incoming gradients (m,); None contributes nothing."""
+    log_p = z.sub_(lse[:, None])  # (m, V)
     p = log_p.exp()
-    grad_z = torch.zeros_like(z)
+    if grad_entropy is not None:  # -g_H * p * (log p + H), in log_p's buffer
+        entropy_term = log_p.add_(entropy[:, None]).mul_(p).mul_(-grad_entropy[:, None])
+    grad_z = p  # -g_lp * p + g_lp at the target, in p's buffer
     if grad_logprobs is not None:
-        grad_z -= p * grad_logprobs[:, None]
-        grad_z.scatter_add_(-1, targets[:, None], grad_logprobs[:, None])
+        grad_z.mul_(-grad_logprobs[:, None]).scatter_add_(-1, targets[:, None], grad_logprobs[:, None])
+    else:
+        grad_z.zero_()
     if grad_entropy is not None:
-        grad_z -= p * (log_p + entropy[:, None]) * grad_entropy[:, None]
+        grad_z.add_(entropy_term)
     return grad_z
 
 
