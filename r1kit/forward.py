@@ -127,7 +127,7 @@ def scoring_head(model, layout: Layout, temperature: float, with_entropy: bool, 
                 f"{type(inner).__name__} changes its logits after the output head ({key}={getattr(config, key)}), "
                 "which r1kit's chunked logprob computation (r1kit.forward) does not implement")
     head = inner.get_output_embeddings()
-    if type(head) is not torch.nn.Linear:  # LoRA or modules_to_save on the head wrap it in another module
+    if not isinstance(head, torch.nn.Linear):  # LoRA or modules_to_save wrap it in another module (FSDP2 subclasses it)
         raise NotImplementedError(f"the output head is a {type(head).__name__}, not a plain Linear: r1kit scores "
                                   "completions through the head's weight in chunks; do not put adapters on lm_head")
     calls = []
