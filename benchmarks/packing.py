@@ -8,9 +8,10 @@
    backward and AdamW step) is compared, median over steps 2.. (step 1 warms up). Both runs sample the same
    completions at step 1; later steps may differ in the last bits (the two layouts round differently).
 2. smollm2-shaped: a random model with SmolLM2-135M's shape (576 wide, 30 layers, 9 heads / 3 KV heads,
-   vocabulary 49,152, tied), one update (forward, backward, AdamW step) on a prepared batch of 2 prompts x
-   8 completions, prompts of 40-80 tokens and completions of 32-256 tokens (uniform, seeded): the issue's
-   "G = 8 and >= 256 new tokens" with the spread of lengths a real step has. The layouts alternate update
+   vocabulary 49,152, tied), one update (forward, backward, AdamW step) on a prepared batch of one 64-token
+   prompt x 8 completions of 32-256 tokens (uniform, seeded): the issue's "G = 8 and >= 256 new tokens" with
+   the spread of lengths a real step has (activations of 16 completions took 7 GB: too much for this shared
+   machine). The layouts alternate update
    by update on one model; median of --repeats after a warm-up round.
 Packed rows are as wide as the longest sequence (r1kit.forward.packed_layout). fp32, one torch thread.
 Writes benchmarks/results/packing.json.
@@ -56,17 +57,16 @@ def smollm2_batch(vocab: int):
     from r1kit.rollout.hf import left_pad
 
     g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(10, vocab, (int(torch.randint(40, 81, (1,), generator=g)),), generator=g).tolist()
-               for _ in range(2)]
-    prompt_ids, prompt_mask = left_pad([prompts[i // 8] for i in range(16)], 0)
-    lengths = torch.randint(32, 257, (16,), generator=g)
-    completion_ids = torch.zeros(16, int(lengths.max()), dtype=torch.long)
+    prompt = torch.randint(10, vocab, (64,), generator=g).tolist()
+    prompt_ids, prompt_mask = left_pad([prompt] * 8, 0)
+    lengths = torch.randint(32, 257, (8,), generator=g)
+    completion_ids = torch.zeros(8, int(lengths.max()), dtype=torch.long)
     completion_mask = torch.zeros_like(completion_ids)
     for i, n in enumerate(lengths.tolist()):
         completion_ids[i, :n] = torch.randint(10, vocab, (n,), generator=g)
         completion_mask[i, :n] = 1
     return RolloutBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, torch.zeros(completion_ids.shape),
-                        torch.linspace(-1, 1, 16), torch.zeros(16, dtype=torch.bool))
+                        torch.linspace(-1, 1, 8), torch.zeros(8, dtype=torch.bool))
 
 
 def smollm2(repeats: int) -> dict:

@@ -1,7 +1,7 @@
 """Peak memory and time of one GRPO update with Qwen2.5-0.5B's vocabulary (151,936) and 1k-token completions.
 
-    python benchmarks/update_memory.py                      # 4 completions x 1024 tokens, 64-token prompt
-    python benchmarks/update_memory.py --completions 8      # more rows (the full-logits row needs ~2x the RAM)
+    python benchmarks/update_memory.py                      # 2 completions x 1024 tokens, 64-token prompt
+    python benchmarks/update_memory.py --completions 4      # twice the rows: the full-logits row needs twice the RAM
 
 The model is a random qwen2 with Qwen2.5-0.5B's vocabulary and tied embeddings but a small body
 (--hidden 128, --layers 2), built from its config: the logits are (rows, positions, vocabulary) whatever
@@ -185,7 +185,7 @@ def child(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--completions", type=int, default=4)
+    p.add_argument("--completions", type=int, default=2)
     p.add_argument("--length", type=int, default=1024)
     p.add_argument("--prompt", type=int, default=64)
     p.add_argument("--hidden", type=int, default=128)
