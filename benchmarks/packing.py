@@ -10,8 +10,8 @@
 2. smollm2-shaped: a random model with SmolLM2-135M's shape (576 wide, 30 layers, 9 heads / 3 KV heads,
    vocabulary 49,152, tied), one update (forward, backward, AdamW step) on a prepared batch of one 64-token
    prompt x 8 completions of 32-256 tokens (uniform, seeded): the issue's "G = 8 and >= 256 new tokens" with
-   the spread of lengths a real step has (activations of 16 completions took 7 GB: too much for this shared
-   machine). The layouts alternate update
+   the spread of lengths a real step has, in micro-batches of 4 (16 completions in one micro-batch took
+   7 GB of activations, and 8 were killed for memory on this shared machine). The layouts alternate update
    by update on one model; median of --repeats after a warm-up round.
 Packed rows are as wide as the longest sequence (r1kit.forward.packed_layout). fp32, one torch thread.
 Writes benchmarks/results/packing.json.
@@ -83,10 +83,12 @@ def smollm2(repeats: int) -> dict:
     for _ in range(repeats + 1):  # the first round is a warm-up
         for layout in times:
             start = time.perf_counter()
-            logprobs, entropy = batch_module.completion_logprobs_and_entropy(model, batch, 1.0,
-                                                                             packed=layout == "packed")
-            loss, _ = policy_loss(logprobs, logprobs.detach(), batch.advantages, batch.completion_mask, entropy=entropy)
-            loss.backward()
+            for part in (batch.slice(0, 4), batch.slice(4, 8)):  # micro-batches of 4, as train.micro_batch_size=4
+                logprobs, entropy = batch_module.completion_logprobs_and_entropy(model, part, 1.0,
+                                                                                 packed=layout == "packed")
+                loss, _ = policy_loss(logprobs, logprobs.detach(), part.advantages, part.completion_mask,
+                                      entropy=entropy)
+                (loss / 2).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             times[layout].append(time.perf_counter() - start)
