@@ -10,8 +10,15 @@ from dataclasses import dataclass
 import torch
 
 from r1kit.algo.loss import logprobs_and_entropy
+from r1kit.forward import packed_layout, padded_layout, score_completions
 from r1kit.rollout.hf import left_pad
 from r1kit.types import Completion
+
+# The training forward packs sequences without padding (r1kit.forward.packed_layout) when this is True.
+# Off for now: packing measured ~1.4x faster per update (benchmarks/packing.py, README) and is tested equal
+# to padding (tests/test_forward.py), but the whole suite has not yet run with it on. Only for models whose
+# attention mask comes from transformers' masking_utils (position-id restarts separate the sequences).
+PACK_SEQUENCES = False
 
 
 @dataclass
@@ -99,8 +106,8 @@ def completion_logprobs(model, batch: RolloutBatch, temperature: float = 1.0,
     """log p(completion token | prefix) under `model` at `temperature`: (N, C), float32.
 
     Position ids count real tokens only (left padding does not shift them), as `generate` does,
-    so the result matches the engine's sampled-token logprobs for the same weights. Only the
-    last C+1 positions' logits are computed (logits_to_keep), which matters for large vocabularies.
+    so the result matches the engine's sampled-token logprobs for the same weights. No full logits
+    are made: the scored positions go through the output head in chunks (r1kit.forward).
     """
     if micro_batch_size is not None and micro_batch_size < len(batch):
         return torch.cat([completion_logprobs(model, batch.slice(s, s + micro_batch_size), temperature)
@@ -109,9 +116,24 @@ def completion_logprobs(model, batch: RolloutBatch, temperature: float = 1.0,
 
 
 def completion_logprobs_and_entropy(model, batch: RolloutBatch, temperature: float = 1.0, with_entropy: bool = True,
-                                    entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                                    entropy_grad: bool = False, packed: bool | None = None
+                                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(N, C) logprobs of the completion tokens and (N, C) entropy of the temperature-scaled next-token
-    distribution at each completion position (None unless with_entropy; detached unless entropy_grad)."""
+    distribution at each completion position (None unless with_entropy; detached unless entropy_grad),
+    0 on padding. Computed from hidden states through the output head in chunks (r1kit.forward): no
+    (N, C, V) logits in forward or backward. `packed` picks the layout (None: PACK_SEQUENCES)."""
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    make_layout = packed_layout if (PACK_SEQUENCES if packed is None else packed) else padded_layout
+    layout = make_layout(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
+    return score_completions(model, layout, batch.completion_mask, temperature, with_entropy, entropy_grad)
+
+
+def full_logits_logprobs_and_entropy(model, batch: RolloutBatch, temperature: float = 1.0, with_entropy: bool = True,
+                                     entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The same (N, C) logprobs and entropy from the model's full (N, C+1, V) logits (padded layout):
+    what r1kit did before the chunked path. Kept as the reference the chunked path is tested against and
+    the "before" of benchmarks/update_memory.py; the trainer does not use it."""
     device = next(model.parameters()).device
     batch = batch.to(device)
     input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)  # (N, P+C)

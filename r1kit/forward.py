@@ -1,0 +1,166 @@
+"""The policy forward that scores completions: sampled-token logprobs and entropy, never full logits.
+
+The model body runs as usual (the prepared model, so DDP, DeepSpeed ZeRO and FSDP2 run their hooks,
+LoRA adapters and gradient checkpointing included); for the duration of the call its output head
+(`get_output_embeddings()`) computes, instead of (rows, positions, vocabulary) logits, the logprob and
+entropy of the scored positions in chunks (r1kit.algo.head). The head is still called as a module,
+inside the model's own forward, which is what makes this work under sharding: ZeRO-3 gathers the head's
+weight in the head's pre-forward hook and again before its backward, and FSDP2 unshards the root's
+parameters (the head's included) around the root forward and backward. A submodule called from outside
+would see partitioned weights.
+
+Two layouts of the same rows:
+- padded: (N, P+C), prompts left-padded, completions right-padded, with an attention mask;
+- packed: each sequence's real tokens only, laid end to end in rows of at most the longest sequence,
+  position ids restarting at 0 per sequence and no attention mask: transformers' masking_utils reads the
+  restarts as packed sequences and keeps them from attending to each other (sdpa, eager, flash, flex).
+
+Deviation, on purpose: models whose forward transforms the logits after the head (Gemma-2/3 soft-capping,
+Cohere's logit_scale, Granite's logits_scaling) are refused with a clear error rather than scored wrongly.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from r1kit.algo.head import chunked_logprobs_and_entropy
+
+# config attributes of models that change the logits after the output head (see the module docstring)
+POST_HEAD_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+@dataclass
+class Layout:
+    """One forward's inputs and where its scored positions are.
+
+    input_ids, position_ids (R, L); attention_mask (R, L) or None (packed); logits_to_keep as the
+    model takes it; targets (R, K) the token each kept position predicts, scored (R, K) bool where it
+    counts; source (N, C) the flat index into (R*K) of completion token (n, c), valid where the
+    completion mask is 1.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    logits_to_keep: int
+    targets: torch.Tensor
+    scored: torch.Tensor
+    source: torch.Tensor
+
+
+def padded_layout(prompt_ids, prompt_mask, completion_ids, completion_mask) -> Layout:
+    """(N, P) left-padded prompts and (N, C) right-padded completions as one (N, P+C) padded batch.
+    Position ids count real tokens only, as `generate` does (so the result matches the engine's logprobs)."""
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (N, P+C)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    N, C = completion_ids.shape
+    # the last C+1 positions are kept: position P-1+c predicts completion token c; the very last predicts nothing
+    targets = torch.nn.functional.pad(completion_ids, (0, 1))  # (N, C+1)
+    scored = torch.nn.functional.pad(completion_mask.bool(), (0, 1))
+    source = torch.arange(N * (C + 1), device=completion_ids.device).view(N, C + 1)[:, :C]
+    return Layout(input_ids, position_ids, attention_mask, C + 1, targets, scored, source)
+
+
+def packed_layout(prompt_ids, prompt_mask, completion_ids, completion_mask) -> Layout:
+    """The same N sequences without padding: real prompt + completion tokens end to end, first-fit
+    into rows as wide as the longest sequence (longest first), position ids restarting per sequence.
+    A row's unused tail holds token 0 with its own restarting positions, never scored."""
+    prompt_len, completion_len = prompt_mask.sum(-1).tolist(), completion_mask.sum(-1).tolist()
+    lengths = [p + c for p, c in zip(prompt_len, completion_len)]
+    width = max(max(lengths), 1)
+    rows: list[list[int]] = []  # sequence indices per row
+    free: list[int] = []
+    if min(prompt_len, default=1) < 1:
+        raise ValueError("every completion needs a prompt of at least one token (its first token is predicted from it)")
+    for n in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r in range(len(rows)) if free[r] >= lengths[n]), None)
+        if r is None:
+            rows.append([])
+            free.append(width)
+            r = len(rows) - 1
+        rows[r].append(n)
+        free[r] -= lengths[n]
+    N, C = completion_ids.shape
+    input_ids = torch.zeros((len(rows), width), dtype=torch.long)  # the tail's token id does not matter
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    targets = torch.zeros((len(rows), width), dtype=torch.long)
+    scored = torch.zeros((len(rows), width), dtype=torch.bool)
+    source = torch.zeros((N, C), dtype=torch.long)
+    prompt_ids, prompt_mask, completion_ids = prompt_ids.cpu(), prompt_mask.cpu().bool(), completion_ids.cpu()
+    for r, members in enumerate(rows):
+        at = 0
+        for n in members:
+            p, c = prompt_len[n], completion_len[n]
+            tokens = torch.cat([prompt_ids[n][prompt_mask[n]], completion_ids[n, :c]])  # (p+c,)
+            input_ids[r, at:at + p + c] = tokens
+            position_ids[r, at:at + p + c] = torch.arange(p + c)
+            first = at + p - 1  # the position that predicts completion token 0
+            targets[r, first:first + c] = completion_ids[n, :c]
+            scored[r, first:first + c] = True
+            source[n, :c] = r * width + torch.arange(first, first + c)
+            at += p + c
+        position_ids[r, at:] = torch.arange(width - at)  # the tail is a sequence of its own
+    device = completion_mask.device
+    return Layout(input_ids.to(device), position_ids.to(device), None, 0, targets.to(device), scored.to(device),
+                  source.to(device))
+
+
+def unwrapped(model) -> torch.nn.Module:
+    """The transformers model inside DDP / a DeepSpeed engine / peft (FSDP2 shards in place)."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@contextmanager
+def scoring_head(model, layout: Layout, temperature: float, with_entropy: bool, entropy_grad: bool):
+    """For one call of `model`, its output head returns (R, K, 2) float32 [logprob, entropy] of the
+    layout's targets at its scored positions (0 elsewhere) instead of logits; `calls` counts its uses."""
+    inner = unwrapped(model)
+    config = getattr(inner, "config", None)
+    for key in POST_HEAD_TRANSFORMS:
+        if getattr(config, key, None) not in (None, 1, 1.0):
+            raise NotImplementedError(
+                f"{type(inner).__name__} changes its logits after the output head ({key}={getattr(config, key)}), "
+                "which r1kit's chunked logprob computation (r1kit.forward) does not implement")
+    head = inner.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):  # LoRA or modules_to_save wrap it in another module (FSDP2 subclasses it)
+        raise NotImplementedError(f"the output head is a {type(head).__name__}, not a plain Linear: r1kit scores "
+                                  "completions through the head's weight in chunks; do not put adapters on lm_head")
+    calls = []
+
+    def score(hidden: torch.Tensor) -> torch.Tensor:  # (R, K, H) -> (R, K, 2)
+        mask = layout.scored
+        logprobs, entropy = chunked_logprobs_and_entropy(
+            hidden[mask], head.weight, layout.targets[mask], temperature, head.bias, with_entropy, entropy_grad)
+        values = torch.stack([logprobs, entropy if entropy is not None else torch.zeros_like(logprobs)], -1)
+        out = torch.zeros((*mask.shape, 2), dtype=torch.float32, device=hidden.device)
+        out[mask] = values  # (M, 2) into the scored positions
+        calls.append(1)
+        return out
+
+    head.forward = score  # an instance attribute: the module's hooks still run around it
+    try:
+        yield calls
+    finally:
+        del head.forward
+
+
+def score_completions(model, layout: Layout, completion_mask: torch.Tensor, temperature: float = 1.0,
+                      with_entropy: bool = True, entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, C) logprobs of the completion tokens and (N, C) entropy of the temperature-scaled next-token
+    distribution at each completion position (None unless with_entropy; detached unless entropy_grad),
+    0 where completion_mask is 0."""
+    with scoring_head(model, layout, temperature, with_entropy, entropy_grad) as calls:
+        out = model(input_ids=layout.input_ids, attention_mask=layout.attention_mask,
+                    position_ids=layout.position_ids, use_cache=False, logits_to_keep=layout.logits_to_keep).logits
+    if len(calls) != 1 or out.shape[-1] != 2:
+        raise RuntimeError(f"{type(unwrapped(model)).__name__} did not return its output head's result as logits "
+                           f"(head called {len(calls)} times, output {tuple(out.shape)}): r1kit.forward cannot score it")
+    mask = completion_mask.bool()
+    values = out.reshape(-1, 2)[layout.source]  # (N, C, 2)
+    values = torch.where(mask[..., None], values, 0.0)
+    return values[..., 0], values[..., 1] if with_entropy else None

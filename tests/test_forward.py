@@ -1,0 +1,123 @@
+"""The policy forward (r1kit.forward): chunked scoring through the head, padded or packed, gives the
+full-logits logprobs, entropy and gradient (fp32, 1e-5) on real models: untied and tied heads,
+temperature, left-padded prompts and right-padded completions, LoRA, gradient checkpointing."""
+
+import pytest
+import torch
+
+from r1kit.batch import RolloutBatch, completion_logprobs_and_entropy, full_logits_logprobs_and_entropy
+from r1kit.forward import packed_layout
+
+PAD = 0
+
+
+def ragged_batch(vocab: int, seed: int = 0, prompt_lens=(3, 7, 5, 7, 4), completion_lens=(6, 1, 4, 6, 2)) -> RolloutBatch:
+    """5 completions with prompts of 3..7 tokens (left-padded) and completions of 1..6 tokens (right-padded)."""
+    g = torch.Generator().manual_seed(seed)
+    P, C = max(prompt_lens), max(completion_lens)
+    prompt_ids, prompt_mask = torch.full((5, P), PAD), torch.zeros(5, P, dtype=torch.long)
+    completion_ids, completion_mask = torch.full((5, C), PAD), torch.zeros(5, C, dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompt_lens, completion_lens)):
+        prompt_ids[i, P - p:] = torch.randint(3, vocab, (p,), generator=g)
+        prompt_mask[i, P - p:] = 1
+        completion_ids[i, :c] = torch.randint(3, vocab, (c,), generator=g)
+        completion_mask[i, :c] = 1
+    return RolloutBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, torch.zeros(5, C),
+                        torch.tensor([1.0, -0.5, 0.3, 2.0, -1.0]), torch.zeros(5, dtype=torch.bool))
+
+
+def build(kind: str):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    arch = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, pad_token_id=PAD)
+    if kind == "qwen2-tied":
+        return Qwen2ForCausalLM(Qwen2Config(tie_word_embeddings=True, **arch))
+    return LlamaForCausalLM(LlamaConfig(tie_word_embeddings=False, **arch))
+
+
+def loss_of(logprobs, entropy, batch):
+    """A loss that touches every scored token through both outputs (as the policy loss with an entropy bonus)."""
+    mask = batch.completion_mask.float()
+    return ((logprobs * batch.advantages[:, None] - 0.1 * entropy) * mask).sum()
+
+
+def scores_and_grads(model, batch, fn, **kwargs):
+    model.zero_grad(set_to_none=True)
+    logprobs, entropy = fn(model, batch, 0.7, entropy_grad=True, **kwargs)
+    loss_of(logprobs, entropy, batch).backward()
+    return logprobs.detach(), entropy.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def assert_same(model, batch, **kwargs):
+    mask = batch.completion_mask.bool()
+    ref_lp, ref_ent, ref_grads = scores_and_grads(model, batch, full_logits_logprobs_and_entropy)
+    lp, ent, got = scores_and_grads(model, batch, completion_logprobs_and_entropy, **kwargs)
+    torch.testing.assert_close(lp[mask], ref_lp[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent[mask], ref_ent[mask], atol=1e-5, rtol=1e-5)
+    assert (lp[~mask] == 0).all() and (ent[~mask] == 0).all()  # padding is never scored
+    assert got.keys() == ref_grads.keys() and got
+    for name in ref_grads:
+        torch.testing.assert_close(got[name], ref_grads[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["llama-untied", "qwen2-tied"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_chunked_scores_and_gradients_equal_full_logits(kind, packed):
+    model = build(kind)
+    assert_same(model, ragged_batch(97), packed=packed)
+
+
+def test_packed_and_padded_agree_under_gradient_checkpointing():
+    model = build("llama-untied")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    assert_same(model, ragged_batch(97, seed=1), packed=True)
+
+
+def test_lora_model_scores_like_full_logits():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(build("qwen2-tied"), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                          init_lora_weights=False))
+    assert_same(model, ragged_batch(97, seed=2), packed=True)
+    assert_same(model, ragged_batch(97, seed=2), packed=False)
+
+
+def test_packed_rows_hold_real_tokens_only():
+    batch = ragged_batch(97, prompt_lens=(3, 2, 5, 4, 4))  # sequences of 9, 3, 9, 10, 6 tokens
+    layout = packed_layout(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
+    # first-fit, longest first, rows of 10: [10], [9], [9], [6, 3]: 40 positions where padding has 5 x 11
+    assert layout.input_ids.shape == (4, 10)
+    assert layout.position_ids[3].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2, 0]  # sequences 6 and 3, a 1-token tail
+    assert layout.attention_mask is None
+    assert layout.scored.sum() == batch.completion_mask.sum()
+    flat = layout.targets.reshape(-1)[layout.source]
+    assert torch.equal(flat[batch.completion_mask.bool()], batch.completion_ids[batch.completion_mask.bool()])
+
+
+def test_a_lora_adapter_on_the_head_is_refused():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(build("llama-untied"), LoraConfig(r=2, target_modules=["lm_head"]))
+    with pytest.raises(NotImplementedError, match="not a plain Linear"):
+        completion_logprobs_and_entropy(model, ragged_batch(97))
+
+
+def test_logits_transformed_after_the_head_are_refused():
+    model = build("llama-untied")
+    model.config.final_logit_softcapping = 30.0  # as Gemma-2 does after its head
+    with pytest.raises(NotImplementedError, match="final_logit_softcapping"):
+        completion_logprobs_and_entropy(model, ragged_batch(97))
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_packing_keeps_sequences_apart_in_each_attention(attn):
+    # transformers builds the packed-sequence mask from restarting position ids for both implementations
+    model = build("llama-untied")
+    model.set_attn_implementation(attn)
+    batch = ragged_batch(97, seed=3, prompt_lens=(3, 2, 5, 4, 4))
+    padded, _ = completion_logprobs_and_entropy(model, batch, packed=False, with_entropy=False)
+    packed, _ = completion_logprobs_and_entropy(model, batch, packed=True, with_entropy=False)
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
