@@ -10,15 +10,16 @@ from dataclasses import dataclass
 import torch
 
 from r1kit.algo.loss import logprobs_and_entropy
-from r1kit.forward import packed_layout, padded_layout, score_completions
+from r1kit.forward import packed_layout, padded_layout, packs_sequences, score_completions
 from r1kit.rollout.hf import left_pad
 from r1kit.types import Completion
 
-# The training forward packs sequences without padding (r1kit.forward.packed_layout) when this is True.
-# Off for now: packing measured ~1.4x faster per update (benchmarks/packing.py, README) and is tested equal
-# to padding (tests/test_forward.py), but the whole suite has not yet run with it on. Only for models whose
-# attention mask comes from transformers' masking_utils (position-id restarts separate the sequences).
-PACK_SEQUENCES = False
+# The training forward packs sequences without padding (r1kit.forward.packed_layout) for models that
+# transformers itself implements: their masks come from masking_utils, which reads restarting position
+# ids as separate sequences (tests/test_forward.py: packed = padded to 1e-5, values and gradients).
+# Measured ~1.4x faster per update (benchmarks/packing.py). Remote-code models keep the padded layout:
+# nothing guarantees their attention separates packed sequences. Either layout gives the same result.
+PACK_SEQUENCES = True
 
 
 @dataclass
@@ -121,10 +122,13 @@ def completion_logprobs_and_entropy(model, batch: RolloutBatch, temperature: flo
     """(N, C) logprobs of the completion tokens and (N, C) entropy of the temperature-scaled next-token
     distribution at each completion position (None unless with_entropy; detached unless entropy_grad),
     0 on padding. Computed from hidden states through the output head in chunks (r1kit.forward): no
-    (N, C, V) logits in forward or backward. `packed` picks the layout (None: PACK_SEQUENCES)."""
+    (N, C, V) logits in forward or backward. `packed` picks the layout (None: packed where
+    PACK_SEQUENCES is on and the model is one of transformers' own, see r1kit.forward.packs_sequences)."""
     device = next(model.parameters()).device
     batch = batch.to(device)
-    make_layout = packed_layout if (PACK_SEQUENCES if packed is None else packed) else padded_layout
+    if packed is None:
+        packed = PACK_SEQUENCES and packs_sequences(model)
+    make_layout = packed_layout if packed else padded_layout
     layout = make_layout(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
     return score_completions(model, layout, batch.completion_mask, temperature, with_entropy, entropy_grad)
 

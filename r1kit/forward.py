@@ -109,6 +109,14 @@ def packed_layout(prompt_ids, prompt_mask, completion_ids, completion_mask) -> L
                   source.to(device))
 
 
+def packs_sequences(model) -> bool:
+    """Whether a packed layout is safe for `model`: transformers' own model classes build their masks
+    with masking_utils, which separates packed sequences; a remote-code model's attention may not. The
+    class that defines `forward` decides (FSDP2 wraps the model's class in one of its own)."""
+    owner = next(c for c in type(unwrapped(model)).__mro__ if "forward" in vars(c))
+    return owner.__module__.startswith("transformers.models.")
+
+
 def unwrapped(model) -> torch.nn.Module:
     """The transformers model inside DDP / a DeepSpeed engine / peft (FSDP2 shards in place)."""
     model = getattr(model, "module", model)

@@ -121,3 +121,15 @@ def test_packing_keeps_sequences_apart_in_each_attention(attn):
     padded, _ = completion_logprobs_and_entropy(model, batch, packed=False, with_entropy=False)
     packed, _ = completion_logprobs_and_entropy(model, batch, packed=True, with_entropy=False)
     torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+
+
+def test_packing_is_used_for_transformers_models_only():
+    from r1kit.forward import packs_sequences
+
+    model = build("llama")
+    assert packs_sequences(model)
+
+    class RemoteCode(torch.nn.Module):  # stands in for a trust_remote_code class: not under transformers.models
+        pass
+
+    assert not packs_sequences(RemoteCode())
