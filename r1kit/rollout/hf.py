@@ -18,20 +18,9 @@ from contextlib import contextmanager, nullcontext
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
+from r1kit.rollout.decode import decode, left_pad
 from r1kit.rollout.sampling import SeededSampler, row_seed
 from r1kit.types import Completion, SamplingParams
-
-
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask), both (N, max_len), sequences aligned to the right."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        if s:
-            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s):] = 1
-    return ids, mask
 
 
 def eos_ids(model, tokenizer) -> set[int]:
@@ -98,10 +87,27 @@ class HFEngine:
             model.train(was_training)
 
     def _generate_chunk(self, model, items: list[tuple[int, list[int], int]], sampling: SamplingParams) -> list[Completion]:
+        """Completions of one chunk: r1kit's decode loop, or `generate` when ranks must run in lockstep."""
+        stop = eos_ids(model, self.tokenizer)
+        if self.synced:
+            tokens, logprobs = self._transformers_generate(model, items, sampling, stop)
+        else:
+            distinct = list(dict.fromkeys(i for i, _, _ in items))  # the chunk's prompts, each prefilled once
+            prompts = {i: p for i, p, _ in items}
+            out = decode(model, [prompts[i] for i in distinct], [distinct.index(i) for i, _, _ in items],
+                         None if sampling.temperature == 0 else [s for _, _, s in items], sampling.max_new_tokens,
+                         stop, self.tokenizer.pad_token_id, sampling.temperature, sampling.top_k, sampling.top_p)
+            tokens, logprobs = out.tokens, out.logprobs
+        return self._completions(items, tokens, logprobs, stop)
+
+    def _transformers_generate(self, model, items: list[tuple[int, list[int], int]], sampling: SamplingParams,
+                               stop: set[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens, logprobs), both (N, T), from `model.generate` with the SeededSampler as its logits processor.
+        Used under sharded strategies (synced_gpus keeps the ranks' forwards in lockstep), and as the
+        reference the decode loop is tested against."""
         tok = self.tokenizer
         device = next(model.parameters()).device
         ids, mask = left_pad([p for _, p, _ in items], tok.pad_token_id)
-        stop = eos_ids(model, tok)
         greedy = sampling.temperature == 0
         # generate itself only ever picks the argmax: of the logits (greedy), or of the SeededSampler's
         # output, which has already sampled. Its own sampling knobs stay off whatever the model's
@@ -123,6 +129,12 @@ class HFEngine:
             logprobs = logprobs.squeeze(-1).cpu()  # (N, T)
         else:
             logprobs = torch.stack(sampler.logprobs, dim=1).float().cpu()  # (N, T)
+        return new_tokens, logprobs
+
+    def _completions(self, items: list[tuple[int, list[int], int]], new_tokens: torch.Tensor, logprobs: torch.Tensor,
+                     stop: set[int]) -> list[Completion]:
+        """One Completion per row of (N, T) tokens and logprobs, cut after the first end token."""
+        tok = self.tokenizer
         completions = []
         for row, (prompt_index, _, _) in enumerate(items):
             tokens = new_tokens[row].tolist()

@@ -1,0 +1,53 @@
+"""r1kit's decode loop (shared prefill, finished rows leave the batch) samples what `generate` samples."""
+
+import pytest
+import torch
+
+from r1kit.data.templates import build_messages, encode_prompt
+from r1kit.rollout.decode import decode
+from r1kit.rollout.hf import HFEngine, eos_ids
+from r1kit.types import SamplingParams
+
+QUESTIONS = ["Ana has 3 pens, gets 4. How many pens now?", "Bo has 12 cups, loses 5, finds 1. How many cups now?",
+             "7+8?"]
+
+
+class GenerateEngine(HFEngine):
+    """The engine as it was: `model.generate` with the SeededSampler as a logits processor, for every chunk."""
+
+    def _generate_chunk(self, model, items, sampling):
+        stop = eos_ids(model, self.tokenizer)
+        return self._completions(items, *self._transformers_generate(model, items, sampling, stop), stop)
+
+
+@pytest.mark.parametrize("sampling", [
+    SamplingParams(max_new_tokens=14, temperature=0.0),
+    SamplingParams(max_new_tokens=14, temperature=1.0, seed=3),
+    SamplingParams(max_new_tokens=14, temperature=0.7, top_k=20, top_p=0.9, seed=4),
+], ids=["greedy", "seeded", "top-k-top-p"])
+@pytest.mark.parametrize("chunk", [256, 5])  # 5: chunks cut across groups
+def test_decode_loop_equals_generate(small_model, tiny_tokenizer, sampling, chunk):
+    prompts = [encode_prompt(tiny_tokenizer, build_messages(q)) for q in QUESTIONS]
+    new = HFEngine(small_model, tiny_tokenizer, generation_batch_size=chunk).generate(prompts, 4, sampling)
+    old = GenerateEngine(small_model, tiny_tokenizer, generation_batch_size=chunk).generate(prompts, 4, sampling)
+    assert [c.token_ids for c in new] == [c.token_ids for c in old]
+    assert [c.finish_reason for c in new] == [c.finish_reason for c in old]
+    assert [c.prompt_index for c in new] == [c.prompt_index for c in old]
+    for a, b in zip(new, old):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
+    assert {c.finish_reason for c in new} == {"stop", "length"} or sampling.temperature == 0  # both paths exercised
+
+
+def test_rows_that_end_leave_the_batch(small_model, tiny_tokenizer):
+    """A row that sampled its end token stops: later positions are padding, its length counts the end token."""
+    prompt = encode_prompt(tiny_tokenizer, build_messages("1+2?"))
+    eos = tiny_tokenizer.eos_token_id
+    out = decode(small_model, [prompt], [0] * 6, [11, 12, 13, 14, 15, 16], 20, {eos}, tiny_tokenizer.pad_token_id)
+    for row in range(6):
+        n = out.lengths[row].item()
+        if out.stopped[row]:
+            assert out.tokens[row, n - 1].item() == eos
+            assert (out.tokens[row, n:] == tiny_tokenizer.pad_token_id).all() and (out.logprobs[row, n:] == 0).all()
+        else:
+            assert n == 20 and eos not in out.tokens[row].tolist()
+    assert out.stopped.any() and len(set(map(tuple, out.tokens.tolist()))) > 1
