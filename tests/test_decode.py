@@ -51,3 +51,21 @@ def test_rows_that_end_leave_the_batch(small_model, tiny_tokenizer):
         else:
             assert n == 20 and eos not in out.tokens[row].tolist()
     assert out.stopped.any() and len(set(map(tuple, out.tokens.tolist()))) > 1
+
+
+def test_full_attention_models_decode_into_a_preallocated_cache(small_model):
+    """The equality tests above run through PreallocatedLayer: a Llama's layers are all full attention."""
+    from r1kit.rollout.decode import PreallocatedLayer, new_cache
+
+    cache = new_cache(small_model, 10)
+    assert len(cache.layers) == small_model.config.num_hidden_layers
+    assert all(isinstance(layer, PreallocatedLayer) for layer in cache.layers)
+    layer = cache.layers[0]
+    k = torch.arange(2 * 1 * 4 * 3, dtype=torch.float32).view(2, 1, 4, 3)
+    keys, _ = layer.update(k, k + 1)
+    keys, values = layer.update(k[:, :, :1] * -1, k[:, :, :1])
+    assert layer.get_seq_length() == 5 and torch.equal(keys[:, :, :4], k) and torch.equal(keys[:, :, 4:], -k[:, :, :1])
+    layer.batch_select_indices(torch.tensor([1, 1, 0]))
+    assert torch.equal(layer.keys, torch.cat([keys[1:], keys[1:], keys[:1]]))
+    with pytest.raises(ValueError, match="holds 10 positions"):
+        layer.update(torch.zeros(3, 1, 6, 3), torch.zeros(3, 1, 6, 3))

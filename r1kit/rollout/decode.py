@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from r1kit.rollout.sampling import greedy_next, sample_next
 
@@ -44,11 +45,62 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
-def prefill(model, prompts: list[list[int]], pad_id: int, device) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+class PreallocatedLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values live in one buffer sized for prompt + completion: each token is
+    written in place, where DynamicLayer concatenates the whole cache again (O(T^2) copying over a completion,
+    the largest single cost of decoding the tiny model). keys/values are views of the filled part."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.dtype, self.device = key_states.dtype, key_states.device
+            n, heads, _, dim = key_states.shape
+            self.key_buffer = key_states.new_empty((n, heads, self.capacity, dim))  # (N, H, P+T, D)
+            self.value_buffer = value_states.new_empty((n, value_states.shape[1], self.capacity, value_states.shape[-1]))
+            self.is_initialized = True
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise ValueError(f"KV cache holds {self.capacity} positions, {end} were written")
+        self.key_buffer[:, :, self.length:end] = key_states
+        self.value_buffer[:, :, self.length:end] = value_states
+        self.length = end
+        self._views()
+        return self.keys, self.values
+
+    def _views(self) -> None:
+        self.keys, self.values = self.key_buffer[:, :, :self.length], self.value_buffer[:, :, :self.length]
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self.key_buffer = self.key_buffer.index_select(0, indices.to(self.device))
+            self.value_buffer = self.value_buffer.index_select(0, indices.to(self.device))
+            self._views()
+
+
+def new_cache(model, capacity: int) -> DynamicCache:
+    """A cache for `capacity` positions: preallocated layers when every layer is a plain (full-attention)
+    DynamicLayer, else the model's own DynamicCache layers (sliding windows, linear attention, ...)."""
+    cache = DynamicCache(config=model.config)
+    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+        cache.layers = [PreallocatedLayer(capacity) for _ in cache.layers]
+    return cache
+
+
+def prefill(model, prompts: list[list[int]], pad_id: int, device,
+            capacity: int) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
     """(cache, last logits (U, V) float32, attention mask (U, P)) of the U distinct prompts."""
     ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
-    cache = DynamicCache(config=model.config)
+    cache = new_cache(model, ids.shape[1] + capacity)
     out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                 past_key_values=cache, use_cache=True, logits_to_keep=1)
     return out.past_key_values, out.logits[:, -1].float(), mask
@@ -63,7 +115,7 @@ def decode(model, prompts: list[list[int]], row_prompt: list[int], row_seeds: li
     """
     device = next(model.parameters()).device
     n = len(row_prompt)
-    cache, logits, mask = prefill(model, prompts, pad_id, device)
+    cache, logits, mask = prefill(model, prompts, pad_id, device, max_new_tokens)
     expand = torch.tensor(row_prompt, device=device)
     cache.reorder_cache(expand)  # (U, ...) -> (N, ...): every row starts from its prompt's cache
     logits, mask = logits[expand], mask[expand]  # (N, V), (N, P)
