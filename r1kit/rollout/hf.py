@@ -54,12 +54,23 @@ class HFEngine:
     and `synced=True`: every rank then runs its forward passes in lockstep (transformers' synced_gpus),
     so a rank that finishes early still joins the others' collectives."""
 
-    def __init__(self, model, tokenizer, generation_batch_size: int = 256, gather=None, synced: bool = False):
+    def __init__(self, model, tokenizer, generation_batch_size: int = 256, gather=None, synced: bool = False,
+                 autocast: str = "none"):
         self.model = model
         self.tokenizer = tokenizer
         self.generation_batch_size = generation_batch_size
         self.gather = gather or nullcontext
         self.synced = synced
+        if autocast not in ("none", "bfloat16"):
+            raise ValueError(f"autocast must be 'none' or 'bfloat16', got {autocast!r}")
+        self.autocast = autocast
+
+    def _precision(self, device: torch.device):
+        """bf16 autocast over a whole generate call, when asked: its weight cache casts each (trainable)
+        weight once per call, not once per token."""
+        if self.autocast == "none":
+            return nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
 
     def update_weights(self, model) -> None:
         self.model = model  # same parameters as the policy: nothing to copy
@@ -79,7 +90,7 @@ class HFEngine:
             flat = [(i, p, row_seed(sampling.prompt_seed(i), j) if sampling.temperature > 0 else 0)
                     for i, p in enumerate(prompts) for j in range(n)]
             out: list[Completion] = []
-            with self.gather():
+            with self.gather(), self._precision(next(model.parameters()).device):
                 for start in range(0, len(flat), self.generation_batch_size):
                     out += self._generate_chunk(model, flat[start:start + self.generation_batch_size], sampling)
             return out
