@@ -77,3 +77,15 @@ def test_numpy_and_torch_hashes_give_the_same_bits():
     for position in (0, 1, 255, 10**6):
         base = _mix(seeds + position * 0x9E3779B9)
         assert torch.equal(_token_bits_numpy(base, 1000), _token_bits_torch(base, 1000))
+
+
+def test_argmax_rows_equals_torch_argmax_with_ties_and_infinities():
+    from r1kit.rollout.sampling import argmax_rows
+
+    x = torch.randn(6, 1000, dtype=torch.float64)
+    x[1, [3, 700]] = 50.0  # a tie: the first index wins
+    x[2] = float("-inf")  # a row with nothing left
+    x[3, :500] = float("-inf")
+    for t in (x, x.float()):
+        assert torch.equal(argmax_rows(t), torch.argmax(t, dim=-1))
+    assert argmax_rows(x)[1].item() == 3 and argmax_rows(x).dtype == torch.int64
