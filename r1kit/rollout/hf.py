@@ -1,4 +1,4 @@
-"""The Hugging Face engine: `model.generate` on the training model itself (CPU, or one small GPU).
+"""The Hugging Face engine: generation with the training model itself (CPU, or one small GPU).
 
 It shares weights with the policy, so `update_weights` has nothing to copy. Sampling is r1kit's
 own seeded sampler (r1kit.rollout.sampling): each completion has its own random stream, so results
@@ -6,8 +6,11 @@ do not depend on batch composition or process layout. Sampled-token logprobs are
 distribution each token was drawn from (after temperature / top-k / top-p); the trainer's own
 logprobs at the same temperature agree with them to float rounding (tests/test_rollout.py).
 
-Memory: `generate` keeps one (N, vocab) score tensor per new token; `generation_batch_size`
-bounds N. For large vocabularies and long completions prefer a vLLM engine.
+Generation runs r1kit's decode loop (r1kit.rollout.decode: a group's prompt prefilled once, a KV
+cache written in place, finished rows dropped), which samples exactly what `model.generate` with the
+SeededSampler samples; `generate` itself runs only when sharded ranks must keep their forwards in
+lockstep (synced_gpus). `generation_batch_size` bounds the rows decoded together (the KV cache is
+N x (prompt + max_new_tokens) positions). For large models and long completions prefer a vLLM engine.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def only_recipe_knobs(model):
 
 
 class HFEngine:
-    """`model.generate` on the policy. Under sharded strategies (ZeRO-3, FSDP2) pass `gather`, a
+    """Generation on the policy itself. Under sharded strategies (ZeRO-3, FSDP2) pass `gather`, a
     context manager factory that makes the full weights usable for the duration (r1kit.distributed),
     and `synced=True`: every rank then runs its forward passes in lockstep (transformers' synced_gpus),
     so a rank that finishes early still joins the others' collectives."""
