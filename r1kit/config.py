@@ -132,6 +132,9 @@ class RolloutCfg:
     top_p: float = 1.0
     top_k: int = 0  # 0 disables top-k
     generation_batch_size: int = 256  # completions generated per model.generate call (memory knob)
+    # hf engine: generate under torch.autocast in bfloat16 (CPUs with AMX / avx512_bf16, GPUs): faster decoding, but
+    # the samples come from a bf16-rounded policy; engine/logprob_gap_* shows the gap, algo.is_correction corrects it
+    autocast: Literal["none", "bfloat16"] = "none"
     vllm: VllmCfg = field(default_factory=VllmCfg)  # rollout.engine=vllm only
 
 
@@ -506,6 +509,8 @@ def validate(cfg: Config) -> None:
          f"{cfg.model.lora.target_modules!r}"),
         (not cfg.model.load_in_4bit or cfg.model.lora.enabled,
          "model.load_in_4bit (QLoRA) trains adapters on a frozen 4-bit base: set model.lora.enabled=true"),
+        (r.autocast == "none" or r.engine == "hf",
+         f"rollout.autocast={r.autocast} applies to rollout.engine=hf only (vLLM: rollout.vllm's dtype), got {r.engine}"),
         (r.engine == "hf" or not (cfg.model.gguf_file or cfg.model.name_or_path.endswith(".gguf")
                                   or cfg.model.name_or_path.startswith("pypi:")),
          f"rollout.engine={r.engine} cannot start from a GGUF model ({cfg.model.name_or_path}); write it once as a "

@@ -315,9 +315,10 @@ def make_engine(cfg: Config, model, tokenizer, acc=None):
     engine = cfg.rollout.engine
     if engine == "hf":
         if acc is None:
-            return HFEngine(model, tokenizer, cfg.rollout.generation_batch_size)
+            return HFEngine(model, tokenizer, cfg.rollout.generation_batch_size, autocast=cfg.rollout.autocast)
         return HFEngine(model, tokenizer, cfg.rollout.generation_batch_size,
-                        gather=dist.gather_for_generation(acc, model), synced=dist.is_sharded(acc))
+                        gather=dist.gather_for_generation(acc, model), synced=dist.is_sharded(acc),
+                        autocast=cfg.rollout.autocast)
     if engine == "vllm":
         from r1kit.rollout.vllm import VLLMEngine
 

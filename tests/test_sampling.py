@@ -67,3 +67,25 @@ def test_a_prompt_samples_the_same_completions_in_any_batch(small_model, tiny_to
     for x, y in zip(together, first + second):
         torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-5, rtol=0)
     assert len({tuple(c.token_ids) for c in together}) > 2  # and they are samples, not copies
+
+
+def test_numpy_and_torch_hashes_give_the_same_bits():
+    """The CPU path hashes with numpy's uint64, other devices with torch's int64: the same bits for any seed."""
+    from r1kit.rollout.sampling import _mix, _token_bits_numpy, _token_bits_torch
+
+    seeds = torch.tensor([row_seed(s, j) for s in (0, 7, 2**40 + 3) for j in range(5)] + [-1, 2**63 - 1, -2**63])
+    for position in (0, 1, 255, 10**6):
+        base = _mix(seeds + position * 0x9E3779B9)
+        assert torch.equal(_token_bits_numpy(base, 1000), _token_bits_torch(base, 1000))
+
+
+def test_argmax_rows_equals_torch_argmax_with_ties_and_infinities():
+    from r1kit.rollout.sampling import argmax_rows
+
+    x = torch.randn(6, 1000, dtype=torch.float64)
+    x[1, [3, 700]] = 50.0  # a tie: the first index wins
+    x[2] = float("-inf")  # a row with nothing left
+    x[3, :500] = float("-inf")
+    for t in (x, x.float()):
+        assert torch.equal(argmax_rows(t), torch.argmax(t, dim=-1))
+    assert argmax_rows(x)[1].item() == 3 and argmax_rows(x).dtype == torch.int64

@@ -1,4 +1,4 @@
-"""The Hugging Face engine: `model.generate` on the training model itself (CPU, or one small GPU).
+"""The Hugging Face engine: generation with the training model itself (CPU, or one small GPU).
 
 It shares weights with the policy, so `update_weights` has nothing to copy. Sampling is r1kit's
 own seeded sampler (r1kit.rollout.sampling): each completion has its own random stream, so results
@@ -6,8 +6,11 @@ do not depend on batch composition or process layout. Sampled-token logprobs are
 distribution each token was drawn from (after temperature / top-k / top-p); the trainer's own
 logprobs at the same temperature agree with them to float rounding (tests/test_rollout.py).
 
-Memory: `generate` keeps one (N, vocab) score tensor per new token; `generation_batch_size`
-bounds N. For large vocabularies and long completions prefer a vLLM engine.
+Generation runs r1kit's decode loop (r1kit.rollout.decode: a group's prompt prefilled once, a KV
+cache written in place, finished rows dropped), which samples exactly what `model.generate` with the
+SeededSampler samples; `generate` itself runs only when sharded ranks must keep their forwards in
+lockstep (synced_gpus). `generation_batch_size` bounds the rows decoded together (the KV cache is
+N x (prompt + max_new_tokens) positions). For large models and long completions prefer a vLLM engine.
 """
 
 from __future__ import annotations
@@ -18,20 +21,9 @@ from contextlib import contextmanager, nullcontext
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
+from r1kit.rollout.decode import decode, left_pad
 from r1kit.rollout.sampling import SeededSampler, row_seed
 from r1kit.types import Completion, SamplingParams
-
-
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask), both (N, max_len), sequences aligned to the right."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        if s:
-            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s):] = 1
-    return ids, mask
 
 
 def eos_ids(model, tokenizer) -> set[int]:
@@ -60,17 +52,28 @@ def only_recipe_knobs(model):
 
 
 class HFEngine:
-    """`model.generate` on the policy. Under sharded strategies (ZeRO-3, FSDP2) pass `gather`, a
+    """Generation on the policy itself. Under sharded strategies (ZeRO-3, FSDP2) pass `gather`, a
     context manager factory that makes the full weights usable for the duration (r1kit.distributed),
     and `synced=True`: every rank then runs its forward passes in lockstep (transformers' synced_gpus),
     so a rank that finishes early still joins the others' collectives."""
 
-    def __init__(self, model, tokenizer, generation_batch_size: int = 256, gather=None, synced: bool = False):
+    def __init__(self, model, tokenizer, generation_batch_size: int = 256, gather=None, synced: bool = False,
+                 autocast: str = "none"):
         self.model = model
         self.tokenizer = tokenizer
         self.generation_batch_size = generation_batch_size
         self.gather = gather or nullcontext
         self.synced = synced
+        if autocast not in ("none", "bfloat16"):
+            raise ValueError(f"autocast must be 'none' or 'bfloat16', got {autocast!r}")
+        self.autocast = autocast
+
+    def _precision(self, device: torch.device):
+        """bf16 autocast over a whole generate call, when asked: its weight cache casts each (trainable)
+        weight once per call, not once per token."""
+        if self.autocast == "none":
+            return nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
 
     def update_weights(self, model) -> None:
         self.model = model  # same parameters as the policy: nothing to copy
@@ -90,7 +93,7 @@ class HFEngine:
             flat = [(i, p, row_seed(sampling.prompt_seed(i), j) if sampling.temperature > 0 else 0)
                     for i, p in enumerate(prompts) for j in range(n)]
             out: list[Completion] = []
-            with self.gather():
+            with self.gather(), self._precision(next(model.parameters()).device):
                 for start in range(0, len(flat), self.generation_batch_size):
                     out += self._generate_chunk(model, flat[start:start + self.generation_batch_size], sampling)
             return out
@@ -98,10 +101,27 @@ class HFEngine:
             model.train(was_training)
 
     def _generate_chunk(self, model, items: list[tuple[int, list[int], int]], sampling: SamplingParams) -> list[Completion]:
+        """Completions of one chunk: r1kit's decode loop, or `generate` when ranks must run in lockstep."""
+        stop = eos_ids(model, self.tokenizer)
+        if self.synced:
+            tokens, logprobs = self._transformers_generate(model, items, sampling, stop)
+        else:
+            distinct = list(dict.fromkeys(i for i, _, _ in items))  # the chunk's prompts, each prefilled once
+            prompts = {i: p for i, p, _ in items}
+            out = decode(model, [prompts[i] for i in distinct], [distinct.index(i) for i, _, _ in items],
+                         None if sampling.temperature == 0 else [s for _, _, s in items], sampling.max_new_tokens,
+                         stop, self.tokenizer.pad_token_id, sampling.temperature, sampling.top_k, sampling.top_p)
+            tokens, logprobs = out.tokens, out.logprobs
+        return self._completions(items, tokens, logprobs, stop)
+
+    def _transformers_generate(self, model, items: list[tuple[int, list[int], int]], sampling: SamplingParams,
+                               stop: set[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens, logprobs), both (N, T), from `model.generate` with the SeededSampler as its logits processor.
+        Used under sharded strategies (synced_gpus keeps the ranks' forwards in lockstep), and as the
+        reference the decode loop is tested against."""
         tok = self.tokenizer
         device = next(model.parameters()).device
         ids, mask = left_pad([p for _, p, _ in items], tok.pad_token_id)
-        stop = eos_ids(model, tok)
         greedy = sampling.temperature == 0
         # generate itself only ever picks the argmax: of the logits (greedy), or of the SeededSampler's
         # output, which has already sampled. Its own sampling knobs stay off whatever the model's
@@ -123,6 +143,12 @@ class HFEngine:
             logprobs = logprobs.squeeze(-1).cpu()  # (N, T)
         else:
             logprobs = torch.stack(sampler.logprobs, dim=1).float().cpu()  # (N, T)
+        return new_tokens, logprobs
+
+    def _completions(self, items: list[tuple[int, list[int], int]], new_tokens: torch.Tensor, logprobs: torch.Tensor,
+                     stop: set[int]) -> list[Completion]:
+        """One Completion per row of (N, T) tokens and logprobs, cut after the first end token."""
+        tok = self.tokenizer
         completions = []
         for row, (prompt_index, _, _) in enumerate(items):
             tokens = new_tokens[row].tolist()

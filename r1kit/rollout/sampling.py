@@ -19,6 +19,9 @@ returned logprobs describe (as vLLM's processed_logprobs).
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 
 MASK64 = (1 << 64) - 1
@@ -59,10 +62,35 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 def gumbel_noise(row_seeds: torch.Tensor, position: int, vocab_size: int) -> torch.Tensor:
     """(N, V) standard Gumbel noise, a pure function of (row seed, position, token id)."""
     base = _mix(row_seeds.to(torch.int64) + _signed(position * GOLDEN))  # (N,) one stream per row and position
-    tokens = torch.arange(vocab_size, device=row_seeds.device, dtype=torch.int64) * _GOLDEN
+    bits = _token_bits_numpy(base, vocab_size) if base.device.type == "cpu" else _token_bits_torch(base, vocab_size)
+    u = bits.to(torch.float64).add_(0.5).mul_(2.0 ** -53)  # uniform in (0, 1)
+    return u.log_().neg_().log_().neg_()  # -log(-log(u)), in place
+
+
+def _token_bits_torch(base: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(N, V) int64: the top 53 bits of hash(base[n] ^ v * golden), one per row and token."""
+    tokens = torch.arange(vocab_size, device=base.device, dtype=torch.int64) * _GOLDEN
     bits = _mix(base[:, None] ^ tokens[None, :])  # (N, V)
-    u = ((bits >> 11) & ((1 << 53) - 1)).to(torch.float64).add_(0.5).mul_(2.0 ** -53)  # uniform in (0, 1)
-    return -torch.log(-torch.log(u))
+    return (bits >> 11) & ((1 << 53) - 1)
+
+
+@functools.lru_cache(maxsize=4)
+def _token_keys(vocab_size: int) -> np.ndarray:
+    return np.arange(vocab_size, dtype=np.uint64) * np.uint64(GOLDEN)  # wraps modulo 2^64, as the int64 version
+
+
+def _token_bits_numpy(base: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """_token_bits_torch's values computed with numpy's uint64 arithmetic, in place: the same bits (integer
+    math is exact), 3-5x faster on a CPU, where torch's int64 xor/and/shift are slow. On the sampling of a
+    49k vocabulary this is the difference between the sampler and the model's forward dominating a token."""
+    x = base.numpy().view(np.uint64)[:, None] ^ _token_keys(vocab_size)[None, :]  # (N, V)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    x >>= np.uint64(11)
+    return torch.from_numpy(x.view(np.int64))
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -100,10 +128,34 @@ class SeededSampler:
         self.logprobs: list[torch.Tensor] = []  # one (N,) tensor per generated position
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        logits = filter_logits(scores.float() / self.temperature, self.top_k, self.top_p)  # (N, V)
-        logprobs = torch.log_softmax(logits, dim=-1)
-        noise = gumbel_noise(self.row_seeds.to(scores.device), self.position, logits.shape[-1])
-        choice = torch.argmax(logprobs.double() + noise, dim=-1, keepdim=True)  # (N, 1)
-        self.logprobs.append(logprobs.gather(-1, choice).squeeze(-1))
+        choice, logprobs = sample_next(scores, self.row_seeds.to(scores.device), self.position, self.temperature,
+                                       self.top_k, self.top_p)
+        self.logprobs.append(logprobs)
         self.position += 1
-        return torch.full_like(scores, float("-inf")).scatter_(-1, choice, 0.0)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, choice.unsqueeze(-1), 0.0)
+
+
+def sample_next(scores: torch.Tensor, row_seeds: torch.Tensor, position: int, temperature: float, top_k: int = 0,
+                top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(choice, logprob), both (N,): each row's token at `position` drawn from its own stream (module
+    docstring), and its logprob under the temperature-scaled, filtered distribution. scores: (N, V)."""
+    logits = filter_logits(scores.float() / temperature, top_k, top_p)  # (N, V)
+    logprobs = torch.log_softmax(logits, dim=-1)
+    noise = gumbel_noise(row_seeds, position, logits.shape[-1])
+    choice = argmax_rows(noise.add_(logprobs.double()))  # (N,) the Gumbel-max choice
+    return choice, logprobs.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+
+
+def greedy_next(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(choice, logprob), both (N,): the argmax token and its logprob under softmax(scores). scores: (N, V)."""
+    logprobs = torch.log_softmax(scores.float(), dim=-1)
+    choice = argmax_rows(scores)
+    return choice, logprobs.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+
+
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """(N,) index of each row's maximum, the first one on ties (as torch.argmax). x: (N, V).
+    On a CPU through numpy, whose argmax is vectorised: ~8x faster than torch's on a (32, 49152) float64."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):  # numpy has no bfloat16
+        return torch.argmax(x, dim=-1)
+    return torch.from_numpy(x.detach().numpy().argmax(-1))
