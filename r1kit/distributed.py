@@ -93,6 +93,29 @@ def strategy_name(acc: Accelerator) -> str:
     return "ddp" if acc.num_processes > 1 else "single"
 
 
+def whole_weights_init(acc: Accelerator):
+    """A context in which from_pretrained loads whole weights even under ZeRO-3: for a frozen model that
+    DeepSpeed never wraps (the replicated KL reference). Under ZeRO-3, Accelerate registers its DeepSpeed
+    config with transformers, which then loads every model partitioned (zero.Init); a partitioned model
+    outside DeepSpeed's engine has empty weights. (Accelerate's zero3_init_context_manager(enable=False)
+    registers the same stage-3 config again, so transformers would still partition.)"""
+    if strategy_name(acc) != "zero3":
+        return nullcontext()
+
+    @contextmanager
+    def unregistered():
+        from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+        registered = acc.state.deepspeed_plugin.dschf  # the object transformers holds a weak reference to
+        unset_hf_deepspeed_config()
+        try:
+            yield
+        finally:
+            set_hf_deepspeed_config(registered)
+
+    return unregistered()
+
+
 def is_sharded(acc: Accelerator) -> bool:
     """Weights split across ranks (ZeRO-3, FSDP): a forward needs every rank."""
     return strategy_name(acc) in ("zero3", "fsdp1", "fsdp2")

@@ -159,7 +159,8 @@ def setup_run(cfg: Config) -> Run:
     torch.manual_seed(cfg.seed)
 
     tokenizer, model = _load_policy(cfg)
-    reference = make_reference(cfg, tokenizer, acc.device, policy=model)
+    with dist.whole_weights_init(acc):  # the reference is replicated: frozen, forward-only
+        reference = make_reference(cfg, tokenizer, acc.device, policy=model)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.train)
     name = "constant_with_warmup" if cfg.train.lr_scheduler == "constant" else cfg.train.lr_scheduler
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.train.warmup_steps,

@@ -33,6 +33,8 @@ def recipe(tmp_path, model_dir, **sections) -> Path:
             "rewards": [{"name": "reward_fixtures.length_reward"}],
             "train": {"batch_size": 16, "micro_batch_size": 4, "learning_rate": 1e-3, "max_steps": 3, "save_every": 2},
             "rollout": {"num_generations": 4, "max_completion_length": 12}, "data": {"eval_size": 6},
+            # beta > 0: every layout also loads and scores the KL reference (replicated; LoRA: adapters off)
+            "algo": {"beta": 0.04},
             "eval": {"max_new_tokens": 12, "every": 0}, "log": {"progress": False, "console_every": 0}}
     for key, value in sections.items():
         tree[key] = {**tree.get(key, {}), **value} if isinstance(value, dict) else value
@@ -102,6 +104,7 @@ def test_each_strategy_reproduces_the_single_process_update(strategy, lora, sing
     mine = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
     for key in ("reward", "completion/mean_length", "completion/max_length"):  # global metrics, same samples
         assert [m[key] for m in lines] == pytest.approx([m[key] for m in mine], abs=1e-6), key
+    assert lines[-1]["kl"] > 0 and lines[-1]["kl"] == pytest.approx(mine[-1]["kl"], rel=1e-3)  # the reference works
     assert (run / "checkpoints" / "step-2" / "accelerator").is_dir()
     assert out.stdout.count("done: 3 steps") == 1  # one process speaks
 
