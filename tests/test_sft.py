@@ -493,7 +493,7 @@ def test_each_strategy_reproduces_the_single_process_sft(strategy, single_sft):
 
     tmp, recipe = single_sft
     cmd = [*launch_args(strategy), "-m", "r1kit", "sft", recipe, f"name={strategy}"]
-    out = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=500, cwd=tmp)
+    out = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=900, cwd=tmp)
     assert out.returncode == 0, out.stderr[-3000:]
     run, single = tmp / "runs" / strategy, tmp / "runs" / "single"
     assert max_diff(final_weights(run), final_weights(single)) < LAYOUT_ATOL
@@ -518,13 +518,13 @@ def test_a_resumed_distributed_sft_repeats_its_steps_exactly(strategy, single_sf
     tmp, recipe = single_sft
     name = f"resume-{strategy}"
     first = subprocess.run([*launch_args(strategy), "-m", "r1kit", "sft", recipe, f"name={name}"], env=env(),
-                           capture_output=True, text=True, timeout=500, cwd=tmp)
+                           capture_output=True, text=True, timeout=900, cwd=tmp)
     assert first.returncode == 0, first.stderr[-3000:]
     run = tmp / "runs" / name
     straight = final_weights(run)
     again = subprocess.run([*launch_args(strategy), "-m", "r1kit", "sft", recipe, f"name={name}",
                             f"train.resume_from={run / 'checkpoints' / 'step-2'}"], env=env(), capture_output=True,
-                           text=True, timeout=500, cwd=tmp)
+                           text=True, timeout=900, cwd=tmp)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from" in again.stdout and max_diff(final_weights(run), straight) == 0.0
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
