@@ -408,4 +408,6 @@ def test_dry_run_with_servers(name, stand_ins, servers, tmp_path):
     dry_run(name, stand_ins, tmp_path, urls)
     metrics = [json.loads(x) for x in (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()]
     if "ref" in seed.servers:
-        assert metrics[-1]["kl"] > 0  # the reference server answered and the policy moved away from it
+        assert all(m["time/reference"] > 0 for m in metrics)  # the reference server answered every step
+        if metrics[0]["grad_norm"] > 0:  # a random stand-in often scores 0 everywhere: no update, KL stays 0
+            assert metrics[-1]["kl"] > 0  # the policy moved away from the reference
