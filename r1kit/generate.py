@@ -34,7 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from r1kit.config import Config, ConfigError, _differences, to_dict
+from r1kit.config import Config, ConfigError, to_dict
+from r1kit.config_checks import differences
 from r1kit.data.answers import check_answer, extract_answer
 from r1kit.data.benchmarks import checker_for
 from r1kit.data.sources import DataError, load_data
@@ -106,7 +107,7 @@ def open_output(files: OutputFiles, identity: dict, total_prompts: int) -> list[
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ConfigError(f"{files.manifest} is not an r1kit generate manifest ({e}); refusing to touch "
                           f"{files.output}: choose another generate.output") from None
-    changed = [f"{key}: {old!r} -> {new!r}" for key, old, new in _differences(saved, identity)]
+    changed = [f"{key}: {old!r} -> {new!r}" for key, old, new in differences(saved, identity)]
     if changed:
         raise ConfigError(f"{files.output} was made with other settings ({files.manifest}): " + "; ".join(changed)
                           + ". Rerun with the same settings to continue it, or choose another generate.output")

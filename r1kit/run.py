@@ -27,7 +27,8 @@ from transformers import get_scheduler
 from r1kit import distributed as dist
 from r1kit.checkpoint import (ACCELERATOR_DIR, list_checkpoints, load_trainer_state, resolve_resume, save_checkpoint,
                               save_final, truncate_jsonl, verify_pickles)
-from r1kit.config import Config, ConfigError, changed_settings, save_config, to_dict
+from r1kit.config import Config, ConfigError, save_config, to_dict
+from r1kit.config_checks import changed_settings
 from r1kit.data.benchmarks import checker_for
 from r1kit.data.sources import load_rows
 from r1kit.data.templates import build_messages, encode_prompt

@@ -29,9 +29,10 @@ def steps_logged(run_dir: Path) -> list[int]:
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_checkpoints_the_step_and_the_run_resumes_exactly(small_model_dir, tmp_path, sig, code):
-    args = [f"model.name_or_path={small_model_dir}", "name=t", *FAST, "train.max_steps=6", "train.save_every=0",
+    steps = 20  # enough that the signal, sent once step 1 is logged, lands before the last step (steps are fast)
+    args = [f"model.name_or_path={small_model_dir}", "name=t", *FAST, f"train.max_steps={steps}", "train.save_every=0",
             "eval.before=false"]
-    train(cfg_for(small_model_dir, tmp_path / "straight", "train.max_steps=6", "train.save_every=0", "eval.before=false"))
+    train(cfg_for(small_model_dir, tmp_path / "straight", f"train.max_steps={steps}", "train.save_every=0", "eval.before=false"))
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
     proc = subprocess.Popen([sys.executable, "-m", "r1kit", "train", f"output_dir={tmp_path / 'stopped'}", *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -43,14 +44,14 @@ def test_a_signal_checkpoints_the_step_and_the_run_resumes_exactly(small_model_d
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == code, err[-2000:]
     stopped_at = steps_logged(tmp_path / "stopped" / "t")[-1]
-    assert stopped_at < 6 and f"after step {stopped_at}" in err and "train.resume_from=latest" in err
+    assert stopped_at < steps and f"after step {stopped_at}" in err and "train.resume_from=latest" in err
     assert "Traceback" not in err
     assert (tmp_path / "stopped" / "t" / "checkpoints" / f"step-{stopped_at}").is_dir()
-    train(cfg_for(small_model_dir, tmp_path / "stopped", "train.max_steps=6", "train.save_every=0", "eval.before=false",
+    train(cfg_for(small_model_dir, tmp_path / "stopped", f"train.max_steps={steps}", "train.save_every=0", "eval.before=false",
                   "train.resume_from=latest"))
     a, b = weights(tmp_path / "straight" / "t" / "final"), weights(tmp_path / "stopped" / "t" / "final")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert steps_logged(tmp_path / "stopped" / "t") == [1, 2, 3, 4, 5, 6]
+    assert steps_logged(tmp_path / "stopped" / "t") == list(range(1, steps + 1))
 
 
 def test_a_run_stopped_before_its_first_checkpoint_starts_again(small_model_dir, tmp_path, capsys):

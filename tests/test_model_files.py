@@ -6,7 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from r1kit.config import Config, ConfigError, ModelCfg, validate
+from r1kit.config import Config, ConfigError, ModelCfg
+from r1kit.config_checks import validate
 from r1kit.model_files import (ModelFileError, check_context, check_gguf_file, context_overflow, gguf_location, is_gguf,
                                pypi_gguf, require_gguf)
 

