@@ -32,7 +32,7 @@ from r1kit.config_checks import changed_settings
 from r1kit.data.benchmarks import checker_for
 from r1kit.data.sources import load_rows
 from r1kit.data.templates import build_messages, encode_prompt
-from r1kit.evaluate import EvalResult, evaluate
+from r1kit.evaluate import evaluate_across
 from r1kit.logging import (MetricsLogger, console, format_metrics, print_run_summary, progress_bar,
                            quiet_library_progress)
 from r1kit.model_files import check_context
@@ -253,18 +253,27 @@ def _load_policy(cfg: Config):
         raise ConfigError(f"model.name_or_path={name!r} {where} ({first})") from None
 
 
+def check_model_strategy(cfg: Config, acc) -> None:
+    """The model's own settings this platform or strategy cannot run (GRPO and SFT), refused before anything
+    is written."""
+    from r1kit.models import require_bitsandbytes
+
+    if cfg.model.load_in_4bit:
+        require_bitsandbytes("model.load_in_4bit")
+    if cfg.model.lora.enabled and dist.is_sharded(acc):
+        raise ConfigError(f"model.lora.enabled with {dist.strategy_name(acc)} is not supported: the adapters are "
+                          "small, so shard the frozen base with zero2 (recipes/accelerate/zero2.yaml) or train "
+                          "without LoRA")
+
+
 def _check_strategy(cfg: Config, acc) -> None:
     """Combinations this version or platform cannot run, refused before anything is written."""
     from r1kit.models import require_bitsandbytes
 
     strategy = dist.strategy_name(acc)
-    if cfg.model.load_in_4bit:
-        require_bitsandbytes("model.load_in_4bit")
+    check_model_strategy(cfg, acc)
     if cfg.train.optim != "adamw_torch":
         require_bitsandbytes(f"train.optim={cfg.train.optim}")
-    if cfg.model.lora.enabled and dist.is_sharded(acc):
-        raise ConfigError(f"model.lora.enabled with {strategy} is not supported: the adapters are small, so shard the "
-                          "frozen base with zero2 (recipes/accelerate/zero2.yaml) or train without LoRA")
     if cfg.rollout.engine == "server" and dist.is_sharded(acc) and strategy not in ("zero3", "fsdp2"):
         raise ConfigError(f"rollout.engine=server with {strategy} is not supported (the weight push gathers ZeRO-3 or "
                           "FSDP2 shards one layer at a time); use recipes/accelerate/zero3.yaml or fsdp2.yaml")
@@ -381,19 +390,12 @@ def sampling_params(cfg: Config, step: int, draw: int = 0, prompt_offset: int = 
 
 
 def run_eval(run: Run, when: str) -> dict:
-    """Held-out evaluation, once per run: each process scores its share of the problems, then the
-    items are gathered (a process whose share is short repeats its last problem, dropped after)."""
-    e, d, acc = run.cfg.eval, run.cfg.data, run.accelerator
-    share, per_rank = dist.padded_share(len(run.eval_rows), acc)
-    rows = [run.eval_rows[i] for i in share] or run.eval_rows[-1:]
-    rows += rows[-1:] * (per_rank - len(rows))
-    result = evaluate(run.engine, run.tokenizer, rows, system_prompt=d.system_prompt,
-                      instruction=d.instruction, prompt_format=d.prompt_format, max_new_tokens=e.max_new_tokens,
-                      n_samples=e.n_samples, temperature=e.temperature, top_p=e.top_p, seed=run.cfg.seed,
-                      extract=e.extract, checker=checker_for(d.source, e.checker), index_offset=share.start)
-    if acc.num_processes > 1:
-        items = dist.gather_lists(acc, result.items[:len(share)])
-        result = EvalResult.from_items(items, result.n_samples, list(result.pass_at))
+    """Held-out evaluation, once per run (each process scores its share of the problems, gathered)."""
+    e, d = run.cfg.eval, run.cfg.data
+    result = evaluate_across(run.accelerator, run.engine, run.tokenizer, run.eval_rows, system_prompt=d.system_prompt,
+                             instruction=d.instruction, prompt_format=d.prompt_format, max_new_tokens=e.max_new_tokens,
+                             n_samples=e.n_samples, temperature=e.temperature, top_p=e.top_p, seed=run.cfg.seed,
+                             extract=e.extract, checker=checker_for(d.source, e.checker))
     metrics = {f"eval/{k}": v for k, v in result.summary().items()}
     run.state.eval_history.append((run.state.step, result.greedy_accuracy))
     console.print(f"eval ({when}, step {run.state.step}): " + format_metrics(metrics, sorted(metrics)))
@@ -460,10 +462,15 @@ def stop_on_signal(run: Run, signum: int) -> None:
     run.engine.close()
     if run.logger is not None:
         run.logger.close()
+    raise run_stopped(run.cfg, step, signum)
+
+
+def run_stopped(cfg: Config, step: int, signum: int) -> RunStopped:
+    """The stop after a signal, with the checkpoint it left and the command that resumes it (GRPO and SFT)."""
     command = " ".join(["r1kit", *(shlex.quote(a) for a in sys.argv[1:] if not a.startswith("train.resume_from=")),
                         "train.resume_from=latest"])
-    raise RunStopped(signum, f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint "
-                             f"{run.cfg.run_dir / 'checkpoints' / f'step-{step}'}. Resume with: {command}")
+    return RunStopped(signum, f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint "
+                              f"{cfg.run_dir / 'checkpoints' / f'step-{step}'}. Resume with: {command}")
 
 
 def maybe_checkpoint(run: Run, step: int, force: bool = False) -> None:

@@ -36,17 +36,17 @@ from transformers import get_scheduler
 
 from r1kit import distributed as dist
 from r1kit.checkpoint import ACCELERATOR_DIR, save_checkpoint, save_final
-from r1kit.config import Config, ConfigError
+from r1kit.config import Config
 from r1kit.data import chat, tasks
 from r1kit.data.chat import ChatStats, Sample
 from r1kit.data.sources import load_rows
 from r1kit.data.templates import build_messages, encode_prompt
 from r1kit.data.traces import gsm8k_sft_samples
-from r1kit.evaluate import EvalResult, evaluate, tiny_style_prefills
+from r1kit.evaluate import evaluate_across, tiny_style_prefills
 from r1kit.logging import MetricsLogger, console, format_metrics, progress_bar, quiet_library_progress
 from r1kit.models import load_model, load_tokenizer, pick_device
 from r1kit.rollout.hf import HFEngine
-from r1kit.run import RunStopped, StopSignals, _prepare_run_dir, _resume_point
+from r1kit.run import StopSignals, _prepare_run_dir, _resume_point, check_model_strategy, run_stopped
 
 
 # ---------------------------------------------------------------- data
@@ -155,7 +155,7 @@ def run_sft(cfg: Config) -> dict:
     if not acc.is_main_process:
         console.quiet = True
     resume = _resume_point(cfg)  # a fresh run never overwrites another; a resume checks its settings
-    _check_strategy(cfg, acc)
+    check_model_strategy(cfg, acc)
     dist.local_share(cfg.sft.batch_size, acc, "sft.batch_size (samples per step)")
     pick_device(cfg.model.device)
     torch.manual_seed(cfg.seed)
@@ -218,7 +218,9 @@ def run_sft(cfg: Config) -> dict:
             bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.3f}  "
                                                   f"tok/s {metrics['train/tokens_per_second']:.0f}")
             if signum and step < s.steps:
-                _stop(cfg, step, signum, logger)
+                if logger is not None:
+                    logger.close()
+                raise run_stopped(cfg, step, signum)
     return _finish(cfg, acc, model, tokenizer, state, metrics, stats, logger, time.time() - started)
 
 
@@ -257,32 +259,6 @@ def train_step(cfg: Config, acc, model, optimizer, mine: list[Sample], pad_id: i
             "train/skipped_nonfinite": float(skipped), "time/step": seconds}
 
 
-def _stop(cfg: Config, step: int, signum: int, logger) -> None:
-    """After the stop signal's step was checkpointed: close the log and say how to resume."""
-    import shlex
-    import signal
-    import sys
-
-    if logger is not None:
-        logger.close()
-    command = " ".join(["r1kit", *(shlex.quote(a) for a in sys.argv[1:] if not a.startswith("train.resume_from=")),
-                        "train.resume_from=latest"])
-    raise RunStopped(signum, f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint "
-                             f"{cfg.run_dir / 'checkpoints' / f'step-{step}'}. Resume with: {command}")
-
-
-def _check_strategy(cfg: Config, acc) -> None:
-    """Combinations this version or platform cannot run, refused before anything is written."""
-    from r1kit.models import require_bitsandbytes
-
-    if cfg.model.load_in_4bit:
-        require_bitsandbytes("model.load_in_4bit")
-    if cfg.model.lora.enabled and dist.is_sharded(acc):
-        raise ConfigError(f"model.lora.enabled with {dist.strategy_name(acc)} is not supported: the adapters are "
-                          "small, so shard the frozen base with zero2 (recipes/accelerate/zero2.yaml) or train "
-                          "without LoRA")
-
-
 def _describe(stats: ChatStats) -> str:
     text = f"{stats.samples} samples of {stats.conversations} conversations"
     if stats.layouts:
@@ -306,25 +282,14 @@ def sft_eval(cfg: Config, model, tokenizer, rows: list[dict], acc=None) -> dict:
                           gather=dist.gather_for_generation(acc, model), synced=dist.is_sharded(acc))
     kwargs = dict(system_prompt=cfg.data.system_prompt, instruction=cfg.data.instruction,
                   prompt_format=cfg.data.prompt_format, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed)
-    result = _shared_eval(engine, tokenizer, rows, acc, **kwargs)
+    result = evaluate_across(acc, engine, tokenizer, rows, **kwargs)
     metrics = {"eval/greedy_accuracy": result.greedy_accuracy, "eval/mean_length": result.mean_length,
                "eval/reasoning_share": result.reasoning_share}
     if cfg.data.source == "tiny_arith":
         for style, prefill in tiny_style_prefills().items():
-            forced = _shared_eval(engine, tokenizer, rows, acc, prefill=prefill, **kwargs)
+            forced = evaluate_across(acc, engine, tokenizer, rows, prefill=prefill, **kwargs)
             metrics[f"eval/forced_{style}_accuracy"] = forced.greedy_accuracy
     return metrics
-
-
-def _shared_eval(engine, tokenizer, rows: list[dict], acc, **kwargs) -> EvalResult:
-    if acc is None or acc.num_processes == 1:
-        return evaluate(engine, tokenizer, rows, **kwargs)
-    share, per_rank = dist.padded_share(len(rows), acc)
-    mine = [rows[i] for i in share] or rows[-1:]
-    mine += mine[-1:] * (per_rank - len(mine))  # every process generates the same number of problems
-    result = evaluate(engine, tokenizer, mine, index_offset=share.start, **kwargs)
-    items = dist.gather_lists(acc, result.items[:len(share)])
-    return EvalResult.from_items(items, result.n_samples, list(result.pass_at))
 
 
 def _finish(cfg: Config, acc, model, tokenizer, state: SFTState, metrics: dict, stats: ChatStats, logger,

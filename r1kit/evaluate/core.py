@@ -133,3 +133,19 @@ def tiny_style_prefills() -> dict[str, Callable[[dict], str]]:
         "direct": lambda row: "<think></think><answer>",
         "working": lambda row: f"<think>{first_number(row)}",
     }
+
+
+def evaluate_across(acc, engine, tokenizer, rows: list[dict], **kwargs) -> EvalResult:
+    """`evaluate` once per run with several processes (`acc`, an Accelerator or None): each process scores
+    its share of the problems, then the items are gathered. Every process generates the same number of
+    problems (a short share repeats its last one, dropped after), since sharded forwards are collective."""
+    from r1kit import distributed as dist
+
+    if acc is None or acc.num_processes == 1:
+        return evaluate(engine, tokenizer, rows, **kwargs)
+    share, per_rank = dist.padded_share(len(rows), acc)
+    mine = [rows[i] for i in share] or rows[-1:]
+    mine += mine[-1:] * (per_rank - len(mine))
+    result = evaluate(engine, tokenizer, mine, index_offset=share.start, **kwargs)
+    items = dist.gather_lists(acc, result.items[:len(share)])
+    return EvalResult.from_items(items, result.n_samples, list(result.pass_at))
