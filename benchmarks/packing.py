@@ -85,7 +85,7 @@ def smollm2(repeats: int) -> dict:
             start = time.perf_counter()
             for part in (batch.slice(0, 4), batch.slice(4, 8)):  # micro-batches of 4, as train.micro_batch_size=4
                 logprobs, entropy = batch_module.completion_logprobs_and_entropy(model, part, 1.0,
-                                                                                 packed=layout == "packed")
+                                                                                 layout=layout)
                 loss, _ = policy_loss(logprobs, logprobs.detach(), part.advantages, part.completion_mask,
                                       entropy=entropy)
                 (loss / 2).backward()

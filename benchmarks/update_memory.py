@@ -119,7 +119,7 @@ def r1kit_step(variant: str, model, batch, optimizer):
     if variant == "r1kit full logits":
         logprobs, entropy = full_logits_logprobs_and_entropy(model, batch, 1.0)
     elif variant == "r1kit chunked":
-        logprobs, entropy = completion_logprobs_and_entropy(model, batch, 1.0, packed=False)
+        logprobs, entropy = completion_logprobs_and_entropy(model, batch, 1.0, layout="padded")
     else:
         logprobs, entropy = checkpointed_logprobs_and_entropy(model, batch, 1.0, default_chunk_rows(151936))
     loss, _ = policy_loss(logprobs, logprobs.detach(), batch.advantages, batch.completion_mask, entropy=entropy)

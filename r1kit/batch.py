@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from r1kit.algo.loss import logprobs_and_entropy
-from r1kit.forward import packed_layout, padded_layout, packs_sequences, score_completions
+from r1kit.forward import (packed_layout, padded_layout, packs_sequences, score_completions, shared_prefix_layout,
+                           shares_prompts, unwrapped)
 from r1kit.rollout.hf import left_pad
 from r1kit.types import Completion
 
@@ -18,8 +19,13 @@ from r1kit.types import Completion
 # transformers itself implements: their masks come from masking_utils, which reads restarting position
 # ids as separate sequences (tests/test_forward.py: packed = padded to 1e-5, values and gradients).
 # Measured ~1.4x faster per update (benchmarks/packing.py). Remote-code models keep the padded layout:
-# nothing guarantees their attention separates packed sequences. Either layout gives the same result.
+# nothing guarantees their attention separates packed sequences. Every layout gives the same result.
 PACK_SEQUENCES = True
+# Where the model allows it (r1kit.forward.shares_prompts: sdpa or eager attention, no sliding window),
+# the G completions of a group share one copy of their prompt in the training forward
+# (r1kit.forward.shared_prefix_layout): the prompt's tokens are computed once, not G times.
+SHARE_PROMPTS = True
+LAYOUTS = {"padded": padded_layout, "packed": packed_layout, "shared": shared_prefix_layout}
 
 
 @dataclass
@@ -117,20 +123,30 @@ def completion_logprobs(model, batch: RolloutBatch, temperature: float = 1.0,
 
 
 def completion_logprobs_and_entropy(model, batch: RolloutBatch, temperature: float = 1.0, with_entropy: bool = True,
-                                    entropy_grad: bool = False, packed: bool | None = None
+                                    entropy_grad: bool = False, layout: str | None = None
                                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(N, C) logprobs of the completion tokens and (N, C) entropy of the temperature-scaled next-token
     distribution at each completion position (None unless with_entropy; detached unless entropy_grad),
     0 on padding. Computed from hidden states through the output head in chunks (r1kit.forward): no
-    (N, C, V) logits in forward or backward. `packed` picks the layout (None: packed where
-    PACK_SEQUENCES is on and the model is one of transformers' own, see r1kit.forward.packs_sequences)."""
+    (N, C, V) logits in forward or backward. `layout` is "padded", "packed" or "shared" (None: the
+    fastest the model allows, see forward_layout)."""
     device = next(model.parameters()).device
     batch = batch.to(device)
-    if packed is None:
-        packed = PACK_SEQUENCES and packs_sequences(model)
-    make_layout = packed_layout if packed else padded_layout
-    layout = make_layout(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
-    return score_completions(model, layout, batch.completion_mask, temperature, with_entropy, entropy_grad)
+    layout = layout or forward_layout(model)
+    args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
+    if layout == "shared":  # sdpa takes a bool mask; eager adds the mask to its scores
+        eager = unwrapped(model).config._attn_implementation == "eager"
+        made = shared_prefix_layout(*args, mask_dtype=next(model.parameters()).dtype if eager else torch.bool)
+    else:
+        made = LAYOUTS[layout](*args)
+    return score_completions(model, made, batch.completion_mask, temperature, with_entropy, entropy_grad)
+
+
+def forward_layout(model) -> str:
+    """The layout the training forward uses for `model`: shared prompts, else packed, else padded."""
+    if SHARE_PROMPTS and shares_prompts(model):
+        return "shared"
+    return "packed" if PACK_SEQUENCES and packs_sequences(model) else "padded"
 
 
 def full_logits_logprobs_and_entropy(model, batch: RolloutBatch, temperature: float = 1.0, with_entropy: bool = True,

@@ -9,11 +9,15 @@ weight in the head's pre-forward hook and again before its backward, and FSDP2 u
 parameters (the head's included) around the root forward and backward. A submodule called from outside
 would see partitioned weights.
 
-Two layouts of the same rows:
+Three layouts of the same rows (equal results, to fp32 round-off):
 - padded: (N, P+C), prompts left-padded, completions right-padded, with an attention mask;
 - packed: each sequence's real tokens only, laid end to end in rows of at most the longest sequence,
   position ids restarting at 0 per sequence and no attention mask: transformers' masking_utils reads the
-  restarts as packed sequences and keeps them from attending to each other (sdpa, eager, flash, flex).
+  restarts as packed sequences and keeps them from attending to each other (sdpa, eager, flash, flex);
+- shared: a group's prompt appears once, followed by its completions, each attending to the prompt and
+  to itself (a 4D mask, which transformers passes to the attention as it is; sdpa and eager only). The
+  G completions of a group share one prompt, so the prompt's tokens are computed once instead of G
+  times, and the gradient reaches them from every completion through attention, as with G copies.
 
 Deviation, on purpose: models whose forward transforms the logits after the head (Gemma-2/3 soft-capping,
 Cohere's logit_scale, Granite's logits_scaling) are refused with a clear error rather than scored wrongly.
@@ -107,6 +111,109 @@ def packed_layout(prompt_ids, prompt_mask, completion_ids, completion_mask) -> L
     device = completion_mask.device
     return Layout(input_ids.to(device), position_ids.to(device), None, 0, targets.to(device), scored.to(device),
                   source.to(device))
+
+
+# A shared-prefix row's attention is dense over the row (the mask hides what a completion may not see,
+# but sdpa and eager still compute it), so a group whose completions are long is split into several
+# rows, each with its own copy of the prompt, none wider than this unless one completion needs more.
+SHARED_ROW_TOKENS = 512
+
+
+def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mask, row_tokens: int = SHARED_ROW_TOKENS,
+                         mask_dtype: torch.dtype = torch.bool) -> Layout:
+    """The N sequences with each distinct prompt laid out once per row, followed by its completions.
+
+    A completion's segment is [last prompt token, its tokens but the last]: position k of segment j
+    predicts completion token k (so every completion gets its own prediction of its first token), with
+    position ids continuing the prompt's. The row holds the prompt's other tokens once, then segments;
+    a segment attends causally to its own tokens and to its group's prompt, never to another segment.
+    Groups (completions with identical prompt tokens) are cut into units of at most `row_tokens`
+    positions (one segment at least), and units are placed first-fit, longest first, into rows as
+    wide as the widest unit. attention_mask is (R, 1, W, W): bool (True = attend, for sdpa) or, for
+    another `mask_dtype`, additive (0 / the dtype's minimum, for eager). A row's unused tail attends to
+    itself only (no position is left without a key), and is never scored.
+    """
+    prompt_len, completion_len = prompt_mask.sum(-1).tolist(), completion_mask.sum(-1).tolist()
+    if min(prompt_len, default=1) < 1:
+        raise ValueError("every completion needs a prompt of at least one token (its first token is predicted from it)")
+    prompt_ids, prompt_mask, completion_ids = prompt_ids.cpu(), prompt_mask.cpu().bool(), completion_ids.cpu()
+    prompts = [prompt_ids[n][prompt_mask[n]] for n in range(len(prompt_len))]
+    groups: dict[tuple, list[int]] = {}  # prompt tokens -> the completions that continue it, in order
+    for n, tokens in enumerate(prompts):
+        groups.setdefault(tuple(tokens.tolist()), []).append(n)
+    units: list[list[int]] = []  # completions sharing one copy of their prompt (all from one group)
+    for members in groups.values():
+        unit, size = [], prompt_len[members[0]] - 1
+        for n in members:
+            if unit and size + completion_len[n] > row_tokens:
+                units.append(unit)
+                unit, size = [], prompt_len[members[0]] - 1
+            unit.append(n)
+            size += completion_len[n]
+        units.append(unit)
+    unit_len = [prompt_len[u[0]] - 1 + sum(completion_len[n] for n in u) for u in units]
+    width = max(max(unit_len), 1)
+    rows: list[list[int]] = []  # unit indices per row
+    free: list[int] = []
+    for u in sorted(range(len(units)), key=lambda i: -unit_len[i]):
+        r = next((r for r in range(len(rows)) if free[r] >= unit_len[u]), None)
+        if r is None:
+            rows.append([])
+            free.append(width)
+            r = len(rows) - 1
+        rows[r].append(u)
+        free[r] -= unit_len[u]
+    N, C = completion_ids.shape
+    R = len(rows)
+    input_ids = torch.zeros((R, width), dtype=torch.long)
+    position_ids = torch.zeros((R, width), dtype=torch.long)
+    targets = torch.zeros((R, width), dtype=torch.long)
+    scored = torch.zeros((R, width), dtype=torch.bool)
+    source = torch.zeros((N, C), dtype=torch.long)
+    # who may attend to whom: same unit, and key in the unit's prompt or in the query's own segment
+    unit_of = torch.arange(R * width).view(R, width) + len(units)  # tail positions: a unit of their own
+    segment_of = torch.arange(R * width).view(R, width) + N + 1  # prompt: 0; segment of completion n: n + 1
+    for r, members in enumerate(rows):
+        at = 0
+        for u in members:
+            first = units[u][0]
+            p = prompt_len[first]
+            input_ids[r, at:at + p - 1] = prompts[first][:-1]
+            position_ids[r, at:at + p - 1] = torch.arange(p - 1)
+            unit_of[r, at:at + unit_len[u]] = u
+            segment_of[r, at:at + p - 1] = 0
+            at += p - 1
+            for n in units[u]:
+                c = completion_len[n]
+                input_ids[r, at:at + c] = torch.cat([prompts[first][-1:], completion_ids[n, :c - 1]])[:c]
+                position_ids[r, at:at + c] = torch.arange(p - 1, p - 1 + c)
+                segment_of[r, at:at + c] = n + 1
+                targets[r, at:at + c] = completion_ids[n, :c]
+                scored[r, at:at + c] = True
+                source[n, :c] = r * width + torch.arange(at, at + c)
+                at += c
+        position_ids[r, at:] = torch.arange(width - at)
+    q, k = (slice(None), slice(None), None), (slice(None), None, slice(None))  # (R, W, 1) vs (R, 1, W)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = causal & (unit_of[q] == unit_of[k]) & ((segment_of[k] == 0) | (segment_of[q] == segment_of[k]))
+    allowed = allowed[:, None]  # (R, 1, W, W)
+    if mask_dtype == torch.bool:
+        attention_mask = allowed
+    else:
+        attention_mask = torch.zeros(allowed.shape, dtype=mask_dtype).masked_fill(~allowed, torch.finfo(mask_dtype).min)
+    device = completion_mask.device
+    return Layout(input_ids.to(device), position_ids.to(device), attention_mask.to(device), 0, targets.to(device),
+                  scored.to(device), source.to(device))
+
+
+def shares_prompts(model) -> bool:
+    """Whether the shared-prefix layout is safe for `model`: one of transformers' own (a 4D mask is passed
+    to its attention as it is), with sdpa or eager attention (flash-attention kernels take no 4D mask)
+    and no sliding-window layers (the custom mask would replace their window)."""
+    config = unwrapped(model).config
+    sliding = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+    sliding = sliding or "sliding_attention" in (getattr(config, "layer_types", None) or ())
+    return packs_sequences(model) and config._attn_implementation in ("sdpa", "eager") and not sliding
 
 
 def packs_sequences(model) -> bool:

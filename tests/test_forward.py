@@ -1,12 +1,12 @@
-"""The policy forward (r1kit.forward): chunked scoring through the head, padded or packed, gives the
-full-logits logprobs, entropy and gradient (fp32, 1e-5) on real models: untied and tied heads,
-temperature, left-padded prompts and right-padded completions, LoRA, gradient checkpointing."""
+"""The policy forward (r1kit.forward): chunked scoring through the head, padded, packed or with shared
+prompts, gives the full-logits logprobs, entropy and gradient (fp32, 1e-5) on real models: untied and tied
+heads, temperature, left-padded prompts and right-padded completions, LoRA, gradient checkpointing."""
 
 import pytest
 import torch
 
 from r1kit.batch import RolloutBatch, completion_logprobs_and_entropy, full_logits_logprobs_and_entropy
-from r1kit.forward import packed_layout
+from r1kit.forward import packed_layout, shared_prefix_layout
 
 PAD = 0
 
@@ -62,18 +62,41 @@ def assert_same(model, batch, **kwargs):
         torch.testing.assert_close(got[name], ref_grads[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
+def grouped_batch(vocab: int, seed: int = 0, groups=((4, (6, 1, 4, 0)), (7, (3, 5)), (2, (2, 6, 6)))) -> RolloutBatch:
+    """Groups of completions sharing a prompt, as GRPO makes them: (prompt length, completion lengths) per
+    group; one completion is empty."""
+    g = torch.Generator().manual_seed(seed)
+    prompts, completions = [], []
+    for p, lengths in groups:
+        prompt = torch.randint(3, vocab, (p,), generator=g)
+        for c in lengths:
+            prompts.append(prompt)
+            completions.append(torch.randint(3, vocab, (c,), generator=g))
+    n, P, C = len(prompts), max(len(p) for p in prompts), max(len(c) for c in completions)
+    prompt_ids, prompt_mask = torch.full((n, P), PAD), torch.zeros(n, P, dtype=torch.long)
+    completion_ids, completion_mask = torch.full((n, C), PAD), torch.zeros(n, C, dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        prompt_ids[i, P - len(p):], prompt_mask[i, P - len(p):] = p, 1
+        completion_ids[i, :len(c)], completion_mask[i, :len(c)] = c, 1
+    advantages = torch.linspace(-1.0, 1.5, n)
+    return RolloutBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, torch.zeros(n, C), advantages,
+                        torch.zeros(n, dtype=torch.bool))
+
+
 @pytest.mark.parametrize("kind", ["llama-untied", "qwen2-tied"])
-@pytest.mark.parametrize("packed", [False, True])
-def test_chunked_scores_and_gradients_equal_full_logits(kind, packed):
+@pytest.mark.parametrize("layout", ["padded", "packed", "shared"])
+def test_chunked_scores_and_gradients_equal_full_logits(kind, layout):
     model = build(kind)
-    assert_same(model, ragged_batch(97), packed=packed)
+    assert_same(model, ragged_batch(97), layout=layout)
+    assert_same(model, grouped_batch(97), layout=layout)
 
 
 def test_packed_and_padded_agree_under_gradient_checkpointing():
     model = build("llama-untied")
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    assert_same(model, ragged_batch(97, seed=1), packed=True)
+    assert_same(model, ragged_batch(97, seed=1), layout="packed")
+    assert_same(model, grouped_batch(97, seed=1), layout="shared")
 
 
 def test_lora_model_scores_like_full_logits():
@@ -81,8 +104,8 @@ def test_lora_model_scores_like_full_logits():
 
     model = get_peft_model(build("qwen2-tied"), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
                                                           init_lora_weights=False))
-    assert_same(model, ragged_batch(97, seed=2), packed=True)
-    assert_same(model, ragged_batch(97, seed=2), packed=False)
+    for layout in ("padded", "packed", "shared"):
+        assert_same(model, grouped_batch(97, seed=2), layout=layout)
 
 
 def test_packed_rows_hold_real_tokens_only():
@@ -118,9 +141,13 @@ def test_packing_keeps_sequences_apart_in_each_attention(attn):
     model = build("llama-untied")
     model.set_attn_implementation(attn)
     batch = ragged_batch(97, seed=3, prompt_lens=(3, 2, 5, 4, 4))
-    padded, _ = completion_logprobs_and_entropy(model, batch, packed=False, with_entropy=False)
-    packed, _ = completion_logprobs_and_entropy(model, batch, packed=True, with_entropy=False)
+    padded, _ = completion_logprobs_and_entropy(model, batch, layout="padded", with_entropy=False)
+    packed, _ = completion_logprobs_and_entropy(model, batch, layout="packed", with_entropy=False)
     torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+    grouped = grouped_batch(97, seed=3)
+    padded, _ = completion_logprobs_and_entropy(model, grouped, layout="padded", with_entropy=False)
+    shared, _ = completion_logprobs_and_entropy(model, grouped, layout="shared", with_entropy=False)
+    torch.testing.assert_close(shared, padded, atol=1e-5, rtol=1e-5)
 
 
 def test_packing_is_used_for_transformers_models_only():
@@ -133,3 +160,47 @@ def test_packing_is_used_for_transformers_models_only():
         pass
 
     assert not packs_sequences(RemoteCode())
+
+
+def test_shared_rows_hold_each_prompt_once_per_row():
+    batch = grouped_batch(97)  # prompts of 4, 7, 2 tokens; completions (6, 1, 4, 0), (3, 5), (2, 6, 6)
+    layout = shared_prefix_layout(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
+    # units of prompt-1 + completions: 3 + 11 = 14, 6 + 8 = 14, 1 + 14 = 15 -> three rows of 15
+    assert layout.input_ids.shape == (3, 15)
+    assert layout.scored.sum() == batch.completion_mask.sum()
+    flat = layout.targets.reshape(-1)[layout.source]
+    mask = batch.completion_mask.bool()
+    assert torch.equal(flat[mask], batch.completion_ids[mask])
+    # the row of the 2-token prompt: its first token, then segments [last prompt token, completion minus its last]
+    row = layout.input_ids[0]
+    prompt = batch.prompt_ids[6, -2:]
+    assert row[0] == prompt[0] and row[1] == prompt[1] and row[3] == prompt[1] and row[9] == prompt[1]
+    assert layout.position_ids[0].tolist() == [0, 1, 2, 1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6]
+    allowed = layout.attention_mask[0, 0]
+    assert allowed[4].tolist() == [True, False, False, True, True] + [False] * 10  # the prompt + its own segment so far
+    assert not allowed[9, 1:9].any() and allowed[9, 0] and allowed[9, 9]  # a new segment sees the prompt only
+
+
+def test_long_groups_are_cut_into_rows_that_each_carry_the_prompt():
+    batch = grouped_batch(97, groups=((5, (6, 6, 6, 6)),))
+    layout = shared_prefix_layout(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask,
+                                  row_tokens=16)
+    assert layout.input_ids.shape == (2, 16)  # 4 + 6 + 6 per row
+    assert torch.equal(layout.input_ids[0, :4], layout.input_ids[1, :4])
+    model = build("llama-untied")
+    padded, _ = completion_logprobs_and_entropy(model, batch, layout="padded", with_entropy=False)
+    for row_tokens in (16, 512):
+        made = shared_prefix_layout(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask,
+                                    row_tokens=row_tokens)
+        from r1kit.forward import score_completions
+        shared, _ = score_completions(model, made, batch.completion_mask, with_entropy=False)
+        torch.testing.assert_close(shared, padded, atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prompts_only_where_the_attention_takes_the_mask():
+    from r1kit.batch import forward_layout
+
+    model = build("llama-untied")
+    assert forward_layout(model) == "shared"
+    model.config.sliding_window, model.config.use_sliding_window = 4, True
+    assert forward_layout(model) == "packed"
