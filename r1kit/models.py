@@ -194,12 +194,13 @@ def four_bit_config(dtype: str):
                               bnb_4bit_compute_dtype=torch_dtype(dtype))
 
 
-def make_optimizer(params, train_cfg):
-    """AdamW as train.optim names it: torch's, or bitsandbytes' 8-bit (optionally paged) AdamW."""
+def make_optimizer(params, train_cfg, **settings):
+    """AdamW as train.optim names it: torch's, or bitsandbytes' 8-bit (optionally paged) AdamW. `settings`
+    (lr, betas, weight_decay) replace train_cfg's: SFT keeps its own."""
     import torch
 
     kwargs = dict(lr=train_cfg.learning_rate, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
-                  weight_decay=train_cfg.weight_decay)
+                  weight_decay=train_cfg.weight_decay) | settings
     if train_cfg.optim == "adamw_torch":
         return torch.optim.AdamW(params, **kwargs)
     bnb = require_bitsandbytes(f"train.optim={train_cfg.optim}")

@@ -260,6 +260,8 @@ def check_model_strategy(cfg: Config, acc) -> None:
 
     if cfg.model.load_in_4bit:
         require_bitsandbytes("model.load_in_4bit")
+    if cfg.train.optim != "adamw_torch":  # SFT's optimizer is also the kind train.optim names
+        require_bitsandbytes(f"train.optim={cfg.train.optim}")
     if cfg.model.lora.enabled and dist.is_sharded(acc):
         raise ConfigError(f"model.lora.enabled with {dist.strategy_name(acc)} is not supported: the adapters are "
                           "small, so shard the frozen base with zero2 (recipes/accelerate/zero2.yaml) or train "
@@ -268,12 +270,8 @@ def check_model_strategy(cfg: Config, acc) -> None:
 
 def _check_strategy(cfg: Config, acc) -> None:
     """Combinations this version or platform cannot run, refused before anything is written."""
-    from r1kit.models import require_bitsandbytes
-
     strategy = dist.strategy_name(acc)
     check_model_strategy(cfg, acc)
-    if cfg.train.optim != "adamw_torch":
-        require_bitsandbytes(f"train.optim={cfg.train.optim}")
     if cfg.rollout.engine == "server" and dist.is_sharded(acc) and strategy not in ("zero3", "fsdp2"):
         raise ConfigError(f"rollout.engine=server with {strategy} is not supported (the weight push gathers ZeRO-3 or "
                           "FSDP2 shards one layer at a time); use recipes/accelerate/zero3.yaml or fsdp2.yaml")

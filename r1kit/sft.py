@@ -44,7 +44,7 @@ from r1kit.data.templates import build_messages, encode_prompt
 from r1kit.data.traces import gsm8k_sft_samples
 from r1kit.evaluate import evaluate_across, tiny_style_prefills
 from r1kit.logging import MetricsLogger, console, format_metrics, progress_bar, quiet_library_progress
-from r1kit.models import load_model, load_tokenizer, pick_device
+from r1kit.models import load_model, load_tokenizer, make_optimizer, pick_device
 from r1kit.rollout.hf import HFEngine
 from r1kit.run import StopSignals, _prepare_run_dir, _resume_point, check_model_strategy, run_stopped
 
@@ -168,8 +168,8 @@ def run_sft(cfg: Config) -> dict:
         _prepare_run_dir(cfg, resume)
     model = load_model(cfg.model, tokenizer, seed=cfg.seed)
     s = cfg.sft
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.learning_rate,
-                                  weight_decay=s.weight_decay, betas=(0.9, 0.95))
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.train, lr=s.learning_rate,
+                               weight_decay=s.weight_decay, betas=(0.9, 0.95))  # train.optim picks the kind
     scheduler = get_scheduler(f"{s.lr_scheduler}_with_warmup" if s.lr_scheduler == "constant" else s.lr_scheduler,
                               optimizer, num_warmup_steps=s.warmup_steps, num_training_steps=max(s.steps, 1))
     model, optimizer = acc.prepare(model, optimizer)

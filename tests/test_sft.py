@@ -100,6 +100,15 @@ def test_a_malformed_file_fails_before_anything_is_written(tmp_path, small_model
     assert not (tmp_path / "runs" / "r").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_sft_uses_the_optimizer_train_optim_names(tmp_path, small_model_dir):
+    cfg = load_recipe(None, [f"model.name_or_path={small_model_dir}", f"output_dir={tmp_path / 'runs'}", "name=r",
+                             "train.optim=adamw_8bit", "log.progress=false"])
+    with pytest.raises(ConfigError, match="train.optim=adamw_8bit needs bitsandbytes on a CUDA GPU"):
+        run_sft(cfg)
+    assert not (tmp_path / "runs" / "r").exists()
+
+
 # ---------------------------------------------------------------- messages -> samples
 
 
