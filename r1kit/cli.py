@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     from r1kit.data.sources import DataError
     from r1kit.hub import HubError
     from r1kit.rollout.http import ServiceError
-    from r1kit.run import NonFiniteError, RunStopped
+    from r1kit.rundir import NonFiniteError, RunStopped
 
     try:
         COMMANDS[argv[0]](argv[1:])

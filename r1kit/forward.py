@@ -55,6 +55,22 @@ class Layout:
     source: torch.Tensor
 
 
+def first_fit(lengths: list[int]) -> tuple[int, list[list[int]]]:
+    """(width, rows): the items of `lengths` placed first-fit, longest first, into rows as wide as the longest."""
+    width = max(max(lengths), 1)
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for n in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r in range(len(rows)) if free[r] >= lengths[n]), None)
+        if r is None:
+            rows.append([])
+            free.append(width)
+            r = len(rows) - 1
+        rows[r].append(n)
+        free[r] -= lengths[n]
+    return width, rows
+
+
 def padded_layout(prompt_ids, prompt_mask, completion_ids, completion_mask) -> Layout:
     """(N, P) left-padded prompts and (N, C) right-padded completions as one (N, P+C) padded batch.
     Position ids count real tokens only, as `generate` does (so the result matches the engine's logprobs)."""
@@ -75,19 +91,9 @@ def packed_layout(prompt_ids, prompt_mask, completion_ids, completion_mask) -> L
     A row's unused tail holds token 0 with its own restarting positions, never scored."""
     prompt_len, completion_len = prompt_mask.sum(-1).tolist(), completion_mask.sum(-1).tolist()
     lengths = [p + c for p, c in zip(prompt_len, completion_len)]
-    width = max(max(lengths), 1)
-    rows: list[list[int]] = []  # sequence indices per row
-    free: list[int] = []
     if min(prompt_len, default=1) < 1:
         raise ValueError("every completion needs a prompt of at least one token (its first token is predicted from it)")
-    for n in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        r = next((r for r in range(len(rows)) if free[r] >= lengths[n]), None)
-        if r is None:
-            rows.append([])
-            free.append(width)
-            r = len(rows) - 1
-        rows[r].append(n)
-        free[r] -= lengths[n]
+    width, rows = first_fit(lengths)  # sequence indices per row
     N, C = completion_ids.shape
     input_ids = torch.zeros((len(rows), width), dtype=torch.long)  # the tail's token id does not matter
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
@@ -152,17 +158,7 @@ def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mas
             size += completion_len[n]
         units.append(unit)
     unit_len = [prompt_len[u[0]] - 1 + sum(completion_len[n] for n in u) for u in units]
-    width = max(max(unit_len), 1)
-    rows: list[list[int]] = []  # unit indices per row
-    free: list[int] = []
-    for u in sorted(range(len(units)), key=lambda i: -unit_len[i]):
-        r = next((r for r in range(len(rows)) if free[r] >= unit_len[u]), None)
-        if r is None:
-            rows.append([])
-            free.append(width)
-            r = len(rows) - 1
-        rows[r].append(u)
-        free[r] -= unit_len[u]
+    width, rows = first_fit(unit_len)  # unit indices per row
     N, C = completion_ids.shape
     R = len(rows)
     input_ids = torch.zeros((R, width), dtype=torch.long)

@@ -10,25 +10,17 @@ import hashlib
 import json
 import os
 import random
-import shlex
-import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-import yaml
 from accelerate import Accelerator
 from safetensors import SafetensorError
 from transformers import get_scheduler
 
 from r1kit import distributed as dist
-from r1kit.checkpoint import (ACCELERATOR_DIR, list_checkpoints, load_trainer_state, resolve_resume, save_checkpoint,
-                              save_final, truncate_jsonl, verify_pickles)
-from r1kit.config import Config, ConfigError, save_config, to_dict
-from r1kit.config_checks import changed_settings
+from r1kit.checkpoint import ACCELERATOR_DIR, list_checkpoints, save_checkpoint, save_final
+from r1kit.config import Config, ConfigError, to_dict
 from r1kit.data.benchmarks import checker_for
 from r1kit.data.sources import load_rows
 from r1kit.data.templates import build_messages, encode_prompt
@@ -44,48 +36,8 @@ from r1kit.rollout.hf import HFEngine, eos_ids
 from r1kit.rollout.http import ServiceClient
 from r1kit.rollout.remote import START_HINT, RemoteEngine
 from r1kit.rollout.weights import LOCAL
+from r1kit.rundir import NonFiniteError, prepare_run_dir, resume_point, run_stopped
 from r1kit.types import SamplingParams
-
-
-class RunStopped(Exception):
-    """SIGINT/SIGTERM stopped the run after a checkpoint; `exit_code` is 128 + the signal number."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced NaN/inf that skipping a step cannot cure; the last checkpoint is intact."""
-
-
-class StopSignals:
-    """While training, SIGINT and SIGTERM ask the run to stop after the current step: it writes a
-    checkpoint and exits with 130/143. A second signal stops at once, the old way."""
-
-    def __init__(self):
-        self.signum = 0
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum:  # the second one: give the signal back to its old handler
-            self.__exit__()
-            signal.raise_signal(signum)
-            return
-        self.signum = signum
-        console.print(f"\n[yellow]{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
-                      "(send it again to stop at once, without saving)[/]")
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
 
 
 @dataclass
@@ -144,7 +96,7 @@ def setup_run(cfg: Config) -> Run:
     if not acc.is_main_process:
         console.quiet = True  # one process speaks for the run
     run_dir = cfg.run_dir
-    resume = _resume_point(cfg)
+    resume = resume_point(cfg)
     resume_dir = resume.directory if resume else None
     # rewards, data and the process layout first: bad input fails in seconds, before anything is written
     dist.local_share(cfg.prompts_per_step, acc)
@@ -154,7 +106,7 @@ def setup_run(cfg: Config) -> Run:
     eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size)
     acc.wait_for_everyone()  # every process has checked the run directory before the main one writes to it
     if acc.is_main_process:
-        _prepare_run_dir(cfg, resume)
+        prepare_run_dir(cfg, resume)
     pick_device(cfg.model.device)  # fails clearly on device=cuda without a GPU
     quiet_library_progress()
     torch.manual_seed(cfg.seed)
@@ -189,54 +141,6 @@ def setup_run(cfg: Config) -> Run:
         state.reasoning_share_before = before["eval/reasoning_share"]
         state.mean_length_before = before["eval/mean_length"]
     return run
-
-
-@dataclass
-class ResumePoint:
-    directory: Path  # the checkpoint
-    trainer_state: dict  # its trainer_state.pt, read once
-    allowed_changes: list[str]  # settings this session changes that can take effect ('key: old -> new')
-
-
-def _resume_point(cfg: Config) -> ResumePoint | None:
-    """The checkpoint to resume from, or None for a fresh start; refuses to overwrite another run and
-    to resume with settings that would not take effect. Nothing is written here."""
-    run_dir = cfg.run_dir
-    if not cfg.train.resume_from:
-        if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
-            raise FileExistsError(f"run directory {run_dir} already holds a run; pick another name= or resume it "
-                                  "with train.resume_from=latest")
-        return None
-    resume_dir = resolve_resume(cfg.train.resume_from, run_dir / "checkpoints")
-    if resume_dir is None:
-        console.print(f"[yellow]{run_dir} holds no checkpoint yet: starting from step 0[/]")
-        return None
-    trainer_state = load_trainer_state(resume_dir)  # a torn or foreign file fails here, before anything is written
-    if not cfg.train.trust_checkpoint:
-        verify_pickles(resume_dir / ACCELERATOR_DIR)  # before DeepSpeed (weights_only=False) unpickles anything
-    refused, allowed = [], []
-    saved_config = run_dir / "config.yaml"
-    if saved_config.exists():
-        refused, allowed = changed_settings(yaml.safe_load(saved_config.read_text()) or {}, cfg)
-        if refused:
-            raise ConfigError(f"resuming {run_dir} with settings that cannot take effect mid-run: "
-                              + "; ".join(refused) + " (start a new run with another name= to change them)")
-    return ResumePoint(resume_dir, trainer_state, allowed)
-
-
-def _prepare_run_dir(cfg: Config, resume: ResumePoint | None) -> None:
-    """The run directory as this session starts: config.yaml (a resume that changes allowed settings keeps
-    the previous file as config.before-step-N.yaml), and per-step logs cut back to the checkpoint's step."""
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    step = resume.trainer_state["run_state"]["step"] if resume else 0
-    if resume is not None and resume.allowed_changes:
-        os.replace(run_dir / "config.yaml", run_dir / f"config.before-step-{step}.yaml")
-        console.print(f"resume changes {'; '.join(resume.allowed_changes)} "
-                      f"(previous config: config.before-step-{step}.yaml)")
-    save_config(cfg, run_dir / "config.yaml")
-    for log in ("metrics.jsonl", "samples.jsonl"):
-        truncate_jsonl(run_dir / log, step)
 
 
 def _load_policy(cfg: Config):
@@ -461,14 +365,6 @@ def stop_on_signal(run: Run, signum: int) -> None:
     if run.logger is not None:
         run.logger.close()
     raise run_stopped(run.cfg, step, signum)
-
-
-def run_stopped(cfg: Config, step: int, signum: int) -> RunStopped:
-    """The stop after a signal, with the checkpoint it left and the command that resumes it (GRPO and SFT)."""
-    command = " ".join(["r1kit", *(shlex.quote(a) for a in sys.argv[1:] if not a.startswith("train.resume_from=")),
-                        "train.resume_from=latest"])
-    return RunStopped(signum, f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint "
-                              f"{cfg.run_dir / 'checkpoints' / f'step-{step}'}. Resume with: {command}")
 
 
 def maybe_checkpoint(run: Run, step: int, force: bool = False) -> None:

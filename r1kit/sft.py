@@ -46,7 +46,8 @@ from r1kit.evaluate import evaluate_across, tiny_style_prefills
 from r1kit.logging import MetricsLogger, console, format_metrics, progress_bar, quiet_library_progress
 from r1kit.models import load_model, load_tokenizer, make_optimizer, pick_device
 from r1kit.rollout.hf import HFEngine
-from r1kit.run import StopSignals, _prepare_run_dir, _resume_point, check_model_strategy, run_stopped
+from r1kit.run import check_model_strategy
+from r1kit.rundir import StopSignals, prepare_run_dir, resume_point, run_stopped
 
 
 # ---------------------------------------------------------------- data
@@ -154,7 +155,7 @@ def run_sft(cfg: Config) -> dict:
     acc = dist.make_accelerator(cfg.model.device, cfg.train.max_grad_norm)
     if not acc.is_main_process:
         console.quiet = True
-    resume = _resume_point(cfg)  # a fresh run never overwrites another; a resume checks its settings
+    resume = resume_point(cfg)  # a fresh run never overwrites another; a resume checks its settings
     check_model_strategy(cfg, acc)
     dist.local_share(cfg.sft.batch_size, acc, "sft.batch_size (samples per step)")
     pick_device(cfg.model.device)
@@ -165,7 +166,7 @@ def run_sft(cfg: Config) -> dict:
     eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size)
     acc.wait_for_everyone()
     if acc.is_main_process:
-        _prepare_run_dir(cfg, resume)
+        prepare_run_dir(cfg, resume)
     model = load_model(cfg.model, tokenizer, seed=cfg.seed)
     s = cfg.sft
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.train, lr=s.learning_rate,

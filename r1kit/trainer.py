@@ -32,8 +32,9 @@ from r1kit.config import AlgoCfg, Config
 from r1kit.logging import PhaseTimer, console
 from r1kit.rewards import RewardState, combine, reward_inputs
 from r1kit.rewards.registry import RewardResult
-from r1kit.run import (Run, StopSignals, check_finite, finish_run, log_step, maybe_checkpoint, maybe_eval,
+from r1kit.run import (Run, check_finite, finish_run, log_step, maybe_checkpoint, maybe_eval,
                        sampling_params, setup_run, step_prompt_indices, stop_on_signal)
+from r1kit.rundir import StopSignals
 
 
 def train(cfg: Config) -> dict:

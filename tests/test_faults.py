@@ -16,7 +16,7 @@ import torch
 from r1kit.checkpoint import CheckpointError, verify_pickles
 from r1kit.cli import main
 from r1kit.config import ConfigError
-from r1kit.run import NonFiniteError
+from r1kit.rundir import NonFiniteError
 from r1kit.trainer import train
 from test_trainer import FAST, cfg_for, weights
 

@@ -448,7 +448,7 @@ def test_a_stop_signal_checkpoints_the_step_and_the_run_resumes_exactly(small_mo
     import signal
 
     from r1kit.logging import MetricsLogger
-    from r1kit.run import RunStopped
+    from r1kit.rundir import RunStopped
 
     path = chat_file(tmp_path)
     common = ["sft.steps=3", "sft.batch_size=4", "sft.learning_rate=1e-3", "sft.save_every=0", "eval.before=false",
