@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from r1kit.algo.loss import logprobs_and_entropy
-from r1kit.forward import (packed_layout, padded_layout, packs_sequences, score_completions, shared_prefix_layout,
-                           shares_prompts, unwrapped)
+from r1kit.forward import make_layout, packs_sequences, score_completions, shares_prompts
 from r1kit.rollout.hf import left_pad
 from r1kit.types import Completion
 
@@ -25,7 +24,6 @@ PACK_SEQUENCES = True
 # the G completions of a group share one copy of their prompt in the training forward
 # (r1kit.forward.shared_prefix_layout): the prompt's tokens are computed once, not G times.
 SHARE_PROMPTS = True
-LAYOUTS = {"padded": padded_layout, "packed": packed_layout, "shared": shared_prefix_layout}
 
 
 @dataclass
@@ -132,13 +130,8 @@ def completion_logprobs_and_entropy(model, batch: RolloutBatch, temperature: flo
     fastest the model allows, see forward_layout)."""
     device = next(model.parameters()).device
     batch = batch.to(device)
-    layout = layout or forward_layout(model)
-    args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
-    if layout == "shared":  # sdpa takes a bool mask; eager adds the mask to its scores
-        eager = unwrapped(model).config._attn_implementation == "eager"
-        made = shared_prefix_layout(*args, mask_dtype=next(model.parameters()).dtype if eager else torch.bool)
-    else:
-        made = LAYOUTS[layout](*args)
+    made = make_layout(layout or forward_layout(model), model, batch.prompt_ids, batch.prompt_mask,
+                       batch.completion_ids, batch.completion_mask)
     return score_completions(model, made, batch.completion_mask, temperature, with_entropy, entropy_grad)
 
 

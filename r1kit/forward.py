@@ -40,7 +40,8 @@ POST_HEAD_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scalin
 class Layout:
     """One forward's inputs and where its scored positions are.
 
-    input_ids, position_ids (R, L); attention_mask (R, L) or None (packed); logits_to_keep as the
+    input_ids, position_ids (R, L); attention_mask (R, L) (padded), None (packed) or (R, 1, L, L)
+    (shared prompts: passed to the attention as it is); logits_to_keep as the
     model takes it; targets (R, K) the token each kept position predicts, scored (R, K) bool where it
     counts; source (N, C) the flat index into (R*K) of completion token (n, c), valid where the
     completion mask is 1.
@@ -71,6 +72,15 @@ def first_fit(lengths: list[int]) -> tuple[int, list[list[int]]]:
     return width, rows
 
 
+def real_lengths(prompt_mask, completion_mask) -> tuple[list[int], list[int]]:
+    """Real prompt and completion tokens per row; every completion needs a prompt (its first token is
+    predicted from the prompt's last)."""
+    prompt_len, completion_len = prompt_mask.sum(-1).tolist(), completion_mask.sum(-1).tolist()
+    if min(prompt_len, default=1) < 1:
+        raise ValueError("every completion needs a prompt of at least one token (its first token is predicted from it)")
+    return prompt_len, completion_len
+
+
 def padded_layout(prompt_ids, prompt_mask, completion_ids, completion_mask) -> Layout:
     """(N, P) left-padded prompts and (N, C) right-padded completions as one (N, P+C) padded batch.
     Position ids count real tokens only, as `generate` does (so the result matches the engine's logprobs)."""
@@ -89,11 +99,8 @@ def packed_layout(prompt_ids, prompt_mask, completion_ids, completion_mask) -> L
     """The same N sequences without padding: real prompt + completion tokens end to end, first-fit
     into rows as wide as the longest sequence (longest first), position ids restarting per sequence.
     A row's unused tail holds token 0 with its own restarting positions, never scored."""
-    prompt_len, completion_len = prompt_mask.sum(-1).tolist(), completion_mask.sum(-1).tolist()
-    lengths = [p + c for p, c in zip(prompt_len, completion_len)]
-    if min(prompt_len, default=1) < 1:
-        raise ValueError("every completion needs a prompt of at least one token (its first token is predicted from it)")
-    width, rows = first_fit(lengths)  # sequence indices per row
+    prompt_len, completion_len = real_lengths(prompt_mask, completion_mask)
+    width, rows = first_fit([p + c for p, c in zip(prompt_len, completion_len)])  # sequence indices per row
     N, C = completion_ids.shape
     input_ids = torch.zeros((len(rows), width), dtype=torch.long)  # the tail's token id does not matter
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
@@ -139,9 +146,7 @@ def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mas
     another `mask_dtype`, additive (0 / the dtype's minimum, for eager). A row's unused tail attends to
     itself only (no position is left without a key), and is never scored.
     """
-    prompt_len, completion_len = prompt_mask.sum(-1).tolist(), completion_mask.sum(-1).tolist()
-    if min(prompt_len, default=1) < 1:
-        raise ValueError("every completion needs a prompt of at least one token (its first token is predicted from it)")
+    prompt_len, completion_len = real_lengths(prompt_mask, completion_mask)
     prompt_ids, prompt_mask, completion_ids = prompt_ids.cpu(), prompt_mask.cpu().bool(), completion_ids.cpu()
     prompts = [prompt_ids[n][prompt_mask[n]] for n in range(len(prompt_len))]
     groups: dict[tuple, list[int]] = {}  # prompt tokens -> the completions that continue it, in order
@@ -200,6 +205,16 @@ def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mas
     device = completion_mask.device
     return Layout(input_ids.to(device), position_ids.to(device), attention_mask.to(device), 0, targets.to(device),
                   scored.to(device), source.to(device))
+
+
+def make_layout(kind: str, model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> Layout:
+    """The `kind` ("padded", "packed" or "shared") layout of these rows for `model`: a shared layout's mask
+    is bool for sdpa and additive in the model's dtype for eager, which adds it to its scores."""
+    args = (prompt_ids, prompt_mask, completion_ids, completion_mask)
+    if kind == "shared":
+        eager = unwrapped(model).config._attn_implementation == "eager"
+        return shared_prefix_layout(*args, mask_dtype=next(model.parameters()).dtype if eager else torch.bool)
+    return {"padded": padded_layout, "packed": packed_layout}[kind](*args)
 
 
 def shares_prompts(model) -> bool:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from r1kit.batch import RolloutBatch, completion_logprobs_and_entropy, full_logits_logprobs_and_entropy
-from r1kit.forward import packed_layout, shared_prefix_layout
+from r1kit.forward import packed_layout, score_completions, shared_prefix_layout
 
 PAD = 0
 
@@ -192,7 +192,6 @@ def test_long_groups_are_cut_into_rows_that_each_carry_the_prompt():
     for row_tokens in (16, 512):
         made = shared_prefix_layout(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask,
                                     row_tokens=row_tokens)
-        from r1kit.forward import score_completions
         shared, _ = score_completions(model, made, batch.completion_mask, with_entropy=False)
         torch.testing.assert_close(shared, padded, atol=1e-5, rtol=1e-5)
 
