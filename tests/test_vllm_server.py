@@ -6,7 +6,6 @@ Marked `vllm` (needs vLLM, started as a subprocess); CI runs it in the vLLM step
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +21,28 @@ from r1kit.data.templates import build_messages, encode_prompt
 from r1kit.models import load_model, load_tokenizer, resolve_model_path
 from r1kit.rollout.http import ServiceClient, ServiceError
 from r1kit.types import SamplingParams
+from test_distributed import free_port
 
 pytestmark = pytest.mark.vllm
 TOLERANCE = 2e-5
 TOKEN = "test-token"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def wait_until_up(proc: subprocess.Popen, url: str, route: str, log: Path, what: str, timeout: float,
+                  token: str = TOKEN) -> None:
+    """Poll `route` of the server `proc` started at `url` until it answers; its log's tail if it exits or
+    does not come up within `timeout` s."""
+    client = ServiceClient(what, url, token=token, timeout_s=5, retries=0)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}; log: {log.read_text()[-3000:]}")
+        try:
+            client.get(route)
+            return
+        except ServiceError:
+            time.sleep(1)
+    raise RuntimeError(f"{what} did not come up in {timeout} s; log: {log.read_text()[-3000:]}")
 
 
 class GenServer:
@@ -48,17 +59,8 @@ class GenServer:
             [sys.executable, "-m", "r1kit.cli", "serve-gen", self.model, "--port", str(self.port), "--kv-cache-gb",
              "1", *(["--weights-root", str(self.weights_root)] if self.weights_root else []), "--", "--enforce-eager", "--dtype", "float32", "--max-model-len", "512"],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        client = ServiceClient("generation server", self.url, token=TOKEN, timeout_s=5, retries=0)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve-gen exited with {self.proc.returncode}; log: {self.log.read_text()[-3000:]}")
-            try:
-                client.get("/r1kit/info")
-                return self
-            except ServiceError:
-                time.sleep(1)
-        raise RuntimeError(f"serve-gen did not come up in {timeout} s; log: {self.log.read_text()[-3000:]}")
+        wait_until_up(self.proc, self.url, "/r1kit/info", self.log, "serve-gen", timeout)
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

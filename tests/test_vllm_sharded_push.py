@@ -15,8 +15,8 @@ import os
 
 import pytest
 import torch
-from test_distributed import LAYOUT_ATOL, final_weights, launch, max_diff, recipe
-from test_vllm_server import TOKEN, GenServer, free_port
+from test_distributed import LAYOUT_ATOL, final_weights, free_port, launch, max_diff, recipe
+from test_vllm_server import TOKEN, GenServer
 
 from r1kit.data.tasks import arith_split
 from r1kit.data.templates import build_messages, encode_prompt
