@@ -40,11 +40,16 @@ MID_ARCH = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=5, nu
                 num_key_value_heads=8)  # ~5.3M parameters
 
 
+def tiny_sft(tok) -> tuple[str, torch.nn.Module]:
+    """The built-in tiny-sft checkpoint: (its directory, the model)."""
+    path = resolve_model_path("builtin:tiny-sft")
+    return path, load_model(ModelCfg(name_or_path=path), tok)
+
+
 def models(which: list[str], tok) -> dict[str, tuple[str, torch.nn.Module]]:
     out = {}
     if "tiny" in which:
-        path = resolve_model_path("builtin:tiny-sft")
-        out["tiny-sft (2.4M)"] = (path, load_model(ModelCfg(name_or_path=path), tok))
+        out["tiny-sft (2.4M)"] = tiny_sft(tok)
     if "mid" in which:
         path = tempfile.mkdtemp(prefix="r1kit-bench-mid-")
         model = build_tiny_model(tok, seed=0, **MID_ARCH)

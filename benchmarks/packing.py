@@ -32,12 +32,9 @@ from pathlib import Path
 import torch
 
 import r1kit.batch as batch_module
+from shapes import SMOLLM2_135M
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOLLM2_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                     num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=2048)
-
-
 LAYOUTS = ("padded", "packed", "shared")
 
 
@@ -82,8 +79,8 @@ def smollm2(repeats: int) -> dict:
     from r1kit.algo.loss import policy_loss
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(pad_token_id=0, **SMOLLM2_SHAPE)).train()
-    batch = smollm2_batch(SMOLLM2_SHAPE["vocab_size"])
+    model = LlamaForCausalLM(LlamaConfig(pad_token_id=0, **SMOLLM2_135M)).train()
+    batch = smollm2_batch(SMOLLM2_135M["vocab_size"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     times = {layout: [] for layout in LAYOUTS}
     for _ in range(repeats + 1):  # the first round is a warm-up

@@ -35,23 +35,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generation import Server  # noqa: E402  (serve-gen in its own process group)
+from generation import Server, tiny_sft  # noqa: E402  (serve-gen in its own process group)
+from shapes import SMOLLM2_135M  # noqa: E402
 
-from r1kit.config import LoraCfg, ModelCfg, VllmCfg  # noqa: E402
-from r1kit.models import apply_lora, build_tiny_tokenizer, load_model, resolve_model_path  # noqa: E402
+from r1kit.config import LoraCfg, VllmCfg  # noqa: E402
+from r1kit.models import apply_lora, build_tiny_tokenizer  # noqa: E402
 from r1kit.rollout.http import ServiceClient  # noqa: E402
 from r1kit.rollout.weights import export_state_dict  # noqa: E402
-
-SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                    num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=2048,
-                    rope_theta=100000.0, rms_norm_eps=1e-5)
 
 
 def build_models(which: list[str], tok) -> dict[str, tuple[str, torch.nn.Module]]:
     out = {}
     if "tiny" in which:
-        path = resolve_model_path("builtin:tiny-sft")
-        out["tiny-sft (2.4M)"] = (path, load_model(ModelCfg(name_or_path=path), tok))
+        out["tiny-sft (2.4M)"] = tiny_sft(tok)
     if "smollm2" in which:
         from transformers import LlamaConfig, LlamaForCausalLM
 
