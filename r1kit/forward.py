@@ -15,9 +15,11 @@ Three layouts of the same rows (equal results, to fp32 round-off):
   position ids restarting at 0 per sequence and no attention mask: transformers' masking_utils reads the
   restarts as packed sequences and keeps them from attending to each other (sdpa, eager, flash, flex);
 - shared: a group's prompt appears once, followed by its completions, each attending to the prompt and
-  to itself (a 4D mask, which transformers passes to the attention as it is; sdpa and eager only). The
-  G completions of a group share one prompt, so the prompt's tokens are computed once instead of G
-  times, and the gradient reaches them from every completion through attention, as with G copies.
+  to itself. The G completions of a group share one prompt, so the prompt's tokens are computed once
+  instead of G times, and the gradient reaches them from every completion through attention, as with G
+  copies. With sdpa, each layer attends through r1kit.prompt_attention (only the pairs a token may see:
+  a group stays in one row however long); with eager, through a 4D mask, which transformers passes to
+  the attention as it is (dense over the row, so long groups are cut into rows with a prompt copy each).
 
 Deviation, on purpose: models whose forward transforms the logits after the head (Gemma-2/3 soft-capping,
 Cohere's logit_scale, Granite's logits_scaling) are refused with a clear error rather than scored wrongly.
@@ -26,10 +28,11 @@ Cohere's logit_scale, Granite's logits_scaling) are refused with a clear error r
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from r1kit import prompt_attention
 from r1kit.algo.head import chunked_logprobs_and_entropy
 
 # config attributes of models that change the logits after the output head (see the module docstring)
@@ -40,11 +43,12 @@ POST_HEAD_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scalin
 class Layout:
     """One forward's inputs and where its scored positions are.
 
-    input_ids, position_ids (R, L); attention_mask (R, L) (padded), None (packed) or (R, 1, L, L)
-    (shared prompts: passed to the attention as it is); logits_to_keep as the
-    model takes it; targets (R, K) the token each kept position predicts, scored (R, K) bool where it
-    counts; source (N, C) the flat index into (R*K) of completion token (n, c), valid where the
-    completion mask is 1.
+    input_ids, position_ids (R, L); attention_mask (R, L) (padded; all ones for shared prompts with
+    `attention_kwargs`), None (packed) or (R, 1, L, L) (shared prompts, dense: passed to the attention
+    as it is); logits_to_keep as the model takes it; targets (R, K) the token each kept position
+    predicts, scored (R, K) bool where it counts; source (N, C) the flat index into (R*K) of completion
+    token (n, c), valid where the completion mask is 1; attention_kwargs: extra arguments of the
+    model's forward (r1kit_segments, for r1kit.prompt_attention).
     """
 
     input_ids: torch.Tensor
@@ -54,6 +58,7 @@ class Layout:
     targets: torch.Tensor
     scored: torch.Tensor
     source: torch.Tensor
+    attention_kwargs: dict = field(default_factory=dict)
 
 
 def first_fit(lengths: list[int]) -> tuple[int, list[list[int]]]:
@@ -126,14 +131,15 @@ def packed_layout(prompt_ids, prompt_mask, completion_ids, completion_mask) -> L
                   source.to(device))
 
 
-# A shared-prefix row's attention is dense over the row (the mask hides what a completion may not see,
-# but sdpa and eager still compute it), so a group whose completions are long is split into several
-# rows, each with its own copy of the prompt, none wider than this unless one completion needs more.
+# With a dense 4D mask a shared-prefix row's attention is computed over the whole row (the mask hides
+# what a completion may not see, but the attention still computes it), so a group whose completions are
+# long is split into several rows, each with its own copy of the prompt, none wider than this unless
+# one completion needs more. r1kit.prompt_attention computes the visible pairs only and needs no cut.
 SHARED_ROW_TOKENS = 512
 
 
 def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mask, row_tokens: int = SHARED_ROW_TOKENS,
-                         mask_dtype: torch.dtype = torch.bool) -> Layout:
+                         mask_dtype: torch.dtype = torch.bool, segments: bool = False) -> Layout:
     """The N sequences with each distinct prompt laid out once per row, followed by its completions.
 
     A completion's segment is [last prompt token, its tokens but the last]: position k of segment j
@@ -144,8 +150,12 @@ def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mas
     positions (one segment at least), and units are placed first-fit, longest first, into rows as
     wide as the widest unit. attention_mask is (R, 1, W, W): bool (True = attend, for sdpa) or, for
     another `mask_dtype`, additive (0 / the dtype's minimum, for eager). A row's unused tail attends to
-    itself only (no position is left without a key), and is never scored.
+    itself only (no position is left without a key), and is never scored. With `segments`, groups are
+    not cut, attention_mask is (R, W) ones and attention_kwargs carries the r1kit.prompt_attention
+    index of the same pattern (the model must attend through it: see score_completions).
     """
+    if segments:
+        row_tokens = float("inf")
     prompt_len, completion_len = real_lengths(prompt_mask, completion_mask)
     prompt_ids, prompt_mask, completion_ids = prompt_ids.cpu(), prompt_mask.cpu().bool(), completion_ids.cpu()
     prompts = [prompt_ids[n][prompt_mask[n]] for n in range(len(prompt_len))]
@@ -174,6 +184,8 @@ def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mas
     # who may attend to whom: same unit, and key in the unit's prompt or in the query's own segment
     unit_of = torch.arange(R * width).view(R, width) + len(units)  # tail positions: a unit of their own
     segment_of = torch.arange(R * width).view(R, width) + N + 1  # prompt: 0; segment of completion n: n + 1
+    unit_prompts: list[torch.Tensor] = [torch.zeros(0, dtype=torch.long)] * len(units)  # flat positions
+    unit_segments: list[tuple[torch.Tensor, int]] = []  # (flat positions, unit) per non-empty completion
     for r, members in enumerate(rows):
         at = 0
         for u in members:
@@ -183,6 +195,7 @@ def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mas
             position_ids[r, at:at + p - 1] = torch.arange(p - 1)
             unit_of[r, at:at + unit_len[u]] = u
             segment_of[r, at:at + p - 1] = 0
+            unit_prompts[u] = r * width + torch.arange(at, at + p - 1)
             at += p - 1
             for n in units[u]:
                 c = completion_len[n]
@@ -192,8 +205,16 @@ def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mas
                 targets[r, at:at + c] = completion_ids[n, :c]
                 scored[r, at:at + c] = True
                 source[n, :c] = r * width + torch.arange(at, at + c)
+                if c:
+                    unit_segments.append((r * width + torch.arange(at, at + c), u))
                 at += c
         position_ids[r, at:] = torch.arange(width - at)
+    device = completion_mask.device
+    if segments:
+        index = prompt_attention.segment_index(unit_prompts, unit_segments, R * width).to(device)
+        return Layout(input_ids.to(device), position_ids.to(device), torch.ones((R, width), dtype=torch.long,
+                      device=device), 0, targets.to(device), scored.to(device), source.to(device),
+                      {"r1kit_segments": index})
     q, k = (slice(None), slice(None), None), (slice(None), None, slice(None))  # (R, W, 1) vs (R, 1, W)
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     allowed = causal & (unit_of[q] == unit_of[k]) & ((segment_of[k] == 0) | (segment_of[q] == segment_of[k]))
@@ -202,18 +223,20 @@ def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mas
         attention_mask = allowed
     else:
         attention_mask = torch.zeros(allowed.shape, dtype=mask_dtype).masked_fill(~allowed, torch.finfo(mask_dtype).min)
-    device = completion_mask.device
     return Layout(input_ids.to(device), position_ids.to(device), attention_mask.to(device), 0, targets.to(device),
                   scored.to(device), source.to(device))
 
 
 def make_layout(kind: str, model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> Layout:
-    """The `kind` ("padded", "packed" or "shared") layout of these rows for `model`: a shared layout's mask
-    is bool for sdpa and additive in the model's dtype for eager, which adds it to its scores."""
+    """The `kind` ("padded", "packed" or "shared") layout of these rows for `model`: a shared layout
+    attends through r1kit.prompt_attention with sdpa, and through an additive 4D mask in the model's
+    dtype with eager, which adds it to its scores."""
     args = (prompt_ids, prompt_mask, completion_ids, completion_mask)
     if kind == "shared":
-        eager = unwrapped(model).config._attn_implementation == "eager"
-        return shared_prefix_layout(*args, mask_dtype=next(model.parameters()).dtype if eager else torch.bool)
+        if unwrapped(model).config._attn_implementation == "eager":
+            return shared_prefix_layout(*args, mask_dtype=next(model.parameters()).dtype)
+        prompt_attention.install()
+        return shared_prefix_layout(*args, segments=True)
     return {"padded": padded_layout, "packed": packed_layout}[kind](*args)
 
 
@@ -282,7 +305,13 @@ def score_completions(model, layout: Layout, completion_mask: torch.Tensor, temp
     0 where completion_mask is 0."""
     with scoring_head(model, layout, temperature, with_entropy, entropy_grad) as calls:
         out = model(input_ids=layout.input_ids, attention_mask=layout.attention_mask,
-                    position_ids=layout.position_ids, use_cache=False, logits_to_keep=layout.logits_to_keep).logits
+                    position_ids=layout.position_ids, use_cache=False, logits_to_keep=layout.logits_to_keep,
+                    **layout.attention_kwargs).logits
+    index = layout.attention_kwargs.get("r1kit_segments")
+    layers = unwrapped(model).config.get_text_config().num_hidden_layers
+    if index is not None and index.calls != layers:  # a layer that attended otherwise saw the whole row
+        raise RuntimeError(f"{type(unwrapped(model)).__name__}: {index.calls} of its {layers} layers attended "
+                           "through r1kit.prompt_attention; the shared-prompt layout needs all of them")
     if len(calls) != 1 or out.shape[-1] != 2:
         raise RuntimeError(f"{type(unwrapped(model)).__name__} did not return its output head's result as logits "
                            f"(head called {len(calls)} times, output {tuple(out.shape)}): r1kit.forward cannot score it")

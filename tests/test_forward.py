@@ -203,3 +203,48 @@ def test_shared_prompts_only_where_the_attention_takes_the_mask():
     assert forward_layout(model) == "shared"
     model.config.sliding_window, model.config.use_sliding_window = 4, True
     assert forward_layout(model) == "packed"
+
+
+def test_the_segment_index_lets_each_token_see_what_the_dense_mask_allows():
+    # r1kit.prompt_attention's blocks, read back as (query, key) pairs, are the dense layout's mask
+    batch = grouped_batch(97)  # prompts of 4, 7, 2 tokens; completions (6, 1, 4, 0), (3, 5), (2, 6, 6)
+    args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
+    index = shared_prefix_layout(*args, segments=True).attention_kwargs["r1kit_segments"]
+    dense = shared_prefix_layout(*args, row_tokens=10**6)  # the same rows: no group cut either
+    rows, width = dense.input_ids.shape
+    seen = torch.zeros(rows * width, rows * width, dtype=torch.bool)
+    real = torch.zeros(rows * width, dtype=torch.bool)
+    for block in index.blocks:
+        for b, i in torch.nonzero(block.real).tolist():
+            query = block.queries[b, i]
+            assert not real[query]  # each position is a query once
+            real[query] = True
+            seen[query, block.keys[b][block.mask[b, 0, i]]] = True
+    assert real.sum() == (3 + 6 + 1) + 33  # the prompts but their last token, and every completion token
+    allowed = torch.block_diag(*dense.attention_mask[:, 0])  # positions of different rows never meet
+    assert torch.equal(seen[real][:, real], allowed[real][:, real])
+    assert not seen[:, ~real].any()  # nobody attends to a row's unused tail
+    assert torch.equal(index.inverse[~real], torch.full(((~real).sum(),), sum(b.real.numel() for b in index.blocks)))
+
+
+def test_a_model_whose_layers_do_not_attend_through_the_index_is_refused(monkeypatch):
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from r1kit import prompt_attention
+
+    monkeypatch.setattr(prompt_attention, "install", lambda: None)
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", sdpa_attention_forward)
+    with pytest.raises(RuntimeError, match="0 of its 2 layers attended through r1kit.prompt_attention"):
+        completion_logprobs_and_entropy(build("llama-untied"), grouped_batch(97), layout="shared")
+
+
+def test_groups_stay_in_one_row_with_the_segment_index():
+    batch = grouped_batch(97, groups=((5, (300, 300, 300)),))  # 904 positions: dense rows would be cut at 512
+    layout = shared_prefix_layout(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask,
+                                  segments=True)
+    assert layout.input_ids.shape == (1, 4 + 900) and layout.attention_mask.shape == (1, 904)
+    model = build("llama-untied")
+    padded, _ = completion_logprobs_and_entropy(model, batch, layout="padded", with_entropy=False)
+    shared, _ = score_completions(model, layout, batch.completion_mask, with_entropy=False)
+    torch.testing.assert_close(shared, padded, atol=1e-5, rtol=1e-5)
