@@ -15,7 +15,8 @@ shared prompts, side by side.
    7 GB of activations, and 8 were killed for memory on this shared machine). The layouts alternate update
    by update on one model; median of --repeats after a warm-up round.
 Packed rows are as wide as the longest sequence (r1kit.forward.packed_layout); shared rows hold a group's
-prompt once and its completions after it (r1kit.forward.shared_prefix_layout). fp32, one torch thread.
+prompt once and its completions after it (r1kit.forward.shared_prefix_layout), attending through
+r1kit.prompt_attention (these models use sdpa). fp32, one torch thread.
 Writes benchmarks/results/packing.json.
 """
 
