@@ -181,9 +181,6 @@ def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mas
     targets = torch.zeros((R, width), dtype=torch.long)
     scored = torch.zeros((R, width), dtype=torch.bool)
     source = torch.zeros((N, C), dtype=torch.long)
-    # who may attend to whom: same unit, and key in the unit's prompt or in the query's own segment
-    unit_of = torch.arange(R * width).view(R, width) + len(units)  # tail positions: a unit of their own
-    segment_of = torch.arange(R * width).view(R, width) + N + 1  # prompt: 0; segment of completion n: n + 1
     unit_prompts: list[torch.Tensor] = [torch.zeros(0, dtype=torch.long)] * len(units)  # flat positions
     unit_segments: list[tuple[torch.Tensor, int]] = []  # (flat positions, unit) per non-empty completion
     for r, members in enumerate(rows):
@@ -193,15 +190,12 @@ def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mas
             p = prompt_len[first]
             input_ids[r, at:at + p - 1] = prompts[first][:-1]
             position_ids[r, at:at + p - 1] = torch.arange(p - 1)
-            unit_of[r, at:at + unit_len[u]] = u
-            segment_of[r, at:at + p - 1] = 0
             unit_prompts[u] = r * width + torch.arange(at, at + p - 1)
             at += p - 1
             for n in units[u]:
                 c = completion_len[n]
                 input_ids[r, at:at + c] = torch.cat([prompts[first][-1:], completion_ids[n, :c - 1]])[:c]
                 position_ids[r, at:at + c] = torch.arange(p - 1, p - 1 + c)
-                segment_of[r, at:at + c] = n + 1
                 targets[r, at:at + c] = completion_ids[n, :c]
                 scored[r, at:at + c] = True
                 source[n, :c] = r * width + torch.arange(at, at + c)
@@ -215,16 +209,30 @@ def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mas
         return Layout(input_ids.to(device), position_ids.to(device), torch.ones((R, width), dtype=torch.long,
                       device=device), 0, targets.to(device), scored.to(device), source.to(device),
                       {"r1kit_segments": index})
+    attention_mask = _dense_mask(unit_prompts, unit_segments, R, width, mask_dtype)
+    return Layout(input_ids.to(device), position_ids.to(device), attention_mask.to(device), 0, targets.to(device),
+                  scored.to(device), source.to(device))
+
+
+def _dense_mask(unit_prompts: list[torch.Tensor], unit_segments: list[tuple[torch.Tensor, int]], rows: int,
+                width: int, mask_dtype: torch.dtype) -> torch.Tensor:
+    """(R, 1, W, W) the shared layout's pattern as one mask: a position attends causally within its unit,
+    to keys in the unit's prompt or in its own segment; a row's unused tail attends to itself only. Bool
+    (True = attend) for `mask_dtype` bool, else additive (0 / the dtype's minimum)."""
+    unit_of = torch.arange(rows * width) + len(unit_prompts)  # tail positions: a unit of their own
+    segment_of = torch.arange(rows * width) + len(unit_segments) + 1  # prompt: 0; segment s: s + 1
+    for u, positions in enumerate(unit_prompts):
+        unit_of[positions], segment_of[positions] = u, 0
+    for s, (positions, u) in enumerate(unit_segments):
+        unit_of[positions], segment_of[positions] = u, s + 1
+    unit_of, segment_of = unit_of.view(rows, width), segment_of.view(rows, width)
     q, k = (slice(None), slice(None), None), (slice(None), None, slice(None))  # (R, W, 1) vs (R, 1, W)
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     allowed = causal & (unit_of[q] == unit_of[k]) & ((segment_of[k] == 0) | (segment_of[q] == segment_of[k]))
     allowed = allowed[:, None]  # (R, 1, W, W)
     if mask_dtype == torch.bool:
-        attention_mask = allowed
-    else:
-        attention_mask = torch.zeros(allowed.shape, dtype=mask_dtype).masked_fill(~allowed, torch.finfo(mask_dtype).min)
-    return Layout(input_ids.to(device), position_ids.to(device), attention_mask.to(device), 0, targets.to(device),
-                  scored.to(device), source.to(device))
+        return allowed
+    return torch.zeros(allowed.shape, dtype=mask_dtype).masked_fill(~allowed, torch.finfo(mask_dtype).min)
 
 
 def make_layout(kind: str, model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> Layout:
@@ -308,10 +316,11 @@ def score_completions(model, layout: Layout, completion_mask: torch.Tensor, temp
                     position_ids=layout.position_ids, use_cache=False, logits_to_keep=layout.logits_to_keep,
                     **layout.attention_kwargs).logits
     index = layout.attention_kwargs.get("r1kit_segments")
-    layers = unwrapped(model).config.get_text_config().num_hidden_layers
-    if index is not None and index.calls != layers:  # a layer that attended otherwise saw the whole row
-        raise RuntimeError(f"{type(unwrapped(model)).__name__}: {index.calls} of its {layers} layers attended "
-                           "through r1kit.prompt_attention; the shared-prompt layout needs all of them")
+    if index is not None:
+        layers = unwrapped(model).config.get_text_config().num_hidden_layers
+        if index.calls != layers:  # a layer that attended otherwise saw the whole row
+            raise RuntimeError(f"{type(unwrapped(model)).__name__}: {index.calls} of its {layers} layers attended "
+                               "through r1kit.prompt_attention; the shared-prompt layout needs all of them")
     if len(calls) != 1 or out.shape[-1] != 2:
         raise RuntimeError(f"{type(unwrapped(model)).__name__} did not return its output head's result as logits "
                            f"(head called {len(calls)} times, output {tuple(out.shape)}): r1kit.forward cannot score it")
