@@ -151,8 +151,10 @@ def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mas
     wide as the widest unit. attention_mask is (R, 1, W, W): bool (True = attend, for sdpa) or, for
     another `mask_dtype`, additive (0 / the dtype's minimum, for eager). A row's unused tail attends to
     itself only (no position is left without a key), and is never scored. With `segments`, groups are
-    not cut, attention_mask is (R, W) ones and attention_kwargs carries the r1kit.prompt_attention
-    index of the same pattern (the model must attend through it: see score_completions).
+    not cut and all units share one row (R = 1: first-fit rows as wide as the widest unit left a
+    quarter of a tiny batch's positions as tail, computed by every linear layer), attention_mask is
+    (1, W) ones and attention_kwargs carries the r1kit.prompt_attention index of the same pattern
+    (the model must attend through it: see score_completions).
     """
     if segments:
         row_tokens = float("inf")
@@ -173,7 +175,10 @@ def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mas
             size += completion_len[n]
         units.append(unit)
     unit_len = [prompt_len[u[0]] - 1 + sum(completion_len[n] for n in u) for u in units]
-    width, rows = first_fit(unit_len)  # unit indices per row
+    if segments:  # attention follows the index, not the rows: one row of every unit, no unused tail
+        width, rows = max(sum(unit_len), 1), [list(range(len(units)))]
+    else:
+        width, rows = first_fit(unit_len)  # unit indices per row
     N, C = completion_ids.shape
     R = len(rows)
     input_ids = torch.zeros((R, width), dtype=torch.long)

@@ -48,7 +48,7 @@ class Block:
 class SegmentIndex:
     """The attention pattern of one shared-prompt layout, for every layer of one forward.
 
-    blocks: the query blocks (prompts, then segments); inverse (R*W,) for each row position, its index
+    blocks: the query blocks (prompts, then segments by length); inverse (R*W,) for each row position, its index
     in the blocks' outputs laid end to end (a padded block entry's slot is never chosen), or the last
     index, a zero row, for the unused tail; calls: layers that attended through this index.
     """
@@ -93,9 +93,9 @@ def segment_index(prompts: list[torch.Tensor], segments: list[tuple[torch.Tensor
         queries, valid = _padded([prompts[u] for u in with_prompt])  # (U, Pm)
         causal = torch.ones(queries.shape[1], queries.shape[1], dtype=torch.bool).tril()
         blocks.append(Block(queries, queries, (causal & valid[:, None, :])[:, None], valid))
-    if segments:
-        own, own_valid = _padded([s for s, _ in segments])  # (S, Lm)
-        seen, seen_valid = _padded([prompts[u] for _, u in segments], width=prompt_width)  # (S, Pm)
+    for members in _by_length([len(s) for s, _ in segments]):
+        own, own_valid = _padded([segments[i][0] for i in members])  # (S, Lm)
+        seen, seen_valid = _padded([prompts[segments[i][1]] for i in members], width=prompt_width)  # (S, Pm)
         causal = torch.ones(own.shape[1], own.shape[1], dtype=torch.bool).tril()
         mask = torch.cat([seen_valid[:, None, :].expand(-1, own.shape[1], -1), causal & own_valid[:, None, :]], dim=-1)
         blocks.append(Block(own, torch.cat([seen, own], dim=1), mask[:, None], own_valid))
@@ -104,6 +104,21 @@ def segment_index(prompts: list[torch.Tensor], segments: list[tuple[torch.Tensor
     inverse = torch.full((positions,), len(queries), dtype=torch.long)  # the zero row after the blocks
     inverse[queries[real]] = torch.nonzero(real).squeeze(-1)
     return SegmentIndex(blocks, inverse)
+
+
+def _by_length(lengths: list[int]) -> list[list[int]]:
+    """Indices of `lengths` in blocks, longest first, each block's lengths at least half its longest.
+
+    A block pads every segment to its longest; one block for a whole batch (completions of 8 to 48
+    tokens, say) would compute about three times the queries there are. Halving bounds the padded
+    queries at twice the real ones, in a handful of sdpa calls per layer (measured on the tiny
+    world's update: 4 blocks take half the attention time of one)."""
+    blocks: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if not blocks or 2 * lengths[i] < lengths[blocks[-1][0]]:
+            blocks.append([])
+        blocks[-1].append(i)
+    return blocks
 
 
 def _padded(lists: list[torch.Tensor], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -205,26 +205,49 @@ def test_shared_prompts_only_where_the_attention_takes_the_mask():
     assert forward_layout(model) == "packed"
 
 
+def token_identities(layout, batch) -> dict[int, tuple]:
+    """flat position -> what sits there: ("completion", n, k) or ("prompt", first completion of the group, i),
+    from the layout's `source` (a group's prompt lies just before its first non-empty segment)."""
+    width = layout.input_ids.shape[1]
+    completion_len = batch.completion_mask.sum(-1).tolist()
+    prompt_len = batch.prompt_mask.sum(-1).tolist()
+    out, groups = {}, {}
+    for n, c in enumerate(completion_len):
+        for k in range(c):
+            out[int(layout.source[n, k])] = ("completion", n, k)
+        group = tuple(batch.prompt_ids[n][batch.prompt_mask[n].bool()].tolist())
+        if c and group not in groups:
+            groups[group] = n
+            start = int(layout.source[n, 0]) - (prompt_len[n] - 1)
+            assert start // width == int(layout.source[n, 0]) // width  # the prompt is in the segment's row
+            out.update({start + i: ("prompt", n, i) for i in range(prompt_len[n] - 1)})
+    return out
+
+
 def test_the_segment_index_lets_each_token_see_what_the_dense_mask_allows():
-    # r1kit.prompt_attention's blocks, read back as (query, key) pairs, are the dense layout's mask
+    # r1kit.prompt_attention's blocks, read back as (query, key) pairs of tokens, are the dense layout's mask
     batch = grouped_batch(97)  # prompts of 4, 7, 2 tokens; completions (6, 1, 4, 0), (3, 5), (2, 6, 6)
     args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
-    index = shared_prefix_layout(*args, segments=True).attention_kwargs["r1kit_segments"]
-    dense = shared_prefix_layout(*args, row_tokens=10**6)  # the same rows: no group cut either
-    rows, width = dense.input_ids.shape
-    seen = torch.zeros(rows * width, rows * width, dtype=torch.bool)
-    real = torch.zeros(rows * width, dtype=torch.bool)
+    layout = shared_prefix_layout(*args, segments=True)
+    index = layout.attention_kwargs["r1kit_segments"]
+    assert layout.input_ids.shape == (1, (3 + 6 + 1) + 33)  # one row, no unused tail
+    dense = shared_prefix_layout(*args, row_tokens=10**6)  # no group cut either; rows placed first-fit
+    at, dense_at = token_identities(layout, batch), token_identities(dense, batch)
+    seen, queries = set(), []
     for block in index.blocks:
         for b, i in torch.nonzero(block.real).tolist():
-            query = block.queries[b, i]
-            assert not real[query]  # each position is a query once
-            real[query] = True
-            seen[query, block.keys[b][block.mask[b, 0, i]]] = True
-    assert real.sum() == (3 + 6 + 1) + 33  # the prompts but their last token, and every completion token
-    allowed = torch.block_diag(*dense.attention_mask[:, 0])  # positions of different rows never meet
-    assert torch.equal(seen[real][:, real], allowed[real][:, real])
-    assert not seen[:, ~real].any()  # nobody attends to a row's unused tail
-    assert torch.equal(index.inverse[~real], torch.full(((~real).sum(),), sum(b.real.numel() for b in index.blocks)))
+            query = int(block.queries[b, i])
+            queries.append(query)
+            seen |= {(at[query], at[int(key)]) for key in block.keys[b][block.mask[b, 0, i]]}
+    assert sorted(queries) == sorted(at)  # every token is a query once, and nothing else is
+    mask = dense.attention_mask[:, 0]  # (R, W, W)
+    width = dense.input_ids.shape[1]
+    allowed = {(dense_at[r * width + q], dense_at[r * width + k]) for r, q, k in torch.nonzero(mask).tolist()
+               if r * width + q in dense_at and r * width + k in dense_at}
+    assert seen == allowed
+    assert len(allowed) > len(at)  # the pattern is not trivial: tokens see more than themselves
+    segment_blocks = index.blocks[1:]  # after the prompts' block: segments by length, at least half the longest
+    assert [b.real.sum(-1).tolist() for b in segment_blocks] == [[6, 6, 6, 5, 4, 3], [2, 1]]
 
 
 def test_a_model_whose_layers_do_not_attend_through_the_index_is_refused(monkeypatch):
