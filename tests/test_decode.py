@@ -26,7 +26,9 @@ class GenerateEngine(HFEngine):
     SamplingParams(max_new_tokens=14, temperature=0.7, top_k=20, top_p=0.9, seed=4),
 ], ids=["greedy", "seeded", "top-k-top-p"])
 @pytest.mark.parametrize("chunk", [256, 5])  # 5: chunks cut across groups
-def test_decode_loop_equals_generate(small_model, tiny_tokenizer, sampling, chunk):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # sdpa decodes with a 4D key mask, eager a 2D one
+def test_decode_loop_equals_generate(small_model, tiny_tokenizer, sampling, chunk, attention, monkeypatch):
+    monkeypatch.setattr(small_model.config, "_attn_implementation", attention)
     prompts = [encode_prompt(tiny_tokenizer, build_messages(q)) for q in QUESTIONS]
     new = HFEngine(small_model, tiny_tokenizer, generation_batch_size=chunk).generate(prompts, 4, sampling)
     old = GenerateEngine(small_model, tiny_tokenizer, generation_batch_size=chunk).generate(prompts, 4, sampling)

@@ -81,9 +81,15 @@ class PreallocatedLayer(DynamicLayer):
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.is_initialized:
-            self.key_buffer = self.key_buffer.index_select(0, indices.to(self.device))
-            self.value_buffer = self.value_buffer.index_select(0, indices.to(self.device))
+            indices = indices.to(self.device)
+            self.key_buffer, self.value_buffer = self._rows(self.key_buffer, indices), self._rows(self.value_buffer, indices)
             self._views()
+
+    def _rows(self, buffer: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """A new buffer of `indices`' rows, their filled positions copied (the rest is written later)."""
+        out = buffer.new_empty((len(indices), *buffer.shape[1:]))
+        torch.index_select(buffer[:, :, :self.length], 0, indices, out=out[:, :, :self.length])
+        return out
 
 
 def new_cache(model, capacity: int) -> DynamicCache:
@@ -120,6 +126,13 @@ def decode(model, prompts: list[list[int]], row_prompt: list[int], row_seeds: li
     cache.reorder_cache(expand)  # (U, ...) -> (N, ...): every row starts from its prompt's cache
     logits, mask = logits[expand], mask[expand]  # (N, V), (N, P)
     position = mask.sum(-1)  # (N,) the next token's position id
+    width = mask.shape[1]
+    keys = torch.cat([mask, mask.new_ones((n, max_new_tokens))], dim=1)  # (N, P + T) the keys each row may see
+    # sdpa takes the (A, 1, 1, keys) bool mask transformers would otherwise build from the 2D one at every
+    # step (a one-token query sees every real key; a 4D mask is used as it is); eager adds its mask to
+    # the scores and flash attention reads 2D masks, so they get the 2D one
+    if getattr(model.config, "_attn_implementation", None) == "sdpa":
+        keys = keys.bool()[:, None, None]  # (N, 1, 1, P + T)
     seeds = None if row_seeds is None else torch.tensor(row_seeds, dtype=torch.int64, device=device)
     stop = torch.tensor(sorted(stop_ids), device=device)
     tokens = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -141,11 +154,10 @@ def decode(model, prompts: list[list[int]], row_prompt: list[int], row_seeds: li
             if not keep.numel():
                 break
             cache.batch_select_indices(keep)  # finished rows leave the batch and the cache
-            alive, choice, mask, position = alive[keep], choice[keep], mask[keep], position[keep]
+            alive, choice, keys, position = alive[keep], choice[keep], keys[keep], position[keep]
         if t + 1 == max_new_tokens:
             break
-        mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)  # (A, P + t + 1)
-        out = model(input_ids=choice.unsqueeze(-1), attention_mask=mask, position_ids=position.unsqueeze(-1),
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=choice.unsqueeze(-1), attention_mask=keys[..., :width + t + 1],  # (A, [1, 1,] P + t + 1)
+                    position_ids=position.unsqueeze(-1), past_key_values=cache, use_cache=True, logits_to_keep=1)
         logits, position = out.logits[:, -1].float(), position + 1
     return Decoded(tokens.cpu(), logprobs.cpu(), lengths.cpu(), stopped.cpu())
