@@ -108,6 +108,24 @@ def test_lora_model_scores_like_full_logits():
         assert_same(model, grouped_batch(97, seed=2), layout=layout)
 
 
+def test_bf16_shared_prompts_score_as_closely_as_the_padded_forward():
+    # On a CPU the shared layout's attention runs in fp32 for a bf16 model (r1kit.prompt_attention):
+    # its scores and gradients are as close to the fp32 computation as transformers' bf16 padded forward
+    model = build("llama-untied").to(torch.bfloat16)
+    exact = build("llama-untied").to(torch.bfloat16).float()  # the same (bf16-rounded) weights, in fp32
+    batch = grouped_batch(97, seed=3)
+    mask = batch.completion_mask.bool()
+    ref_lp, _, ref_grads = scores_and_grads(exact, batch, full_logits_logprobs_and_entropy)
+    errors = {}
+    for layout in ("padded", "shared"):
+        lp, _, grads = scores_and_grads(model, batch, completion_logprobs_and_entropy, layout=layout)
+        assert all(g.dtype == torch.bfloat16 for g in grads.values())
+        errors[layout] = [(lp[mask] - ref_lp[mask]).abs().max().item()] + [
+            ((grads[n].float() - ref_grads[n]).abs().max() / ref_grads[n].abs().max()).item() for n in ref_grads]
+    assert max(errors["padded"]) < 0.1
+    assert all(s <= max(2 * p, 0.02) for s, p in zip(errors["shared"], errors["padded"])), errors
+
+
 def test_packed_rows_hold_real_tokens_only():
     batch = ragged_batch(97, prompt_lens=(3, 2, 5, 4, 4))  # sequences of 9, 3, 9, 10, 6 tokens
     layout = packed_layout(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
