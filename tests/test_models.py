@@ -1,5 +1,6 @@
 """The built-in tiny model and tokenizer; model path resolution; import hygiene."""
 
+import os
 import subprocess
 import sys
 
@@ -57,3 +58,16 @@ def test_builtin_checkpoint_ships():
 def test_importing_r1kit_imports_no_torch():
     code = "import sys, r1kit, r1kit.config, r1kit.rewards, r1kit.data.answers; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_loading_a_model_bounds_the_cpu_kernel_caches_unless_the_user_chose(tmp_path):
+    # oneDNN's per-shape kernel caches grew without bound on RL's ever-new sequence lengths (r1kit.models)
+    code = ("import os; from r1kit.config import ModelCfg; from r1kit.models import load_model, build_tiny_tokenizer; "
+            "load_model(ModelCfg(name_or_path='builtin:tiny-init', dtype='bfloat16'), build_tiny_tokenizer()); "
+            "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.split() == ["64", "64"], out.stderr[-2000:]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "LRU_CACHE_CAPACITY": "300"})
+    assert out.stdout.split() == ["64", "300"], out.stderr[-2000:]
