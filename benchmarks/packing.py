@@ -122,8 +122,10 @@ def main() -> None:
     for name, r in results.items():
         t = [r[layout]["s_per_update"] for layout in LAYOUTS]
         print(f"{name:<16}" + "".join(f"{x:>17.3f}" for x in t) + f"{t[0] / t[1]:>15.2f}x{t[0] / t[2]:>15.2f}x")
-    Path(args.out).write_text(json.dumps({"results": results, "threads": 1, "load_average_at_end": os.getloadavg(),
-                                          "machine": f"{os.cpu_count()} cores shared with other sessions"}, indent=2))
+    out = Path(args.out)  # --only keeps the other configuration's entry of an existing file
+    kept = json.loads(out.read_text())["results"] if args.only and out.is_file() else {}
+    out.write_text(json.dumps({"results": {**kept, **results}, "threads": 1, "load_average_at_end": os.getloadavg(),
+                               "machine": f"{os.cpu_count()} cores"}, indent=2))
     print(f"wrote {args.out}")
 
 
