@@ -142,10 +142,12 @@ def pick_device(name: str):
 # PyTorch's CPU bf16/fp16 matmuls run oneDNN kernels compiled per matmul shape, kept in two caches
 # (oneDNN's primitives, ideep's LRU) of 1,024 entries each. An RL step brings new sequence lengths, so
 # new shapes, every step: a bf16 tiny-world run on this CPU grew ~14 MiB a step without bound (517 ->
-# 875 MiB over 24 steps). With 64 entries each it stays near 600 MiB at the same step time (measured,
-# 24 steps; 32 entries slowed generation by ~10%). The variables are read at the first such matmul, so
-# they are set before a model exists; a value the user set wins. (0 entries crashes ideep.)
-CPU_KERNEL_CACHE_ENTRIES = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LRU_CACHE_CAPACITY": "64"}
+# 875 MiB over 24 steps). Bounded, the step time is unchanged within noise (a phase's working set is a
+# few kernels per shape: ~15 for one micro-batch's forward and backward; a new length compiles anew at
+# any size): tiny bf16 ~600 MiB with 64 entries, 566-571 with 32; the trl-style benchmark model 1,266 vs
+# 1,240 MiB at the same speed. The variables are read at the first such matmul, so they are set before
+# a model exists; a value the user set wins. (0 entries crashes ideep.)
+CPU_KERNEL_CACHE_ENTRIES = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "32", "LRU_CACHE_CAPACITY": "32"}
 
 
 def bound_cpu_kernel_caches() -> None:

@@ -67,7 +67,7 @@ def test_loading_a_model_bounds_the_cpu_kernel_caches_unless_the_user_chose(tmp_
             "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])")
     env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert out.stdout.split() == ["64", "64"], out.stderr[-2000:]
+    assert out.stdout.split() == ["32", "32"], out.stderr[-2000:]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**env, "LRU_CACHE_CAPACITY": "300"})
-    assert out.stdout.split() == ["64", "300"], out.stderr[-2000:]
+    assert out.stdout.split() == ["32", "300"], out.stderr[-2000:]
