@@ -60,7 +60,7 @@ def test_importing_r1kit_imports_no_torch():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
-def test_loading_a_model_bounds_the_cpu_kernel_caches_unless_the_user_chose(tmp_path):
+def test_loading_a_model_bounds_the_cpu_kernel_caches_unless_the_user_chose():
     # oneDNN's per-shape kernel caches grew without bound on RL's ever-new sequence lengths (r1kit.models)
     code = ("import os; from r1kit.config import ModelCfg; from r1kit.models import load_model, build_tiny_tokenizer; "
             "load_model(ModelCfg(name_or_path='builtin:tiny-init', dtype='bfloat16'), build_tiny_tokenizer()); "
