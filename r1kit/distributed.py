@@ -205,9 +205,28 @@ def peak_memory_gb(acc: Accelerator) -> float:
     """This process's peak memory so far, in GiB: CUDA allocations on a GPU, the resident set on a CPU."""
     if acc.device.type == "cuda":
         return torch.cuda.max_memory_allocated(acc.device) / 2**30
-    import resource
+    return peak_resident_gb()
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+def peak_resident_gb() -> float:
+    """This process's resident-set high-water mark, in GiB.
+
+    On Linux: VmHWM of /proc/self/status, the mark of this program's own memory. getrusage's ru_maxrss is
+    not: it keeps the mark of the process this one was started from (fork, then exec), so every worker
+    of a launcher holding 2 GiB would report at least 2 GiB. Elsewhere ru_maxrss, in bytes on macOS and
+    KiB on the BSDs."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except FileNotFoundError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
 
 
 # ---------------------------------------------------------------- forward / backward in lockstep

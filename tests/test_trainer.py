@@ -153,3 +153,19 @@ def test_lora_trains_adapters_and_saves_a_merged_model(small_model_dir, tmp_path
     assert set(before) == set(after)  # merged: loads like the base model, no adapter keys
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all("q_proj" in k or "v_proj" in k for k in changed)
+
+
+def test_peak_memory_is_the_processs_own_not_its_launchers():
+    """memory/max_process_gb on a CPU: a worker started by a process holding 1 GiB does not report that GiB
+    (getrusage's ru_maxrss would: Linux keeps the mark across fork and exec, as in every launcher's workers)."""
+    import subprocess
+    import sys
+
+    held = torch.ones(2**28)  # 1 GiB resident in this process, the "launcher"
+    probe = ("import resource; from r1kit.distributed import peak_resident_gb; "
+             "print(peak_resident_gb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    del held
+    peak, ru_maxrss = map(float, out.stdout.split())
+    assert ru_maxrss > 1.0  # what the metric reported before: the launcher's GiB
+    assert 0.05 < peak < 0.9  # the worker's own: its interpreter, torch and accelerate
