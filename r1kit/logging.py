@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,10 +24,15 @@ console = Console(soft_wrap=True)  # in a log file (not a terminal) a long line 
 
 
 class PhaseTimer:
-    """Accumulates wall seconds per named phase: ``with timer("generate"): ...``; `pop()` returns and resets."""
+    """Accumulates wall seconds per named phase: ``with timer("generate"): ...``; `pop()` returns and resets.
 
-    def __init__(self):
+    sync: called as each phase ends, before the clock is read. On a GPU it is torch.cuda.synchronize: kernels
+    run after the Python that queued them returns (the optimizer step's, say), and without it their time
+    would be counted in whichever phase next waits for the GPU."""
+
+    def __init__(self, sync: Callable[[], None] | None = None):
         self.seconds: dict[str, float] = {}
+        self.sync = sync
 
     @contextmanager
     def __call__(self, phase: str):
@@ -34,6 +40,8 @@ class PhaseTimer:
         try:
             yield
         finally:
+            if self.sync is not None:
+                self.sync()
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
     def pop(self) -> dict[str, float]:

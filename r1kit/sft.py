@@ -252,6 +252,8 @@ def train_step(cfg: Config, acc, model, optimizer, mine: list[Sample], pad_id: i
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if acc.device.type == "cuda":
+        torch.cuda.synchronize()  # the step ends when its kernels do (tokens/s counts the optimizer step's too)
     seconds = time.perf_counter() - start
     world = acc.num_processes  # reduce_metrics averages over processes: scale sums so the mean is the total
     return {"train/loss": nll_sum / max(total_targets, 1) * world, "train/grad_norm": grad_norm,

@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from r1kit.config import ConfigError, load_recipe, to_dict
-from r1kit.logging import MetricsLogger, progress_bar
+from r1kit.logging import MetricsLogger, PhaseTimer, progress_bar
 from r1kit.trackers import flatten, require_log_packages
 
 SAMPLES = [{"step": 2, "prompt": "1+1?", "answer": "2", "completions": ["<answer>2</answer>", "a | b\nc"],
@@ -158,3 +158,16 @@ def test_progress_in_a_narrow_terminal_fits_its_width():
     lines = [line for chunk in visible.split("\r") for line in chunk.splitlines() if line.strip()]
     assert lines and max(len(line) for line in lines) <= 40
     assert any("3/3" in line for line in lines)
+
+
+def test_a_phase_ends_when_its_sync_returns():
+    """On a GPU the trainer's timer syncs at each phase's end: work still queued when the phase's Python returns
+    (an optimizer step's kernels) is counted in that phase, not the next (a sleeping sync stands for the GPU)."""
+    calls = []
+    timer = PhaseTimer(sync=lambda: (calls.append(1), time.sleep(0.05)))
+    with timer("update"):
+        pass
+    with timer("update"):
+        pass
+    seconds = timer.pop()["time/update"]
+    assert len(calls) == 2 and 0.1 <= seconds < 1.0
