@@ -15,8 +15,9 @@ TRL 1.16's GRPOTrainer runs beside it (--trl, the default) on the same model, da
 micro-batch, optimizer steps and precision (fp32, gradient checkpointing off on both sides, beta 0, no vLLM),
 launched the same way with the same Accelerate files: one process (full and LoRA r16), DDP, ZeRO-2 and
 ZeRO-3. Its number is the largest peak resident set of its processes, read the same way (VmHWM at the
-end, r1kit.distributed.peak_resident_gb); each row records the layout Accelerate built for TRL (measured here: DeepSpeed for the ZeRO files,
-MULTI_CPU for DDP), and a row whose ZeRO launch did not get DeepSpeed says so.
+end, r1kit.distributed.peak_resident_gb); each row records the layout Accelerate built for TRL (measured
+here: DeepSpeed for the ZeRO files, MULTI_CPU for DDP), and a row whose ZeRO launch did not get DeepSpeed
+says so.
 """
 
 from __future__ import annotations

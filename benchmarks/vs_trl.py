@@ -400,7 +400,7 @@ def main() -> None:
     peaks = {d: matmul_peak(args.threads, d, args.device) for d in args.dtypes}
     print("matmul peak: " + ", ".join(f"{d} {p / 1e9:.0f} GFLOP/s" for d, p in peaks.items()), flush=True)
     entries = [compare(c, d, args, peaks, Path(args.cache)) for c in args.configs for d in args.dtypes]
-    after = {d: matmul_peak(args.threads, d, args.device) for d in args.dtypes}  # on a busy machine the first may be low
+    after = {d: matmul_peak(args.threads, d, args.device) for d in args.dtypes}  # a busy machine's first may be low
     if any(after[d] > peaks[d] for d in peaks):
         print("matmul peak after the runs: " + ", ".join(f"{d} {p / 1e9:.0f} GFLOP/s" for d, p in after.items())
               + "; MFU uses the higher of the two")

@@ -41,7 +41,7 @@ def train(cfg: Config) -> dict:
     run = setup_run(cfg)  # model, tokenizer, engine, rewards, data, optimizer, logger; resumes if asked
     model, tok, algo, acc = run.model, run.tokenizer, cfg.algo.resolved(), run.accelerator
     B, G = cfg.prompts_per_step, cfg.rollout.num_generations
-    timer = PhaseTimer(sync=torch.cuda.synchronize if acc.device.type == "cuda" else None)  # a phase ends with its kernels
+    timer = PhaseTimer(sync=torch.cuda.synchronize if acc.device.type == "cuda" else None)  # ends with its kernels
     console.print(f"[bold]r1kit train[/] {cfg.name}: {cfg.train.max_steps} steps of {B} prompts x {G} completions, "
                   f"loss_type={algo.loss_type} -> {cfg.run_dir}")
     with StopSignals() as signals, run.progress as bar:
