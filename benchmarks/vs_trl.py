@@ -42,7 +42,8 @@ Measures, per framework:
 On a GPU (--device cuda) "peak MiB" is the CUDA memory allocated at its peak (torch.cuda.max_memory_allocated;
 the resident set is recorded beside it) and the matmul peak is measured on the GPU (8192^3, fp32 without TF32).
 A GPU machine without internet needs only torch, transformers, accelerate, peft, pyyaml, rich, safetensors,
-tokenizers and matplotlib for the r1kit side (math-verify is imported only by rewards these configs do not use).
+tokenizers and matplotlib for the r1kit side (math-verify is imported only by rewards these configs do not use);
+where r1kit is not installed, run from the repository's root with PYTHONPATH=$PWD (the workers inherit it).
 Writes benchmarks/results/vs_trl.json (--out) and prints a table with TRL's s/step / r1kit's (speed-up)
 and r1kit's peak / TRL's (memory ratio). Targets (issue 12): >= 3x on tiny and trl-style, >= 2x on smollm2,
 memory <= 0.7x.
