@@ -169,3 +169,25 @@ def test_peak_memory_is_the_processs_own_not_its_launchers():
     peak, ru_maxrss = map(float, out.stdout.split())
     assert ru_maxrss > 1.0  # what the metric reported before: the launcher's GiB
     assert 0.05 < peak < 0.9  # the worker's own: its interpreter, torch and accelerate
+
+
+@pytest.mark.parametrize("platform, unit", [("darwin", 1), ("freebsd14", 1024)])
+def test_peak_memory_without_proc_reads_ru_maxrss_in_the_platforms_unit(monkeypatch, platform, unit):
+    """No /proc (macOS, the BSDs): ru_maxrss, in bytes on macOS and KiB elsewhere (read as KiB, macOS was 1024x)."""
+    import builtins
+    import resource
+    import sys
+
+    from r1kit import distributed
+
+    real_open = builtins.open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc/"):
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    monkeypatch.setattr(sys, "platform", platform)
+    monkeypatch.setattr(resource, "getrusage", lambda who: type("Usage", (), {"ru_maxrss": 3 * 2**30 // unit})())
+    assert distributed.peak_resident_gb() == pytest.approx(3.0)
