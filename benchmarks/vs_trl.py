@@ -44,6 +44,10 @@ the resident set is recorded beside it) and the matmul peak is measured on the G
 A GPU machine without internet needs only torch, transformers, accelerate, peft, pyyaml, rich, safetensors,
 tokenizers and matplotlib for the r1kit side (math-verify is imported only by rewards these configs do not use);
 where r1kit is not installed, run from the repository's root with PYTHONPATH=$PWD (the workers inherit it).
+--rounds N runs the frameworks in turn N times (r1kit, TRL, r1kit, TRL, ...): this machine's speed drifts by
+10-15% over minutes, for both frameworks together, so one pair of runs can land on either side of a
+target; the speed-up is then the median of the N side-by-side ratios, each framework's row is its round of
+median s/step, and the memory ratio compares the highest peaks.
 Writes benchmarks/results/vs_trl.json (--out) and prints a table with TRL's s/step / r1kit's (speed-up)
 and r1kit's peak / TRL's (memory ratio). Targets (issue 12): >= 3x on tiny and trl-style, >= 2x on smollm2,
 memory <= 0.7x.
@@ -344,14 +348,27 @@ def compare(config: str, dtype: str, args, peaks: dict, cache: Path) -> dict:
     n_params, prompt_tokens = matmul_params(spec["model"]), step_prompt_tokens(spec)
     entry = {"config": config, "dtype": dtype, "spec": {k: v for k, v in spec.items() if k != "model"},
              "matmul_params": n_params}
-    for framework in args.frameworks:
-        print(f"  {config} {dtype}: {framework} ...", flush=True)
-        raw = run_worker({**spec, "framework": framework})
-        entry[framework] = summarise({**spec, "framework": framework}, raw, prompt_tokens, n_params, peaks[dtype])
-        print(f"    {json.dumps({k: v for k, v in entry[framework].items() if k != 'step_times'})}", flush=True)
+    rounds = {framework: [] for framework in args.frameworks}
+    for r in range(args.rounds):  # the frameworks alternate, so a drift of the machine's speed reaches both
+        for framework in args.frameworks:
+            print(f"  {config} {dtype}: {framework}" + (f" (round {r + 1})" if args.rounds > 1 else "") + " ...",
+                  flush=True)
+            raw = run_worker({**spec, "framework": framework})
+            rounds[framework].append(summarise({**spec, "framework": framework}, raw, prompt_tokens, n_params,
+                                               peaks[dtype]))
+            print(f"    {json.dumps({k: v for k, v in rounds[framework][-1].items() if k != 'step_times'})}",
+                  flush=True)
+    for framework, results in rounds.items():  # the round of median s/step stands for the framework
+        entry[framework] = sorted(results, key=lambda x: x["s_per_step"])[(len(results) - 1) // 2]
+        if args.rounds > 1:
+            entry[framework]["rounds"] = [{k: x[k] for k in ("s_per_step", "peak_mib")} for x in results]
     if "r1kit" in entry and "trl" in entry:
-        entry["speedup"] = entry["trl"]["s_per_step"] / entry["r1kit"]["s_per_step"]
-        entry["memory_ratio"] = entry["r1kit"]["peak_mib"] / entry["trl"]["peak_mib"]
+        # per round: the two runs that ran next to each other; the median of those ratios
+        ratios = sorted(t["s_per_step"] / r["s_per_step"] for r, t in zip(rounds["r1kit"], rounds["trl"]))
+        entry["speedup"] = statistics.median(ratios)
+        entry["memory_ratio"] = max(x["peak_mib"] for x in rounds["r1kit"]) / max(x["peak_mib"] for x in rounds["trl"])
+        if args.rounds > 1:
+            entry["speedup_rounds"] = ratios
     return entry
 
 
@@ -369,7 +386,9 @@ def print_table(entries: list[dict]) -> None:
             print(f"{'':16} r1kit phases (median s): " + ", ".join(
                 f"{k.removeprefix('time/')} {v:.3f}" for k, v in phases.items() if k != "time/step"))
         if "speedup" in e:
-            print(f"{'':16} r1kit vs TRL: {e['speedup']:.2f}x steps/s, {e['memory_ratio']:.2f}x peak memory")
+            spread = (f" (rounds: {', '.join(f'{x:.2f}x' for x in e['speedup_rounds'])})"
+                      if "speedup_rounds" in e else "")
+            print(f"{'':16} r1kit vs TRL: {e['speedup']:.2f}x steps/s{spread}, {e['memory_ratio']:.2f}x peak memory")
 
 
 def main() -> None:
@@ -379,6 +398,8 @@ def main() -> None:
     parser.add_argument("--frameworks", nargs="+", default=["r1kit", "trl"], choices=["r1kit", "trl"])
     parser.add_argument("--steps", type=int, default=12, help="steps per run, warm-up included")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timings (>= 1)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the frameworks in turn this many times; the speed-up is the median of the rounds'")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each worker")
     parser.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
                         help="for both frameworks (on: TRL's GRPOConfig default; r1kit's default is off)")
@@ -397,6 +418,8 @@ def main() -> None:
         return
     if not 1 <= args.warmup < args.steps:
         parser.error("--warmup must be at least 1 and less than --steps")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     peaks = {d: matmul_peak(args.threads, d, args.device) for d in args.dtypes}
     print("matmul peak: " + ", ".join(f"{d} {p / 1e9:.0f} GFLOP/s" for d, p in peaks.items()), flush=True)
