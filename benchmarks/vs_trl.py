@@ -279,8 +279,8 @@ def worker(spec: dict) -> dict:
     n = spec["prompts"] * spec["generations"]
     memory = {"peak_mib": rss_peak_mib, "rss_peak_mib": rss_peak_mib}
     if spec["device"] == "cuda":  # a GPU run's peak is the GPU's memory; the resident set stays beside it
-        memory = {"peak_mib": torch.cuda.max_memory_allocated() / 2 ** 20, "rss_peak_mib": rss_peak_mib,
-                  "cuda_reserved_peak_mib": torch.cuda.max_memory_reserved() / 2 ** 20}
+        memory |= {"peak_mib": torch.cuda.max_memory_allocated() / 2 ** 20,
+                   "cuda_reserved_peak_mib": torch.cuda.max_memory_reserved() / 2 ** 20}
     return {"step_ends": ends, "generated_tokens": [m * n for m in lengths], "import_mib": import_mib,
             "phases": phases, **memory}
 

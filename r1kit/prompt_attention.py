@@ -48,9 +48,9 @@ class Block:
 class SegmentIndex:
     """The attention pattern of one shared-prompt layout, for every layer of one forward.
 
-    blocks: the query blocks (prompts, then segments by length); inverse (R*W,) for each row position, its index
-    in the blocks' outputs laid end to end (a padded block entry's slot is never chosen), or the last
-    index, a zero row, for the unused tail; calls: layers that attended through this index.
+    blocks: the query blocks (prompts, then segments by length); inverse (R*W,) for each row position,
+    its index in the blocks' outputs laid end to end (a padded block entry's slot is never chosen), or the
+    last index, a zero row, for the unused tail; calls: layers that attended through this index.
     """
 
     blocks: list[Block]
