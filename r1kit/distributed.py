@@ -254,10 +254,10 @@ def backward(acc: Accelerator, model, loss: torch.Tensor, last: bool) -> None:
 
 def gather_for_generation(acc: Accelerator, model):
     """A context-manager factory for the HF engine: under ZeRO-3 the full weights are gathered for the
-    whole generate call (TRL's ds3_gather_for_generation: no all-gather per token); elsewhere nothing.
+    whole generate call (TRL's ds3_gather_for_generation: no all-gather per token); elsewhere None.
     FSDP2 generates from its sharded layers, gathering per layer, in lockstep (HFEngine synced=True)."""
     if strategy_name(acc) != "zero3":
-        return nullcontext
+        return None
 
     @contextmanager
     def gathered():

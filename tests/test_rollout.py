@@ -1,5 +1,7 @@
 """The HF engine: grouping, finish reasons, and logprobs equal to the trainer's own."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -31,6 +33,27 @@ def test_generate_groups_and_finish_reasons(small_model, tiny_tokenizer):
         else:
             assert c.token_ids[-1] == tiny_tokenizer.eos_token_id
         assert all(lp <= 0 for lp in c.logprobs)
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_generation_grad_mode(small_model, tiny_tokenizer, sharded):
+    """Unsharded, the model's forwards run under inference mode (no autograd bookkeeping) and the policy
+    trains afterwards; sharded (a gather or synced ranks), under no_grad: ZeRO-3 and FSDP2 reuse their
+    gathered buffers in training forwards, where an inference tensor would be refused."""
+    modes = []
+    hook = small_model.register_forward_hook(lambda *_: modes.append(
+        (torch.is_inference_mode_enabled(), torch.is_grad_enabled())))
+    try:
+        engine = HFEngine(small_model, tiny_tokenizer, gather=contextlib.nullcontext if sharded else None)
+        out = engine.generate(prompts(tiny_tokenizer), 2, SamplingParams(max_new_tokens=6, seed=0))
+    finally:
+        hook.remove()
+    assert modes and set(modes) == {(not sharded, False)}
+    rows = [{"prompt_ids": p} for p in prompts(tiny_tokenizer)]
+    batch = make_batch(out, rows, torch.ones(len(out)), tiny_tokenizer.pad_token_id)
+    (completion_logprobs(small_model, batch, 1.0) * batch.completion_mask).sum().backward()
+    assert all(p.grad is not None for p in small_model.parameters() if p.requires_grad)
+    small_model.zero_grad(set_to_none=True)
 
 
 def test_sampling_is_seeded(small_model, tiny_tokenizer):

@@ -55,7 +55,13 @@ class HFEngine:
     """Generation on the policy itself. Under sharded strategies (ZeRO-3, FSDP2) pass `gather`, a
     context manager factory that makes the full weights usable for the duration (r1kit.distributed),
     and `synced=True`: every rank then runs its forward passes in lockstep (transformers' synced_gpus),
-    so a rank that finishes early still joins the others' collectives."""
+    so a rank that finishes early still joins the others' collectives.
+
+    Unsharded, generation runs under torch.inference_mode (no autograd bookkeeping per op: the tiny
+    world's bf16 generation ~7% faster than under no_grad on this CPU); its tensors never reach the
+    trainer, which receives token ids and logprobs as lists. Sharded, it runs under no_grad: ZeRO-3
+    and FSDP2 gather parameters into buffers that later training forwards reuse, and an inference
+    tensor may not be used by autograd."""
 
     def __init__(self, model, tokenizer, generation_batch_size: int = 256, gather=None, synced: bool = False,
                  autocast: str = "none"):
@@ -64,6 +70,7 @@ class HFEngine:
         self.generation_batch_size = generation_batch_size
         self.gather = gather or nullcontext
         self.synced = synced
+        self.grad_mode = torch.no_grad if gather is not None or synced else torch.inference_mode
         if autocast not in ("none", "bfloat16"):
             raise ValueError(f"autocast must be 'none' or 'bfloat16', got {autocast!r}")
         self.autocast = autocast
@@ -81,7 +88,6 @@ class HFEngine:
     def close(self) -> None:
         self.model = None
 
-    @torch.no_grad()  # not inference_mode: FSDP2 reuses its all-gather buffers in later training forwards
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams) -> list[Completion]:
         model = getattr(self.model, "module", self.model)  # unwrap DDP / DeepSpeed
         if sampling.seed is None and sampling.temperature > 0:  # unseeded: draw one from torch's generator
@@ -93,7 +99,7 @@ class HFEngine:
             flat = [(i, p, row_seed(sampling.prompt_seed(i), j) if sampling.temperature > 0 else 0)
                     for i, p in enumerate(prompts) for j in range(n)]
             out: list[Completion] = []
-            with self.gather(), self._precision(next(model.parameters()).device):
+            with self.grad_mode(), self.gather(), self._precision(next(model.parameters()).device):
                 for start in range(0, len(flat), self.generation_batch_size):
                     out += self._generate_chunk(model, flat[start:start + self.generation_batch_size], sampling)
             return out
