@@ -200,7 +200,9 @@ class TrainCfg:
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
-    optim: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"  # 8-bit: bitsandbytes, CUDA only
+    # torch's AdamW, fused (one kernel per parameter: the tiny world's bf16 step 7.6 -> 2.1 ms on this CPU;
+    # transformers' default with torch >= 2.8, so TRL's too) or one op at a time; 8-bit: bitsandbytes, CUDA only
+    optim: Literal["adamw_torch_fused", "adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch_fused"
     max_grad_norm: float = 1.0  # clip the global gradient norm; 0 disables
     save_every: int = 50  # checkpoint every N steps (0: only the final model)
     keep_checkpoints: int = 2  # newest checkpoints kept on disk

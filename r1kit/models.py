@@ -212,14 +212,14 @@ def four_bit_config(dtype: str):
 
 
 def make_optimizer(params, train_cfg, **settings):
-    """AdamW as train.optim names it: torch's, or bitsandbytes' 8-bit (optionally paged) AdamW. `settings`
-    (lr, betas, weight_decay) replace train_cfg's: SFT keeps its own."""
+    """AdamW as train.optim names it: torch's (fused, or op by op), or bitsandbytes' 8-bit (optionally paged)
+    AdamW. `settings` (lr, betas, weight_decay) replace train_cfg's: SFT keeps its own."""
     import torch
 
     kwargs = dict(lr=train_cfg.learning_rate, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
                   weight_decay=train_cfg.weight_decay) | settings
-    if train_cfg.optim == "adamw_torch":
-        return torch.optim.AdamW(params, **kwargs)
+    if train_cfg.optim in ("adamw_torch", "adamw_torch_fused"):
+        return torch.optim.AdamW(params, fused=train_cfg.optim == "adamw_torch_fused", **kwargs)
     bnb = require_bitsandbytes(f"train.optim={train_cfg.optim}")
     cls = bnb.optim.PagedAdamW8bit if train_cfg.optim == "paged_adamw_8bit" else bnb.optim.AdamW8bit
     return cls(params, **kwargs)

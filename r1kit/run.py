@@ -164,7 +164,7 @@ def check_model_strategy(cfg: Config, acc) -> None:
 
     if cfg.model.load_in_4bit:
         require_bitsandbytes("model.load_in_4bit")
-    if cfg.train.optim != "adamw_torch":  # SFT's optimizer is also the kind train.optim names
+    if cfg.train.optim.endswith("8bit"):  # SFT's optimizer is also the kind train.optim names
         require_bitsandbytes(f"train.optim={cfg.train.optim}")
     if cfg.model.lora.enabled and dist.is_sharded(acc):
         raise ConfigError(f"model.lora.enabled with {dist.strategy_name(acc)} is not supported: the adapters are "

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from r1kit.models import FORMAT_TAGS, resolve_model_path
 
@@ -71,3 +72,27 @@ def test_loading_a_model_bounds_the_cpu_kernel_caches_unless_the_user_chose():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**env, "LRU_CACHE_CAPACITY": "300"})
     assert out.stdout.split() == ["32", "300"], out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_adamw_is_the_default_and_updates_like_the_op_by_op_one(dtype):
+    """train.optim defaults to torch's fused AdamW (transformers' default too); its steps match adamw_torch's
+    (fp32: to 1e-6 over several steps with weight decay; bf16: to one bf16 rounding step)."""
+    from r1kit.config import TrainCfg
+    from r1kit.models import make_optimizer
+
+    assert TrainCfg().optim == "adamw_torch_fused"
+    grads = [torch.randn(3, 5, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    results = {}
+    for optim in ("adamw_torch_fused", "adamw_torch"):
+        weight = torch.nn.Parameter(torch.linspace(-1, 1, 15).view(3, 5).to(dtype))
+        optimizer = make_optimizer([weight], TrainCfg(optim=optim, learning_rate=0.1, weight_decay=0.1))
+        assert optimizer.defaults["fused"] is (optim == "adamw_torch_fused")
+        for grad in grads:
+            weight.grad = grad.to(dtype)
+            optimizer.step()
+        results[optim] = weight.detach().float()
+    start = torch.linspace(-1, 1, 15).view(3, 5)
+    assert (results["adamw_torch"] - start).abs().min() > 0.01  # the steps moved every weight
+    tolerance = 1e-6 if dtype == torch.float32 else 2 ** -7
+    torch.testing.assert_close(results["adamw_torch_fused"], results["adamw_torch"], rtol=0, atol=tolerance)
