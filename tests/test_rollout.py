@@ -35,20 +35,32 @@ def test_generate_groups_and_finish_reasons(small_model, tiny_tokenizer):
         assert all(lp <= 0 for lp in c.logprobs)
 
 
-@pytest.mark.parametrize("sharded", [False, True])
-def test_generation_grad_mode(small_model, tiny_tokenizer, sharded):
-    """Unsharded, the model's forwards run under inference mode (no autograd bookkeeping) and the policy
-    trains afterwards; sharded (a gather or synced ranks), under no_grad: ZeRO-3 and FSDP2 reuse their
-    gathered buffers in training forwards, where an inference tensor would be refused."""
+@pytest.mark.parametrize("case", ["plain", "sharded", "remote code", "quantized"])
+def test_generation_grad_mode(small_model, tiny_tokenizer, case):
+    """A transformers model, unsharded and unquantized, generates under inference mode (no autograd
+    bookkeeping) and trains afterwards; otherwise under no_grad: ZeRO-3 and FSDP2 reuse their gathered
+    buffers in training forwards, and remote code or quantized layers may keep a tensor made while
+    generating, which autograd would refuse as an inference tensor."""
+    class RemoteCode(type(small_model)):  # a forward defined outside transformers, as trust_remote_code loads
+        def forward(self, *args, **kwargs):
+            return super().forward(*args, **kwargs)
+
     modes = []
     hook = small_model.register_forward_hook(lambda *_: modes.append(
         (torch.is_inference_mode_enabled(), torch.is_grad_enabled())))
+    own_class = type(small_model)
     try:
-        engine = HFEngine(small_model, tiny_tokenizer, gather=contextlib.nullcontext if sharded else None)
+        if case == "remote code":
+            small_model.__class__ = RemoteCode
+        if case == "quantized":
+            small_model.hf_quantizer = object()
+        engine = HFEngine(small_model, tiny_tokenizer, gather=contextlib.nullcontext if case == "sharded" else None)
         out = engine.generate(prompts(tiny_tokenizer), 2, SamplingParams(max_new_tokens=6, seed=0))
     finally:
         hook.remove()
-    assert modes and set(modes) == {(not sharded, False)}
+        small_model.__class__ = own_class
+        vars(small_model).pop("hf_quantizer", None)
+    assert modes and set(modes) == {(case == "plain", False)}
     rows = [{"prompt_ids": p} for p in prompts(tiny_tokenizer)]
     batch = make_batch(out, rows, torch.ones(len(out)), tiny_tokenizer.pad_token_id)
     (completion_logprobs(small_model, batch, 1.0) * batch.completion_mask).sum().backward()

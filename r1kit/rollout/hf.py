@@ -57,11 +57,14 @@ class HFEngine:
     and `synced=True`: every rank then runs its forward passes in lockstep (transformers' synced_gpus),
     so a rank that finishes early still joins the others' collectives.
 
-    Unsharded, generation runs under torch.inference_mode (no autograd bookkeeping per op: the tiny
-    world's bf16 generation ~7% faster than under no_grad on this CPU); its tensors never reach the
-    trainer, which receives token ids and logprobs as lists. Sharded, it runs under no_grad: ZeRO-3
-    and FSDP2 gather parameters into buffers that later training forwards reuse, and an inference
-    tensor may not be used by autograd."""
+    Generation runs under torch.inference_mode (no autograd bookkeeping per op: the tiny world's bf16
+    generation ~7% faster than under no_grad on this CPU) where nothing it creates can reach a training
+    forward: the trainer receives token ids and logprobs as lists, but a tensor a module keeps would
+    stay an inference tensor, which autograd refuses to save. So no_grad when sharded (ZeRO-3 and FSDP2
+    gather parameters into buffers later training forwards reuse), for quantized models (bitsandbytes
+    layers), and for model classes outside transformers (remote code may extend a cos/sin cache while
+    generating, as in unsloth issue #2434); transformers' own rotary updates replace their buffers,
+    which training only reads."""
 
     def __init__(self, model, tokenizer, generation_batch_size: int = 256, gather=None, synced: bool = False,
                  autocast: str = "none"):
@@ -70,7 +73,7 @@ class HFEngine:
         self.generation_batch_size = generation_batch_size
         self.gather = gather or nullcontext
         self.synced = synced
-        self.grad_mode = torch.no_grad if gather is not None or synced else torch.inference_mode
+        self.sharded = gather is not None or synced
         if autocast not in ("none", "bfloat16"):
             raise ValueError(f"autocast must be 'none' or 'bfloat16', got {autocast!r}")
         self.autocast = autocast
@@ -81,6 +84,14 @@ class HFEngine:
         if self.autocast == "none":
             return nullcontext()
         return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    def _grad_mode(self, model):
+        """torch.inference_mode where generating cannot leave an inference tensor in the model, else no_grad."""
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+        owner = next(c for c in type(inner).__mro__ if "forward" in vars(c))
+        own_class = owner.__module__.startswith("transformers.models.")
+        quantized = getattr(inner, "hf_quantizer", None) is not None
+        return torch.inference_mode if own_class and not quantized and not self.sharded else torch.no_grad
 
     def update_weights(self, model) -> None:
         self.model = model  # same parameters as the policy: nothing to copy
@@ -99,7 +110,7 @@ class HFEngine:
             flat = [(i, p, row_seed(sampling.prompt_seed(i), j) if sampling.temperature > 0 else 0)
                     for i, p in enumerate(prompts) for j in range(n)]
             out: list[Completion] = []
-            with self.grad_mode(), self.gather(), self._precision(next(model.parameters()).device):
+            with self._grad_mode(model)(), self.gather(), self._precision(next(model.parameters()).device):
                 for start in range(0, len(flat), self.generation_batch_size):
                     out += self._generate_chunk(model, flat[start:start + self.generation_batch_size], sampling)
             return out
