@@ -34,6 +34,7 @@ import torch
 
 from r1kit import prompt_attention
 from r1kit.algo.head import chunked_logprobs_and_entropy
+from r1kit.rollout.hf import transformers_forward
 
 # config attributes of models that change the logits after the output head (see the module docstring)
 POST_HEAD_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
@@ -265,10 +266,8 @@ def shares_prompts(model) -> bool:
 
 def packs_sequences(model) -> bool:
     """Whether a packed layout is safe for `model`: transformers' own model classes build their masks
-    with masking_utils, which separates packed sequences; a remote-code model's attention may not. The
-    class that defines `forward` decides (FSDP2 wraps the model's class in one of its own)."""
-    owner = next(c for c in type(unwrapped(model)).__mro__ if "forward" in vars(c))
-    return owner.__module__.startswith("transformers.models.")
+    with masking_utils, which separates packed sequences; a remote-code model's attention may not."""
+    return transformers_forward(unwrapped(model))
 
 
 def unwrapped(model) -> torch.nn.Module:

@@ -35,6 +35,13 @@ def eos_ids(model, tokenizer) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+def transformers_forward(model) -> bool:
+    """Whether `model` (unwrapped) runs the forward of one of transformers' own model classes, not remote
+    code. The class that defines `forward` decides (FSDP2 wraps the model's class in one of its own)."""
+    owner = next(c for c in type(model).__mro__ if "forward" in vars(c))
+    return owner.__module__.startswith("transformers.models.")
+
+
 @contextmanager
 def only_recipe_knobs(model):
     """Hide the model's own generation_config while generating.
@@ -88,10 +95,9 @@ class HFEngine:
     def _grad_mode(self, model):
         """torch.inference_mode where generating cannot leave an inference tensor in the model, else no_grad."""
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
-        owner = next(c for c in type(inner).__mro__ if "forward" in vars(c))
-        own_class = owner.__module__.startswith("transformers.models.")
         quantized = getattr(inner, "hf_quantizer", None) is not None
-        return torch.inference_mode if own_class and not quantized and not self.sharded else torch.no_grad
+        safe = transformers_forward(inner) and not quantized and not self.sharded
+        return torch.inference_mode if safe else torch.no_grad
 
     def update_weights(self, model) -> None:
         self.model = model  # same parameters as the policy: nothing to copy
