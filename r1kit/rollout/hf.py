@@ -22,6 +22,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
 from r1kit.rollout.decode import decode, left_pad
+from r1kit.rollout.packed import packed_linears
 from r1kit.rollout.sampling import SeededSampler, row_seed
 from r1kit.types import Completion, SamplingParams
 
@@ -99,6 +100,11 @@ class HFEngine:
         safe = transformers_forward(inner) and not quantized and not self.sharded
         return torch.inference_mode if safe else torch.no_grad
 
+    def _packed(self, model):
+        """bf16 CPU linears read weights packed once per call (r1kit.rollout.packed: same outputs, decode
+        ~1.5x faster on SmolLM2); not under sharded strategies, whose weights exist only inside `gather`."""
+        return nullcontext() if self.sharded else packed_linears(model)
+
     def update_weights(self, model) -> None:
         self.model = model  # same parameters as the policy: nothing to copy
 
@@ -116,7 +122,8 @@ class HFEngine:
             flat = [(i, p, row_seed(sampling.prompt_seed(i), j) if sampling.temperature > 0 else 0)
                     for i, p in enumerate(prompts) for j in range(n)]
             out: list[Completion] = []
-            with self._grad_mode(model)(), self.gather(), self._precision(next(model.parameters()).device):
+            with self._grad_mode(model)(), self.gather(), self._precision(next(model.parameters()).device), \
+                    self._packed(model):
                 for start in range(0, len(flat), self.generation_batch_size):
                     out += self._generate_chunk(model, flat[start:start + self.generation_batch_size], sampling)
             return out
