@@ -101,8 +101,8 @@ class HFEngine:
         return torch.inference_mode if safe else torch.no_grad
 
     def _packed(self, model):
-        """bf16 CPU linears read weights packed once per call (r1kit.rollout.packed: same outputs, decode
-        ~1.5x faster on SmolLM2); not under sharded strategies, whose weights exist only inside `gather`."""
+        """bf16 CPU linears read weights packed once per call (r1kit.rollout.packed: same outputs; SmolLM2's
+        bf16 generation 1.2x faster); not under sharded strategies, whose weights exist only inside `gather`."""
         return nullcontext() if self.sharded else packed_linears(model)
 
     def update_weights(self, model) -> None:
