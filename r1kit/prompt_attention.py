@@ -86,6 +86,9 @@ class SegmentIndex:
         return out.to(query.dtype) if low_precision_cpu else out
 
 
+_SDPA_HAS_GQA = torch.__version__ >= (2, 5)  # enable_gqa came with torch 2.5
+
+
 def _block_attention(module, query, key, value, mask, dropout: float, scaling: float | None) -> torch.Tensor:
     """query (B, Hq, Lq, D), key/value (B, Hkv, Lk, D), mask (B, 1, Lq, Lk) -> (B, Lq, Hq, Dv).
 
@@ -99,9 +102,6 @@ def _block_attention(module, query, key, value, mask, dropout: float, scaling: f
                                              enable_gqa=True)  # (B, Hq, Lq, Dv)
         return out.transpose(1, 2)
     return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, is_causal=False)[0]
-
-
-_SDPA_HAS_GQA = torch.__version__ >= (2, 5)  # enable_gqa came with torch 2.5
 
 
 def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

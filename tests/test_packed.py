@@ -12,8 +12,7 @@ needs_packing = pytest.mark.skipif(not packed.packing_available(),
                                    reason="this PyTorch build or CPU has no oneDNN bf16 weight packing")
 
 
-@pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-                    reason="no oneDNN bf16 on this CPU")
+@pytest.mark.skipif(not packed.onednn_bf16(), reason="no oneDNN bf16 on this CPU")
 def test_packing_is_used_wherever_onednn_computes_bf16():
     """Where oneDNN does bf16 matmuls (this CI machine's AMX CPU), the probe finds the packed ops there and
     bitwise equal to F.linear: a False here means the ops moved or disagree, and generation got slower."""
