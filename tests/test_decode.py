@@ -57,7 +57,7 @@ def test_rows_that_end_leave_the_batch(small_model, tiny_tokenizer):
 
 def test_full_attention_models_decode_into_a_preallocated_cache(small_model):
     """The equality tests above run through PreallocatedLayer: a Llama's layers are all full attention."""
-    from r1kit.rollout.decode import PreallocatedLayer, new_cache
+    from r1kit.rollout.kv_cache import PreallocatedLayer, new_cache
 
     cache = new_cache(small_model, 10)
     assert len(cache.layers) == small_model.config.num_hidden_layers

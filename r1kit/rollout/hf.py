@@ -21,7 +21,8 @@ from contextlib import contextmanager, nullcontext
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
-from r1kit.rollout.decode import decode, left_pad
+from r1kit.rollout.decode import decode
+from r1kit.rollout.kv_cache import left_pad
 from r1kit.rollout.packed import packed_linears
 from r1kit.rollout.sampling import SeededSampler, row_seed
 from r1kit.types import Completion, SamplingParams
