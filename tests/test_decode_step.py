@@ -34,9 +34,9 @@ def _decode(model, monkeypatch, lean: bool):
     """A sampled decode of 3 prompts x 3 rows; the steps the lean step took are counted."""
     taken = []
     if lean:
-        real = decode_step.lean_decode_step
-        monkeypatch.setattr(decode_step, "lean_decode_step",
-                            lambda m, *a: (m is model and taken.append(1)) or real(m, *a))  # not the probe's steps
+        real = decode_step.LeanDecodeStep.__call__
+        monkeypatch.setattr(decode_step.LeanDecodeStep, "__call__",  # counting this model's steps, not the probe's
+                            lambda self, *a: (self.embed is model.model.embed_tokens and taken.append(1)) or real(self, *a))
     else:
         monkeypatch.setattr(decode_module, "decode_step_for", lambda model, cache: None)
     prompts = [[5, 9, 2, 7, 11], [3], [8, 8, 30]]

@@ -4,7 +4,7 @@ A decode step of a small model is bound by Python, not arithmetic: on the tiny w
 thread) a third of generation time is the interpreter and PyTorch's binding layer. The model's own
 forward reaches the same few tensor operations per layer through ~15 module calls with their hook
 checks, keyword packing, the attention-interface lookup, transformers' sdpa wrapper (an environment
-lookup per call) and output dataclasses. `lean_decode_step` runs those operations, in the same order on
+lookup per call) and output dataclasses. `LeanDecodeStep` runs those operations, in the same order on
 the model's own modules (each module's `forward` called directly: a quantized or packed layer's own
 forward still runs), so the logits are bitwise those of `model(...)`: tiny bf16 generation ~10% faster.
 
@@ -49,57 +49,80 @@ def _shape_supported(model) -> bool:
             and len(inner.layers) == config.num_hidden_layers)
 
 
-def lean_decode_step(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                     cache) -> torch.Tensor:
-    """(A, V) float32 logits of the next token: what `model(input_ids=..., attention_mask=..., position_ids=...,
-    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()` returns, bitwise.
+class _Layer:
+    """One decoder layer's forwards and constants, looked up once per decode call rather than per token."""
 
-    input_ids, position_ids: (A, 1); attention_mask: (A, 1, 1, K) bool, the keys each row sees after this
-    token is written; cache: a DynamicCache of PreallocatedLayer layers (written in place, as the model would).
-    """
-    inner = model.model
-    rotary = sys.modules[type(inner.layers[0].self_attn).__module__].apply_rotary_pos_emb
-    hidden = inner.embed_tokens(input_ids)  # (A, 1, C), with its hooks
-    cos, sin = inner.rotary_emb.forward(hidden, position_ids)  # (A, 1, D) each, in the model's dtype
-    rows = hidden.shape[0]
-    for index, layer in enumerate(inner.layers):
-        attn = layer.self_attn
-        residual = hidden
-        normed = layer.input_layernorm.forward(hidden)
-        heads = (rows, 1, -1, attn.head_dim)
-        query = attn.q_proj.forward(normed).view(heads)  # (A, 1, H, D)
-        key = attn.k_proj.forward(normed).view(heads)  # (A, 1, Hkv, D)
-        if hasattr(attn, "q_norm"):  # Qwen3
-            query, key = attn.q_norm.forward(query), attn.k_norm.forward(key)
-        query, key = rotary(query.transpose(1, 2), key.transpose(1, 2), cos, sin)  # (A, H or Hkv, 1, D)
-        value = attn.v_proj.forward(normed).view(heads).transpose(1, 2)
-        key, value = cache.layers[index].update(key, value)  # (A, Hkv, K, D) each
-        groups = attn.num_key_value_groups
-        if groups > 1:  # transformers' pack_gqa: each key/value head's queries attend as one block
-            query = query.reshape(rows, query.shape[1] // groups, groups, query.shape[-1])
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,
-                                             scale=attn.scaling, is_causal=False)
-        out = out.reshape(rows, -1, 1, value.shape[-1]).transpose(1, 2).contiguous()  # (A, 1, H, D)
-        hidden = residual + attn.o_proj.forward(out.reshape(rows, 1, -1))
-        residual = hidden
-        hidden = residual + layer.mlp.forward(layer.post_attention_layernorm.forward(hidden))
-    return model.lm_head.forward(inner.norm.forward(hidden))[:, -1].float()
+    __slots__ = ("norm_in", "q", "k", "v", "q_norm", "k_norm", "head_dim", "groups", "scaling", "o", "norm_post",
+                 "gate", "up", "act", "down")
+
+    def __init__(self, layer):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.norm_in, self.norm_post = layer.input_layernorm.forward, layer.post_attention_layernorm.forward
+        self.q, self.k, self.v, self.o = attn.q_proj.forward, attn.k_proj.forward, attn.v_proj.forward, attn.o_proj.forward
+        self.q_norm = attn.q_norm.forward if hasattr(attn, "q_norm") else None  # Qwen3
+        self.k_norm = attn.k_norm.forward if hasattr(attn, "k_norm") else None
+        self.head_dim, self.groups, self.scaling = attn.head_dim, attn.num_key_value_groups, attn.scaling
+        self.gate, self.up, self.down = mlp.gate_proj.forward, mlp.up_proj.forward, mlp.down_proj.forward
+        self.act = getattr(mlp.act_fn, "forward", mlp.act_fn)
+
+
+class LeanDecodeStep:
+    """A model's decode step (module docstring), bound to its modules for one decode call: the forwards it calls
+    are those the modules have when it is built (inside the engine's packed-weights context)."""
+
+    def __init__(self, model):
+        inner = model.model
+        self.embed = inner.embed_tokens  # called with its hooks
+        self.rotary_embedding = inner.rotary_emb.forward
+        self.rotary = sys.modules[type(inner.layers[0].self_attn).__module__].apply_rotary_pos_emb
+        self.layers = [_Layer(layer) for layer in inner.layers]
+        self.norm, self.head = inner.norm.forward, model.lm_head.forward
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                 cache) -> torch.Tensor:
+        """(A, V) float32 logits of the next token: what `model(input_ids=..., attention_mask=..., position_ids=...,
+        past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()` returns, bitwise.
+
+        input_ids, position_ids: (A, 1); attention_mask: (A, 1, 1, K) bool, the keys each row sees after this
+        token is written; cache: a DynamicCache of PreallocatedLayer layers (written in place, as the model's)."""
+        hidden = self.embed(input_ids)  # (A, 1, C)
+        cos, sin = self.rotary_embedding(hidden, position_ids)  # (A, 1, D) each, in the model's dtype
+        rows = hidden.shape[0]
+        for layer, cached in zip(self.layers, cache.layers):
+            residual = hidden
+            normed = layer.norm_in(hidden)
+            heads = (rows, 1, -1, layer.head_dim)
+            query, key = layer.q(normed).view(heads), layer.k(normed).view(heads)  # (A, 1, H or Hkv, D)
+            if layer.q_norm is not None:
+                query, key = layer.q_norm(query), layer.k_norm(key)
+            query, key = self.rotary(query.transpose(1, 2), key.transpose(1, 2), cos, sin)  # (A, H or Hkv, 1, D)
+            key, value = cached.update(key, layer.v(normed).view(heads).transpose(1, 2))  # (A, Hkv, K, D) each
+            if layer.groups > 1:  # transformers' pack_gqa: each key/value head's queries attend as one block
+                query = query.reshape(rows, query.shape[1] // layer.groups, layer.groups, query.shape[-1])
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,
+                                                 scale=layer.scaling, is_causal=False)
+            out = out.reshape(rows, -1, 1, value.shape[-1]).transpose(1, 2).contiguous()  # (A, 1, H, D)
+            hidden = residual + layer.o(out.reshape(rows, 1, -1))
+            residual = hidden
+            normed = layer.norm_post(hidden)
+            hidden = residual + layer.down(layer.act(layer.gate(normed)) * layer.up(normed))
+        return self.head(self.norm(hidden))[:, -1].float()
 
 
 def decode_step_for(model, cache):
-    """lean_decode_step where it reproduces this model's forward with this cache, else None (call the model)."""
+    """A LeanDecodeStep where it reproduces this model's forward with this cache, else None (call the model)."""
     if not (_shape_supported(model) and all(type(layer) is PreallocatedLayer for layer in cache.layers)):
         return None
     parameter = next(model.parameters())
     autocast = torch.is_autocast_enabled(parameter.device.type)
     if not reproduces_forward(type(model), model.config.to_json_string(), parameter.dtype, autocast):
         return None
-    return functools.partial(lean_decode_step, model)
+    return LeanDecodeStep(model)
 
 
 @functools.cache
 def reproduces_forward(model_class: type, config_json: str, dtype: torch.dtype, autocast: bool) -> bool:
-    """Whether lean_decode_step gives the logits and cache writes of `model_class`'s forward bitwise (the
+    """Whether LeanDecodeStep gives the logits and cache writes of `model_class`'s forward bitwise (the
     installed transformers' math, not a remembered one), on a small random model of this config: one layer,
     the same heads, head size, rotary embedding and activation, narrow hidden and MLP widths and a
     128-token vocabulary (a probe of a 7B model's config costs ~50k parameters, not a layer's 250M).
@@ -131,7 +154,7 @@ def reproduces_forward(model_class: type, config_json: str, dtype: torch.dtype, 
             for t in range(steps):
                 ids, visible = tokens[:, t:t + 1], keys[..., :mask.shape[1] + t + 1]
                 if lean:
-                    logits.append(lean_decode_step(probe, ids, visible, position + t, cache))
+                    logits.append(LeanDecodeStep(probe)(ids, visible, position + t, cache))
                 else:
                     logits.append(probe(input_ids=ids, attention_mask=visible, position_ids=position + t,
                                         past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float())
