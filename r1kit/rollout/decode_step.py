@@ -6,19 +6,23 @@ forward reaches the same few tensor operations per layer through ~15 module call
 checks, keyword packing, the attention-interface lookup, transformers' sdpa wrapper (an environment
 lookup per call) and output dataclasses. `LeanDecodeStep` runs those operations, in the same order on
 the model's own modules (each module's `forward` called directly: a quantized or packed layer's own
-forward still runs), so the logits are bitwise those of `model(...)`: tiny bf16 generation ~10% faster.
+forward still runs), and turns the bool key mask into sdpa's additive one once per step rather than
+once per layer, so the logits are bitwise those of `model(...)`: tiny bf16 generation 0.178 -> 0.147 s
+per call (18%), on a quiet 2-core CPU, one thread.
 
 It covers transformers' Llama, Qwen2, Mistral and Qwen3 causal LMs (SmolLM2, Qwen2.5, Qwen3, Mistral,
 the tiny world) with sdpa attention over full-attention preallocated caches (r1kit.rollout.decode), one
-new token per row. That the installed transformers still computes what this module reproduces is
-checked once per model class and config, on a one-layer random copy, against the model's forward
-(`reproduces_forward`); where it does not, or for any other model, the decode loop calls the model.
+new token per row, on a CPU or CUDA device. That the installed transformers still computes what this
+module reproduces is checked once per model class, config, dtype and autocast state, on a one-layer
+random copy, against the model's forward (`reproduces_forward`); where it does not, or for any other
+model, the decode loop calls the model.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 
 import torch
@@ -87,6 +91,10 @@ class LeanDecodeStep:
         token is written; cache: a DynamicCache of PreallocatedLayer layers (written in place, as the model's)."""
         hidden = self.embed(input_ids)  # (A, 1, C)
         cos, sin = self.rotary_embedding(hidden, position_ids)  # (A, 1, D) each, in the model's dtype
+        # sdpa turns a bool mask into an additive one (0 where seen, -inf elsewhere, the query's dtype) on every
+        # call: once here for every layer, the same values
+        attention_mask = torch.zeros_like(attention_mask, dtype=hidden.dtype).masked_fill_(
+            attention_mask.logical_not(), float("-inf"))
         rows = hidden.shape[0]
         for layer, cached in zip(self.layers, cache.layers):
             residual = hidden
@@ -114,6 +122,8 @@ def decode_step_for(model, cache):
     if not (_shape_supported(model) and all(type(layer) is PreallocatedLayer for layer in cache.layers)):
         return None
     parameter = next(model.parameters())
+    if parameter.device.type not in ("cpu", "cuda") or os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA", "0") == "1":
+        return None  # transformers' sdpa wrapper attends grouped heads another way there (enable_gqa)
     autocast = torch.is_autocast_enabled(parameter.device.type)
     if not reproduces_forward(type(model), model.config.to_json_string(), parameter.dtype, autocast):
         return None
