@@ -107,6 +107,9 @@ def test_models_it_does_not_know_call_their_forward(monkeypatch):
     monkeypatch.setattr(model.config, "_attn_implementation", "eager")
     assert decode_step.decode_step_for(model, cache) is None
     monkeypatch.undo()
+    monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "1")  # transformers' sdpa then attends grouped heads otherwise
+    assert decode_step.decode_step_for(model, cache) is None
+    monkeypatch.undo()
     handle = model.model.layers[1].mlp.register_forward_hook(lambda *a: None)  # a hook the step would skip
     assert decode_step.decode_step_for(model, cache) is None
     handle.remove()
