@@ -8,12 +8,6 @@ weight packed once, the lm_head 6.8 -> 2.5 ms). `packed_linears` packs each bf16
 generate call and routes the model's nn.Linear calls to the packed copy for its duration; the kernels
 are the same, so for a decode step's few rows the outputs are bitwise the same (tests/test_packed.py).
 
-A oneDNN call also costs ~20 us whatever its size (the tiny world's 192 x 192 projection: 22 us for 32 rows,
-~1 us of it arithmetic), so sibling projections that read the same input (a decoder layer's q/k/v, its
-MLP's gate/up) are computed as one matmul over their concatenated weights: 3 calls of the tiny world's
-q/k/v 68 -> 29 us, gate/up 65 -> 41 us. Each output column is the same dot product summed the same way,
-so the pieces are bitwise what the separate layers give (checked by the probe, like the packing itself).
-
 The two ops are PyTorch's private oneDNN ops (`torch.ops.mkldnn._reorder_linear_weight`,
 `_linear_pointwise`), the ones torch.compile's CPU backend uses for frozen linear weights; whether they
 exist and agree bitwise with F.linear is checked once per process, and without them generation runs the
@@ -36,86 +30,18 @@ import torch.nn.functional as F
 # 37 rows on). The layout tuned for 1 row is another one, which may round differently at any size.
 PACKED_MAX_ROWS = 32
 
-# Sibling nn.Linear layers (names in one parent module) that transformers' decoder layers call on one input.
-# A name is only a hint: the pieces of a shared matmul are served to a call only for the very input (same
-# tensor object, unmodified) they were computed from, and a group whose members read different inputs
-# stops sharing (_SharedInput).
-SHARED_INPUT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-
-
-def _packable_input(x: torch.Tensor) -> bool:
-    return x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.numel() <= PACKED_MAX_ROWS * x.shape[-1]
-
 
 def _packed_forward(x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor,
                     bias: torch.Tensor | None) -> torch.Tensor:
     """F.linear(x, weight, bias) computed from `packed`, weight's prepacked copy; x (..., in) -> (..., out)."""
-    if not _packable_input(x):
+    if x.dtype != torch.bfloat16 or x.device.type != "cpu" or x.numel() > PACKED_MAX_ROWS * x.shape[-1]:
         return F.linear(x, weight, bias)  # what nn.Linear does (and fails with, for a wrong dtype)
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-
-
-def _version(x: torch.Tensor) -> int | None:
-    return None if x.is_inference() else x._version
-
-
-def _pack(weight: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._reorder_linear_weight(weight, PACKED_MAX_ROWS)
-
-
-class _SharedInput:
-    """Sibling linears computed as one packed matmul: the first member called with an input computes every
-    member's output, and each other member called with that same input takes its piece.
-
-    Served only to the identical input (the same tensor object, and its version counter unchanged where it
-    has one: inference tensors have none). That a model modifies the input in place between its sibling
-    calls is ruled out by training: F.linear saves its input for the weight's gradient, and autograd refuses
-    a backward through a modified one. A call with any other input while pieces wait means the members do
-    not share their input in this model, and the group goes back to each layer's own F.linear for good
-    (same outputs; a model that calls q/k/v on different inputs, as cross-attention does, is only slower
-    than with packing, never wrong)."""
-
-    def __init__(self, linears: list[torch.nn.Linear]):
-        self.linears = linears
-        self.sizes = [m.out_features for m in linears]
-        self.packed = _pack(torch.cat([m.weight.detach() for m in linears]))  # from the (sum of out, in) weight
-        self.bias = None if linears[0].bias is None else torch.cat([m.bias.detach() for m in linears])
-        self.waiting: dict[int, torch.Tensor] = {}  # member index -> its output for `self.source`
-        self.source: tuple[torch.Tensor, int] | None = None  # the input they were computed from, its version
-        self.shared = True
-
-    def forward(self, x: torch.Tensor, member: int) -> torch.Tensor:
-        linear = self.linears[member]
-        if not self.shared or not _packable_input(x):
-            return F.linear(x, linear.weight, linear.bias)
-        if self.waiting:
-            if member in self.waiting and self.source[0] is x and self.source[1] == _version(x):
-                piece = self.waiting.pop(member)
-                if not self.waiting:
-                    self.source = None
-                return piece
-            self.shared, self.waiting, self.source = False, {}, None
-            return F.linear(x, linear.weight, linear.bias)
-        pieces = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "").split(self.sizes, -1)
-        self.waiting = {i: piece for i, piece in enumerate(pieces) if i != member}
-        self.source = (x, _version(x))
-        return pieces[member]
 
 
 def onednn_bf16() -> bool:
     """Whether PyTorch computes bf16 matmuls on this CPU with oneDNN (the path packing speeds up)."""
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def _agrees(layers: list[torch.nn.Linear], x: torch.Tensor) -> bool:
-    """Whether each layer's packed forward, alone and as one shared-input group, is its F.linear bitwise."""
-    group = _SharedInput(layers)
-    for member, m in enumerate(layers):
-        expected = F.linear(x, m.weight, m.bias)
-        alone = _packed_forward(x, m.weight, _pack(m.weight), m.bias)
-        if not (torch.equal(alone, expected) and torch.equal(group.forward(x, member), expected)):
-            return False
-    return True
 
 
 @functools.cache
@@ -126,14 +52,13 @@ def packing_available() -> bool:
             return False
         gen = torch.Generator().manual_seed(0)
         for out_features, in_features in ((48, 40), (512, 2048), (40, 1536)):
-            for bias in (False, True):
-                layers = [torch.nn.Linear(in_features, size, bias=bias, dtype=torch.bfloat16)
-                          for size in (out_features, out_features // 2)]
-                with torch.no_grad():
-                    for p in (p for m in layers for p in m.parameters()):
-                        p.copy_(torch.randn(p.shape, generator=gen))
-                for shape in ((1, in_features), (3, 2, in_features), (PACKED_MAX_ROWS, in_features)):
-                    if not _agrees(layers, torch.randn(*shape, generator=gen).bfloat16()):
+            weight = torch.randn(out_features, in_features, generator=gen).bfloat16()
+            bias = torch.randn(out_features, generator=gen).bfloat16()
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACKED_MAX_ROWS)
+            for shape in ((1, in_features), (3, 2, in_features), (PACKED_MAX_ROWS, in_features)):
+                x = torch.randn(*shape, generator=gen).bfloat16()
+                for b in (None, bias):
+                    if not torch.equal(_packed_forward(x, weight, packed, b), F.linear(x, weight, b)):
                         return False
         return True
     except (AttributeError, RuntimeError, NotImplementedError):  # ops missing in this build, or refused
@@ -147,38 +72,19 @@ def packable_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
             and m.weight.dtype == torch.bfloat16 and (m.bias is None or m.bias.dtype == torch.bfloat16)]
 
 
-def shared_input_groups(model: torch.nn.Module, linears: list[torch.nn.Linear]) -> list[list[torch.nn.Linear]]:
-    """The SHARED_INPUT_GROUPS among `linears`: sibling layers of those names, all present, with one input width
-    and all or none with a bias."""
-    chosen = set(linears)
-    groups = []
-    for parent in model.modules():
-        for names in SHARED_INPUT_GROUPS:
-            members = [parent._modules.get(name) for name in names]
-            if all(m in chosen for m in members) and len({(m.in_features, m.bias is None) for m in members}) == 1:
-                groups.append(members)
-    return groups
-
-
 @contextmanager
 def packed_linears(model: torch.nn.Module):
     """Within: the model's bf16 CPU nn.Linear layers compute from weights packed on entry (one extra copy of
-    those weights, freed on exit), sibling projections of one input as one matmul. Only for forwards
-    without autograd and weights that do not change inside: the packed copy is a snapshot."""
+    those weights, freed on exit). Only for forwards without autograd and weights that do not change
+    inside: the packed copy is a snapshot."""
     linears = packable_linears(model)
     if linears and not packing_available():  # probed only for a model with something to pack (its kernels cost memory)
         linears = []
     try:
-        groups = shared_input_groups(model, linears)
-        grouped = {m for group in groups for m in group}
         for m in linears:
-            if m not in grouped:
-                weight = m.weight.detach()
-                m.forward = functools.partial(_packed_forward, weight=weight, packed=_pack(weight), bias=m.bias)
-        for group in groups:
-            shared = _SharedInput(group)
-            for member, m in enumerate(group):
-                m.forward = functools.partial(shared.forward, member=member)
+            weight = m.weight.detach()
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACKED_MAX_ROWS)
+            m.forward = functools.partial(_packed_forward, weight=weight, packed=packed, bias=m.bias)
         yield len(linears)
     finally:
         for m in linears:
