@@ -35,8 +35,14 @@ def _decode(model, monkeypatch, lean: bool):
     taken = []
     if lean:
         real = decode_step.LeanDecodeStep.__call__
-        monkeypatch.setattr(decode_step.LeanDecodeStep, "__call__",  # counting this model's steps, not the probe's
-                            lambda self, *a: (self.embed is model.model.embed_tokens and taken.append(1)) or real(self, *a))
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+
+        def counted(self, *args):  # this model's steps, not the probe's
+            if self.embed is base.model.embed_tokens:
+                taken.append(1)
+            return real(self, *args)
+
+        monkeypatch.setattr(decode_step.LeanDecodeStep, "__call__", counted)
     else:
         monkeypatch.setattr(decode_module, "decode_step_for", lambda model, cache: None)
     prompts = [[5, 9, 2, 7, 11], [3], [8, 8, 30]]
@@ -58,6 +64,21 @@ def test_lean_step_samples_what_the_forward_samples(name, dtype, monkeypatch):
     assert len(set(map(tuple, lean.tokens.tolist()))) > 1
 
 
+def test_lora_models_step_through_their_adapters(monkeypatch):
+    """A peft model decodes through its base model's layers, adapters included: the same samples as its forward."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_model("llama-gqa"), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "gate_proj"],
+                                                           init_lora_weights=False)).eval()  # adapters not zero
+    lean, steps = _decode(model, monkeypatch, lean=True)
+    plain, _ = _decode(model, monkeypatch, lean=False)
+    with model.disable_adapter():
+        without_adapters, _ = _decode(model, monkeypatch, lean=True)
+    assert steps == 11
+    assert torch.equal(lean.tokens, plain.tokens) and torch.equal(lean.logprobs, plain.logprobs)
+    assert not torch.equal(lean.logprobs, without_adapters.logprobs)  # the adapters took part
+
+
 def test_logits_and_cache_writes_are_bitwise_the_forwards():
     model = _model("llama-gqa", torch.bfloat16)
     caches, logits = [], []
@@ -65,7 +86,8 @@ def test_logits_and_cache_writes_are_bitwise_the_forwards():
         for lean in (False, True):
             cache = new_cache(model, 8)
             model(input_ids=torch.tensor([[4, 5, 6]] * 2), past_key_values=cache, use_cache=True)
-            ids, mask, position = torch.tensor([[7], [9]]), torch.ones(2, 1, 1, 4, dtype=torch.bool), torch.tensor([[3]] * 2)
+            ids, position = torch.tensor([[7], [9]]), torch.tensor([[3]] * 2)
+            mask = torch.ones(2, 1, 1, 4, dtype=torch.bool)
             if lean:
                 logits.append(decode_step.decode_step_for(model, cache)(ids, mask, position, cache))
             else:

@@ -62,7 +62,8 @@ class _Layer:
     def __init__(self, layer):
         attn, mlp = layer.self_attn, layer.mlp
         self.norm_in, self.norm_post = layer.input_layernorm.forward, layer.post_attention_layernorm.forward
-        self.q, self.k, self.v, self.o = attn.q_proj.forward, attn.k_proj.forward, attn.v_proj.forward, attn.o_proj.forward
+        self.q, self.k, self.v = attn.q_proj.forward, attn.k_proj.forward, attn.v_proj.forward
+        self.o = attn.o_proj.forward
         self.q_norm = attn.q_norm.forward if hasattr(attn, "q_norm") else None  # Qwen3
         self.k_norm = attn.k_norm.forward if hasattr(attn, "k_norm") else None
         self.head_dim, self.groups, self.scaling = attn.head_dim, attn.num_key_value_groups, attn.scaling
@@ -118,7 +119,11 @@ class LeanDecodeStep:
 
 
 def decode_step_for(model, cache):
-    """A LeanDecodeStep where it reproduces this model's forward with this cache, else None (call the model)."""
+    """A LeanDecodeStep where it reproduces this model's forward with this cache, else None (call the model).
+    A peft model steps through its base model, whose adapted layers' forwards add their adapters (what the
+    peft model's forward does with no adapter names given)."""
+    if hasattr(model, "get_base_model"):  # peft
+        model = model.get_base_model()
     if not (_shape_supported(model) and all(type(layer) is PreallocatedLayer for layer in cache.layers)):
         return None
     parameter = next(model.parameters())
@@ -150,6 +155,14 @@ def reproduces_forward(model_class: type, config_json: str, dtype: torch.dtype, 
         torch.manual_seed(0)
         probe = model_class(config).to(dtype).eval()
         tokens = torch.randint(0, config.vocab_size, (3, 2))  # (rows, steps)
+    try:
+        return _same_steps(probe, tokens, autocast)
+    except (RuntimeError, NotImplementedError):  # e.g. a dtype this CPU's kernels refuse: the model's forward then
+        return False
+
+
+def _same_steps(probe, tokens: torch.Tensor, autocast: bool) -> bool:
+    """Whether the probe model's forward and LeanDecodeStep agree bitwise over len(tokens[0]) decode steps."""
     prompts = [[5, 9, 2, 7], [3], [8, 8]]
     steps = tokens.shape[1]
     results = []
@@ -162,7 +175,7 @@ def reproduces_forward(model_class: type, config_json: str, dtype: torch.dtype, 
             position = mask.sum(-1, keepdim=True)  # (3, 1)
             logits = []
             for t in range(steps):
-                ids, visible = tokens[:, t:t + 1], keys[..., :mask.shape[1] + t + 1]
+                ids, visible = tokens[:, t:t + 1], keys[..., :mask.shape[1] + t + 1]  # (3, 1), (3, 1, 1, P + t + 1)
                 if lean:
                     logits.append(LeanDecodeStep(probe)(ids, visible, position + t, cache))
                 else:
