@@ -129,6 +129,9 @@ def test_models_it_does_not_know_call_their_forward(monkeypatch):
     monkeypatch.setattr(model.config, "_attn_implementation", "eager")
     assert decode_step.decode_step_for(model, cache) is None
     monkeypatch.undo()
+    model.train()  # the forward would then apply attention dropout
+    assert decode_step.decode_step_for(model, cache) is None
+    model.eval()
     monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "1")  # transformers' sdpa then attends grouped heads otherwise
     assert decode_step.decode_step_for(model, cache) is None
     monkeypatch.undo()

@@ -124,6 +124,8 @@ def decode_step_for(model, cache):
     peft model's forward does with no adapter names given)."""
     if hasattr(model, "get_base_model"):  # peft
         model = model.get_base_model()
+    if model.training:  # the forward would apply attention dropout
+        return None
     if not (_shape_supported(model) and all(type(layer) is PreallocatedLayer for layer in cache.layers)):
         return None
     parameter = next(model.parameters())
