@@ -17,12 +17,13 @@ trainer's forward do.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
-from r1kit.rollout.decode_step import decode_step_for
-from r1kit.rollout.kv_cache import prefill
+from r1kit.rollout.decode_step import decode_step_for, forward_step
+from r1kit.rollout.kv_cache import decode_keys, prefill
 from r1kit.rollout.sampling import greedy_next, sample_next
 
 
@@ -44,18 +45,15 @@ def decode(model, prompts: list[list[int]], row_prompt: list[int], row_seeds: li
     device = next(model.parameters()).device
     n = len(row_prompt)
     cache, logits, mask = prefill(model, prompts, pad_id, device, max_new_tokens)
-    step = decode_step_for(model, cache)  # the model's forward with less Python, where it is bitwise the same
+    # the lean step where it is bitwise the model's forward, else the forward itself
+    step = decode_step_for(model, cache) or functools.partial(forward_step, model)
     expand = torch.tensor(row_prompt, device=device)
     cache.reorder_cache(expand)  # (U, ...) -> (N, ...): every row starts from its prompt's cache
     logits, mask = logits[expand], mask[expand]  # (N, V), (N, P)
     position = mask.sum(-1)  # (N,) the next token's position id
     width = mask.shape[1]
-    keys = torch.cat([mask, mask.new_ones((n, max_new_tokens))], dim=1)  # (N, P + T) the keys each row may see
-    # sdpa takes the (A, 1, 1, keys) bool mask transformers would otherwise build from the 2D one at every
-    # step (a one-token query sees every real key; a 4D mask is used as it is); eager adds its mask to
-    # the scores and flash attention reads 2D masks, so they get the 2D one
-    if getattr(model.config, "_attn_implementation", None) == "sdpa":
-        keys = keys.bool()[:, None, None]  # (N, 1, 1, P + T)
+    sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
+    keys = decode_keys(mask, max_new_tokens, sdpa)  # (N, [1, 1,] P + T)
     seeds = None if row_seeds is None else torch.tensor(row_seeds, dtype=torch.int64, device=device)
     stop = torch.tensor(sorted(stop_ids), device=device)
     tokens = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -80,11 +78,6 @@ def decode(model, prompts: list[list[int]], row_prompt: list[int], row_seeds: li
             alive, choice, keys, position = alive[keep], choice[keep], keys[keep], position[keep]
         if t + 1 == max_new_tokens:
             break
-        visible = keys[..., :width + t + 1]  # (A, [1, 1,] P + t + 1)
-        if step is not None:
-            logits = step(choice.unsqueeze(-1), visible, position.unsqueeze(-1), cache)
-        else:
-            logits = model(input_ids=choice.unsqueeze(-1), attention_mask=visible, position_ids=position.unsqueeze(-1),
-                           past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        logits = step(choice.unsqueeze(-1), keys[..., :width + t + 1], position.unsqueeze(-1), cache)  # (A, V)
         position = position + 1
     return Decoded(tokens.cpu(), logprobs.cpu(), lengths.cpu(), stopped.cpu())

@@ -28,7 +28,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from r1kit.rollout.kv_cache import PreallocatedLayer, prefill
+from r1kit.rollout.kv_cache import decode_keys, preallocated, prefill
 
 # (causal LM, its decoder stack) class names whose per-token math this step reproduces; Qwen3 normalises
 # each head's query and key before the rotary embedding (q_norm, k_norm), the others are Llama's.
@@ -118,6 +118,14 @@ class LeanDecodeStep:
         return self.head(self.norm(hidden))[:, -1].float()
 
 
+def forward_step(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                 cache) -> torch.Tensor:
+    """(A, V) float32 logits of the next token from the model's own forward: what LeanDecodeStep reproduces.
+    input_ids, position_ids: (A, 1); attention_mask: the step's slice of decode_keys."""
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                 past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+
+
 def decode_step_for(model, cache):
     """A LeanDecodeStep where it reproduces this model's forward with this cache, else None (call the model).
     A peft model steps through its base model, whose adapted layers' forwards add their adapters (what the
@@ -126,7 +134,7 @@ def decode_step_for(model, cache):
         model = model.get_base_model()
     if model.training:  # the forward would apply attention dropout
         return None
-    if not (_shape_supported(model) and all(type(layer) is PreallocatedLayer for layer in cache.layers)):
+    if not (_shape_supported(model) and preallocated(cache)):
         return None
     parameter = next(model.parameters())
     if parameter.device.type not in ("cpu", "cuda") or os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA", "0") == "1":
@@ -169,19 +177,12 @@ def _same_steps(probe, tokens: torch.Tensor, autocast: bool) -> bool:
     steps = tokens.shape[1]
     results = []
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        for lean in (False, True):
+        for step in (functools.partial(forward_step, probe), LeanDecodeStep(probe)):
             cache, _, mask = prefill(probe, prompts, 0, torch.device("cpu"), steps)
-            if not all(type(layer) is PreallocatedLayer for layer in cache.layers):
+            if not preallocated(cache):
                 return False
-            keys = torch.cat([mask, mask.new_ones((len(prompts), steps))], dim=1).bool()[:, None, None]
-            position = mask.sum(-1, keepdim=True)  # (3, 1)
-            logits = []
-            for t in range(steps):
-                ids, visible = tokens[:, t:t + 1], keys[..., :mask.shape[1] + t + 1]  # (3, 1), (3, 1, 1, P + t + 1)
-                if lean:
-                    logits.append(LeanDecodeStep(probe)(ids, visible, position + t, cache))
-                else:
-                    logits.append(probe(input_ids=ids, attention_mask=visible, position_ids=position + t,
-                                        past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float())
+            keys, position = decode_keys(mask, steps, sdpa=True), mask.sum(-1, keepdim=True)  # (3, 1, 1, P + 2), (3, 1)
+            logits = [step(tokens[:, t:t + 1], keys[..., :mask.shape[1] + t + 1], position + t, cache)
+                      for t in range(steps)]
             results.append((torch.stack(logits), cache.layers[0].keys, cache.layers[0].values))
     return all(torch.equal(a, b) for a, b in zip(*results))

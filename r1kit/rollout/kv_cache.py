@@ -75,6 +75,20 @@ def new_cache(model, capacity: int) -> DynamicCache:
     return cache
 
 
+def preallocated(cache: DynamicCache) -> bool:
+    """Whether every layer of `cache` is a PreallocatedLayer (new_cache made it for full-attention layers)."""
+    return all(type(layer) is PreallocatedLayer for layer in cache.layers)
+
+
+def decode_keys(mask: torch.Tensor, max_new_tokens: int, sdpa: bool) -> torch.Tensor:
+    """The keys each row may see, for its prompt mask (N, P) and up to max_new_tokens more: (N, P + T), or for sdpa
+    (N, 1, 1, P + T) bool, the 4D mask transformers would otherwise build from the 2D one at every step (a
+    one-token query sees every real key; a 4D mask is used as it is). Eager adds its mask to the scores and
+    flash attention reads 2D masks, so they get the 2D one. Step t slices [..., :P + t + 1]."""
+    keys = torch.cat([mask, mask.new_ones((mask.shape[0], max_new_tokens))], dim=1)
+    return keys.bool()[:, None, None] if sdpa else keys
+
+
 def prefill(model, prompts: list[list[int]], pad_id: int, device,
             capacity: int) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
     """(cache, last logits (U, V) float32, attention mask (U, P)) of the U distinct prompts."""
