@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from r1kit import prompt_attention
-from r1kit.algo.head import chunked_logprobs_and_entropy
+from r1kit.algo.head import chunked_logprobs_and_entropy, round_up_rows
 from r1kit.rollout.hf import transformers_forward
 
 # config attributes of models that change the logits after the output head (see the module docstring)
@@ -153,7 +153,8 @@ def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mas
     another `mask_dtype`, additive (0 / the dtype's minimum, for eager). A row's unused tail attends to
     itself only (no position is left without a key), and is never scored. With `segments`, groups are
     not cut and all units share one row (R = 1: first-fit rows as wide as the widest unit left a
-    quarter of a tiny batch's positions as tail, computed by every linear layer), attention_mask is
+    quarter of a tiny batch's positions as tail, computed by every linear layer), with a tail of at most
+    31 positions that makes the width a multiple of 32 (oneDNN compiles such matmuls faster), attention_mask is
     (1, W) ones and attention_kwargs carries the r1kit.prompt_attention index of the same pattern
     (the model must attend through it: see score_completions).
     """
@@ -176,8 +177,9 @@ def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mas
             size += completion_len[n]
         units.append(unit)
     unit_len = [prompt_len[u[0]] - 1 + sum(completion_len[n] for n in u) for u in units]
-    if segments:  # attention follows the index, not the rows: one row of every unit, no unused tail
-        width, rows = max(sum(unit_len), 1), [list(range(len(units)))]
+    if segments:  # attention follows the index, not the rows: one row of every unit, its width (the row count of
+        # every layer's matmuls) rounded up to r1kit.algo.head's MATMUL_ROW_MULTIPLE by an unused tail
+        width, rows = round_up_rows(max(sum(unit_len), 1)), [list(range(len(units)))]
     else:
         width, rows = first_fit(unit_len)  # unit indices per row
     N, C = completion_ids.shape

@@ -248,7 +248,7 @@ def test_the_segment_index_lets_each_token_see_what_the_dense_mask_allows():
     args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
     layout = shared_prefix_layout(*args, segments=True)
     index = layout.attention_kwargs["r1kit_segments"]
-    assert layout.input_ids.shape == (1, (3 + 6 + 1) + 33)  # one row, no unused tail
+    assert layout.input_ids.shape == (1, 64)  # one row: (3 + 6 + 1) + 33 positions and a tail to a multiple of 32
     dense = shared_prefix_layout(*args, row_tokens=10**6)  # no group cut either; rows placed first-fit
     at, dense_at = token_identities(layout, batch), token_identities(dense, batch)
     seen, queries = set(), []
@@ -284,7 +284,7 @@ def test_groups_stay_in_one_row_with_the_segment_index():
     batch = grouped_batch(97, groups=((5, (300, 300, 300)),))  # 904 positions: dense rows would be cut at 512
     layout = shared_prefix_layout(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask,
                                   segments=True)
-    assert layout.input_ids.shape == (1, 4 + 900) and layout.attention_mask.shape == (1, 904)
+    assert layout.input_ids.shape == (1, 928) and layout.attention_mask.shape == (1, 928)  # 4 + 900, tail to 32k
     model = build("llama-untied")
     padded, _ = completion_logprobs_and_entropy(model, batch, layout="padded", with_entropy=False)
     shared, _ = score_completions(model, layout, batch.completion_mask, with_entropy=False)

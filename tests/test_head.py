@@ -89,3 +89,21 @@ def test_hand_computed_values():
     lp, ent = chunked_logprobs_and_entropy(hidden, weight, torch.tensor([0]))
     torch.testing.assert_close(lp, torch.tensor([math.log(0.25)]))
     torch.testing.assert_close(ent, torch.tensor([-(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]))
+
+
+def test_the_head_multiplies_row_counts_that_are_multiples_of_32(monkeypatch):
+    # oneDNN compiles a bf16 matmul with a row count that is a multiple of 32 in about half the time
+    # (r1kit.algo.head.MATMUL_ROW_MULTIPLE): 15 rows are scored as 32, the 17 extra ones dropped, and
+    # the values and gradients are still those of the 15 rows alone (the test above)
+    from r1kit.algo import head
+
+    seen = []
+    original = head._chunk_logits
+    monkeypatch.setattr(head, "_chunk_logits", lambda h, *a: seen.append(h.shape[0]) or original(h, *a))
+    hidden, weight, _, targets = inputs(seed=5)  # 3 x 5 = 15 rows
+    lp, ent = chunked_logprobs_and_entropy(hidden, weight, targets)
+    assert lp.shape == ent.shape == (3, 5)
+    lp.sum().backward()
+    assert seen == [32, 32]  # forward and backward, one chunk each
+    assert head.default_chunk_rows(151_936) == 192  # 220 rows of Qwen2.5's vocabulary, down to a multiple of 32
+    assert head.default_chunk_rows(2**26) == 1  # a vocabulary larger than a chunk still gets one row
