@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from r1kit import prompt_attention
-from r1kit.algo.head import chunked_logprobs_and_entropy, round_up_rows
+from r1kit.algo.head import chunked_logprobs_and_entropy, matmul_row_multiple, round_up_rows
 from r1kit.rollout.hf import transformers_forward
 
 # config attributes of models that change the logits after the output head (see the module docstring)
@@ -140,7 +140,7 @@ SHARED_ROW_TOKENS = 512
 
 
 def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mask, row_tokens: int = SHARED_ROW_TOKENS,
-                         mask_dtype: torch.dtype = torch.bool, segments: bool = False) -> Layout:
+                         mask_dtype: torch.dtype = torch.bool, segments: bool = False, row_multiple: int = 1) -> Layout:
     """The N sequences with each distinct prompt laid out once per row, followed by its completions.
 
     A completion's segment is [last prompt token, its tokens but the last]: position k of segment j
@@ -153,8 +153,8 @@ def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mas
     another `mask_dtype`, additive (0 / the dtype's minimum, for eager). A row's unused tail attends to
     itself only (no position is left without a key), and is never scored. With `segments`, groups are
     not cut and all units share one row (R = 1: first-fit rows as wide as the widest unit left a
-    quarter of a tiny batch's positions as tail, computed by every linear layer), with a tail of at most
-    31 positions that makes the width a multiple of 32 (oneDNN compiles such matmuls faster), attention_mask is
+    quarter of a tiny batch's positions as tail, computed by every linear layer) with a tail that rounds
+    the width up to a multiple of `row_multiple` (r1kit.algo.head.matmul_row_multiple), attention_mask is
     (1, W) ones and attention_kwargs carries the r1kit.prompt_attention index of the same pattern
     (the model must attend through it: see score_completions).
     """
@@ -178,8 +178,8 @@ def shared_prefix_layout(prompt_ids, prompt_mask, completion_ids, completion_mas
         units.append(unit)
     unit_len = [prompt_len[u[0]] - 1 + sum(completion_len[n] for n in u) for u in units]
     if segments:  # attention follows the index, not the rows: one row of every unit, its width (the row count of
-        # every layer's matmuls) rounded up to r1kit.algo.head's MATMUL_ROW_MULTIPLE by an unused tail
-        width, rows = round_up_rows(max(sum(unit_len), 1)), [list(range(len(units)))]
+        # every layer's matmuls) rounded up by an unused tail
+        width, rows = round_up_rows(max(sum(unit_len), 1), row_multiple), [list(range(len(units)))]
     else:
         width, rows = first_fit(unit_len)  # unit indices per row
     N, C = completion_ids.shape
@@ -252,7 +252,7 @@ def make_layout(kind: str, model, prompt_ids, prompt_mask, completion_ids, compl
         if unwrapped(model).config._attn_implementation == "eager":
             return shared_prefix_layout(*args, mask_dtype=next(model.parameters()).dtype)
         prompt_attention.install()
-        return shared_prefix_layout(*args, segments=True)
+        return shared_prefix_layout(*args, segments=True, row_multiple=matmul_row_multiple(next(model.parameters())))
     return {"padded": padded_layout, "packed": packed_layout}[kind](*args)
 
 

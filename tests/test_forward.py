@@ -126,6 +126,28 @@ def test_bf16_shared_prompts_score_as_closely_as_the_padded_forward():
     assert all(s <= max(2 * p, 0.02) for s, p in zip(errors["shared"], errors["padded"])), errors
 
 
+def test_a_bf16_cpu_model_gets_a_shared_row_of_a_multiple_of_32_positions_with_the_same_results():
+    # oneDNN compiles bf16 CPU matmuls per shape, faster for row counts that are multiples of 32
+    # (r1kit.algo.head.matmul_row_multiple): the shared row gets an unused tail, never attended to or scored.
+    # Its results are those of the row without it, bitwise on this CPU (each row's products are summed
+    # in the same order whatever the row count)
+    from r1kit.forward import make_layout
+
+    model = build("llama-untied").to(torch.bfloat16)
+    batch = grouped_batch(97, seed=3)
+    args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
+    assert make_layout("shared", build("llama-untied"), *args).input_ids.shape == (1, 43)  # fp32: no tail
+    layout = make_layout("shared", model, *args)
+    assert layout.input_ids.shape == (1, 64)
+    results = []
+    for made in (shared_prefix_layout(*args, segments=True), layout):
+        model.zero_grad(set_to_none=True)
+        lp, ent = score_completions(model, made, batch.completion_mask, 0.7, entropy_grad=True)
+        loss_of(lp, ent, batch).backward()
+        results.append([lp.detach(), ent.detach()] + [p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
 def test_packed_rows_hold_real_tokens_only():
     batch = ragged_batch(97, prompt_lens=(3, 2, 5, 4, 4))  # sequences of 9, 3, 9, 10, 6 tokens
     layout = packed_layout(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
@@ -248,7 +270,7 @@ def test_the_segment_index_lets_each_token_see_what_the_dense_mask_allows():
     args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
     layout = shared_prefix_layout(*args, segments=True)
     index = layout.attention_kwargs["r1kit_segments"]
-    assert layout.input_ids.shape == (1, 64)  # one row: (3 + 6 + 1) + 33 positions and a tail to a multiple of 32
+    assert layout.input_ids.shape == (1, (3 + 6 + 1) + 33)  # one row, no unused tail
     dense = shared_prefix_layout(*args, row_tokens=10**6)  # no group cut either; rows placed first-fit
     at, dense_at = token_identities(layout, batch), token_identities(dense, batch)
     seen, queries = set(), []
@@ -284,7 +306,7 @@ def test_groups_stay_in_one_row_with_the_segment_index():
     batch = grouped_batch(97, groups=((5, (300, 300, 300)),))  # 904 positions: dense rows would be cut at 512
     layout = shared_prefix_layout(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask,
                                   segments=True)
-    assert layout.input_ids.shape == (1, 928) and layout.attention_mask.shape == (1, 928)  # 4 + 900, tail to 32k
+    assert layout.input_ids.shape == (1, 4 + 900) and layout.attention_mask.shape == (1, 904)
     model = build("llama-untied")
     padded, _ = completion_logprobs_and_entropy(model, batch, layout="padded", with_entropy=False)
     shared, _ = score_completions(model, layout, batch.completion_mask, with_entropy=False)

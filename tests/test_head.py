@@ -91,19 +91,28 @@ def test_hand_computed_values():
     torch.testing.assert_close(ent, torch.tensor([-(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]))
 
 
-def test_the_head_multiplies_row_counts_that_are_multiples_of_32(monkeypatch):
-    # oneDNN compiles a bf16 matmul with a row count that is a multiple of 32 in about half the time
-    # (r1kit.algo.head.MATMUL_ROW_MULTIPLE): 15 rows are scored as 32, the 17 extra ones dropped, and
-    # the values and gradients are still those of the 15 rows alone (the test above)
+def test_a_bf16_cpu_head_multiplies_row_counts_that_are_multiples_of_32(monkeypatch):
+    # oneDNN compiles a bf16 CPU matmul with a row count that is a multiple of 32 in about half the time
+    # (r1kit.algo.head.MATMUL_ROW_MULTIPLE): 15 rows are scored as 32, the 17 extra ones dropped, with the
+    # values and gradients of the 15 rows alone; fp32 (MKL, nothing compiled per shape) is not padded
     from r1kit.algo import head
 
     seen = []
     original = head._chunk_logits
     monkeypatch.setattr(head, "_chunk_logits", lambda h, *a: seen.append(h.shape[0]) or original(h, *a))
     hidden, weight, _, targets = inputs(seed=5)  # 3 x 5 = 15 rows
-    lp, ent = chunked_logprobs_and_entropy(hidden, weight, targets)
-    assert lp.shape == ent.shape == (3, 5)
-    lp.sum().backward()
-    assert seen == [32, 32]  # forward and backward, one chunk each
-    assert head.default_chunk_rows(151_936) == 192  # 220 rows of Qwen2.5's vocabulary, down to a multiple of 32
-    assert head.default_chunk_rows(2**26) == 1  # a vocabulary larger than a chunk still gets one row
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        seen.clear()
+        h, w = (t.detach().to(dtype).requires_grad_() for t in (hidden, weight))
+        lp, ent = chunked_logprobs_and_entropy(h, w, targets)
+        assert lp.shape == ent.shape == (3, 5)
+        (lp * torch.linspace(-1, 1, 15).view(3, 5)).sum().backward()  # the backward's chunk is padded too
+        results[dtype] = seen[:], lp.detach()
+    assert results[torch.float32][0] == [15, 15] and results[torch.bfloat16][0] == [32, 32]  # forward, backward
+    unpadded = [t.to(torch.bfloat16) for t in (hidden, weight)]  # the bf16 computation on 15 rows, by hand
+    logits = (unpadded[0].reshape(15, -1) @ unpadded[1].t()).float()
+    torch.testing.assert_close(results[torch.bfloat16][1].reshape(-1),
+                               torch.log_softmax(logits, -1).gather(-1, targets.reshape(-1, 1)).squeeze(-1))
+    assert head.default_chunk_rows(151_936, 32) == 192  # 220 rows of Qwen2.5's vocabulary, down to a multiple of 32
+    assert head.default_chunk_rows(151_936) == 220 and head.default_chunk_rows(2**26, 32) == 1

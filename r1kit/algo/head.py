@@ -19,23 +19,30 @@ import torch
 # Elements of one chunk's fp32 logits (128 MiB): chunk_rows = this // vocabulary, at least 1 row.
 CHUNK_ELEMENTS = 2**25
 
-# On a CPU, PyTorch's bf16 matmuls run oneDNN kernels compiled for each shape, and an RL step's token
-# count is new every step, so each update compiles its matmuls anew. A row count that is a multiple of
-# 32 compiles in about half the time (no tail kernel): measured on this project's 2-core CPU, a layer's
-# forward, weight-gradient and input-gradient kernels 1.2 / 0.5 / 1.0 ms against 2.0 / 2.1 / 1.3 ms, the
-# head's weight-gradient addmm 1.0-1.1 ms against 4.6-5.5 ms (bf16, AMX). So the matmuls of an update get
-# row counts that are multiples of this: the head's rows here, the layers' positions in r1kit.forward.
+# On a CPU, PyTorch's bf16/fp16 matmuls run oneDNN kernels compiled for each shape, and an RL step's
+# token count is new every step, so each update compiles its matmuls anew. A row count that is a
+# multiple of 32 compiles in about half the time (no tail kernel): measured on this project's 2-core CPU
+# (bf16, AMX), a layer's forward, weight-gradient and input-gradient kernels 1.2 / 0.5 / 1.0 ms against
+# 2.0 / 2.1 / 1.3 ms, the head's weight-gradient addmm 1.0-1.1 ms against 4.6-5.5 ms. So there the
+# matmuls of an update get row counts that are multiples of this: the head's rows here, the layers'
+# positions in r1kit.forward. fp32 on a CPU (MKL) and GPUs compile nothing per shape: no padding there.
 MATMUL_ROW_MULTIPLE = 32
 
 
-def default_chunk_rows(vocab_size: int) -> int:
+def matmul_row_multiple(weight: torch.Tensor) -> int:
+    """MATMUL_ROW_MULTIPLE where matmuls with `weight` run kernels compiled per shape (bf16/fp16 on a CPU), else 1."""
+    compiled = weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16)
+    return MATMUL_ROW_MULTIPLE if compiled else 1
+
+
+def round_up_rows(rows: int, multiple: int) -> int:
+    return -(-rows // multiple) * multiple
+
+
+def default_chunk_rows(vocab_size: int, multiple: int = 1) -> int:
+    """Rows of one chunk: CHUNK_ELEMENTS // vocabulary, down to a multiple of `multiple` where that leaves one."""
     rows = max(1, CHUNK_ELEMENTS // vocab_size)
-    return rows - rows % MATMUL_ROW_MULTIPLE if rows >= MATMUL_ROW_MULTIPLE else rows
-
-
-def round_up_rows(rows: int) -> int:
-    """`rows` rounded up to a multiple of MATMUL_ROW_MULTIPLE."""
-    return -(-rows // MATMUL_ROW_MULTIPLE) * MATMUL_ROW_MULTIPLE
+    return rows - rows % multiple if rows >= multiple else rows
 
 
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -133,12 +140,12 @@ def chunked_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, tar
     """
     shape = targets.shape
     flat_hidden, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
-    n = flat_targets.shape[0]
-    extra = round_up_rows(n) - n  # zero rows (target 0) whose results are dropped: their gradient is exactly 0
+    n, multiple = flat_targets.shape[0], matmul_row_multiple(weight)
+    extra = round_up_rows(n, multiple) - n  # zero rows (target 0) whose results are dropped: their gradient is 0
     if extra:
         flat_hidden = torch.nn.functional.pad(flat_hidden, (0, 0, 0, extra))
         flat_targets = torch.nn.functional.pad(flat_targets, (0, extra))
-    rows = chunk_rows or default_chunk_rows(weight.shape[0])
+    rows = chunk_rows or default_chunk_rows(weight.shape[0], multiple)
     logprobs, entropy = _ChunkedHeadScores.apply(flat_hidden, weight, bias, flat_targets, float(temperature), rows,
                                                  with_entropy)
     logprobs, entropy = logprobs[:n], entropy[:n]
