@@ -94,25 +94,30 @@ def test_hand_computed_values():
 def test_a_bf16_cpu_head_multiplies_row_counts_that_are_multiples_of_32(monkeypatch):
     # oneDNN compiles a bf16 CPU matmul with a row count that is a multiple of 32 in about half the time
     # (r1kit.algo.head.MATMUL_ROW_MULTIPLE): 15 rows are scored as 32, the 17 extra ones dropped, with the
-    # values and gradients of the 15 rows alone; fp32 (MKL, nothing compiled per shape) is not padded
+    # values and gradients of the 15 rows alone (bitwise on this CPU); fp32 (MKL, nothing compiled per
+    # shape) is not padded
     from r1kit.algo import head
 
     seen = []
     original = head._chunk_logits
     monkeypatch.setattr(head, "_chunk_logits", lambda h, *a: seen.append(h.shape[0]) or original(h, *a))
-    hidden, weight, _, targets = inputs(seed=5)  # 3 x 5 = 15 rows
-    results = {}
-    for dtype in (torch.float32, torch.bfloat16):
+    hidden, weight, b, targets = inputs(seed=5, bias=True)  # 3 x 5 = 15 rows
+    upstream = torch.linspace(-1, 1, 15).view(3, 5), torch.linspace(0.5, -0.3, 15).view(3, 5)
+
+    def scores(dtype):
         seen.clear()
-        h, w = (t.detach().to(dtype).requires_grad_() for t in (hidden, weight))
-        lp, ent = chunked_logprobs_and_entropy(h, w, targets)
+        h, w, bb = (t.detach().to(dtype).requires_grad_() for t in (hidden, weight, b))
+        lp, ent = chunked_logprobs_and_entropy(h, w, targets, 0.7, bb, entropy_grad=True)
         assert lp.shape == ent.shape == (3, 5)
-        (lp * torch.linspace(-1, 1, 15).view(3, 5)).sum().backward()  # the backward's chunk is padded too
-        results[dtype] = seen[:], lp.detach()
-    assert results[torch.float32][0] == [15, 15] and results[torch.bfloat16][0] == [32, 32]  # forward, backward
-    unpadded = [t.to(torch.bfloat16) for t in (hidden, weight)]  # the bf16 computation on 15 rows, by hand
-    logits = (unpadded[0].reshape(15, -1) @ unpadded[1].t()).float()
-    torch.testing.assert_close(results[torch.bfloat16][1].reshape(-1),
-                               torch.log_softmax(logits, -1).gather(-1, targets.reshape(-1, 1)).squeeze(-1))
+        (lp * upstream[0] + ent * upstream[1]).sum().backward()  # the backward's chunk is padded too
+        return seen[:], [lp, ent, h.grad, w.grad, bb.grad]
+
+    assert scores(torch.float32)[0] == [15, 15]
+    rows, padded = scores(torch.bfloat16)
+    assert rows == [32, 32]  # forward, backward
+    monkeypatch.setattr(head, "matmul_row_multiple", lambda weight: 1)
+    rows, unpadded = scores(torch.bfloat16)
+    assert rows == [15, 15]
+    assert all(torch.equal(p, u) for p, u in zip(padded, unpadded))
     assert head.default_chunk_rows(151_936, 32) == 192  # 220 rows of Qwen2.5's vocabulary, down to a multiple of 32
     assert head.default_chunk_rows(151_936) == 220 and head.default_chunk_rows(2**26, 32) == 1

@@ -21,7 +21,7 @@ CHUNK_ELEMENTS = 2**25
 
 # On a CPU, PyTorch's bf16/fp16 matmuls run oneDNN kernels compiled for each shape, and an RL step's
 # token count is new every step, so each update compiles its matmuls anew. A row count that is a
-# multiple of 32 compiles in about half the time (no tail kernel): measured on this project's 2-core CPU
+# multiple of 32 compiles in about half the time and runs as fast: measured on this project's 2-core CPU
 # (bf16, AMX), a layer's forward, weight-gradient and input-gradient kernels 1.2 / 0.5 / 1.0 ms against
 # 2.0 / 2.1 / 1.3 ms, the head's weight-gradient addmm 1.0-1.1 ms against 4.6-5.5 ms. So there the
 # matmuls of an update get row counts that are multiples of this: the head's rows here, the layers'
