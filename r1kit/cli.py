@@ -402,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         COMMANDS[argv[0]](argv[1:])
+        if "accelerate" in sys.modules:  # a command that may have joined a process group (r1kit.distributed)
+            from r1kit.distributed import leave_process_group
+
+            leave_process_group()
     except RunStopped as e:  # SIGINT / SIGTERM: a checkpoint was written; say how to go on
         print(f"r1kit {argv[0]}: {e}", file=sys.stderr)
         return e.exit_code

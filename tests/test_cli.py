@@ -75,3 +75,24 @@ def test_data_command_reports_health_and_writes_traces(tmp_path, capsys):
     assert "read 2 rows, kept 1, skipped 1 (1 missing or empty answer (first: row 1))" in capsys.readouterr().out
     assert main(["data", "math500", "--traces", str(traces)]) == 2
     assert "--traces: GSM8K row 0: GSM8K solution has no '#### N'" in capsys.readouterr().err
+
+
+def test_a_command_leaves_its_process_group_before_exit(tmp_path, monkeypatch):
+    # after a command every rank finished, r1kit tears the process group down (r1kit.distributed.
+    # leave_process_group), as torch asks before exit; a failed command leaves it to the exit
+    import accelerate  # noqa: F401  process groups come through Accelerate
+    import torch.distributed as td
+
+    from r1kit import cli
+
+    def joins_a_group(args):
+        td.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        if args:
+            raise FileNotFoundError(args[0])
+
+    monkeypatch.setitem(cli.COMMANDS, "train", joins_a_group)
+    assert cli.main(["train"]) == 0
+    assert not td.is_initialized()
+    assert cli.main(["train", "missing.yaml"]) == 2
+    assert td.is_initialized()  # not after a failure: another rank may never reach the barrier
+    td.destroy_process_group()
