@@ -84,11 +84,11 @@ def type_name(tp) -> str:
     if tp is type(None):
         return "null"
     if origin is list:
-        return f"list of {type_name(args[0])}"
+        return "list of entries (below)" if dataclasses.is_dataclass(args[0]) else f"list of {type_name(args[0])}"
     if origin is dict:
         return "mapping"
     if dataclasses.is_dataclass(tp):
-        return "section"
+        return "section (below)"
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
@@ -127,8 +127,11 @@ def field_docs(cls, prefix: str = "") -> list[tuple[str, str, list[FieldDoc]]]:
 
 def escape(text: str) -> str:
     """Comment text as a Markdown table cell: no HTML tags, pipes or emphasis from the source's punctuation."""
-    out = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
-    return out.replace("*", "\\*").replace("_", "\\_")
+    parts = text.split("`")  # odd parts are code spans: kept as written
+    for i in range(0, len(parts), 2):
+        part = parts[i].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        parts[i] = part.replace("*", "\\*").replace("_", "\\_")
+    return "`".join(parts).replace("|", "\\|")
 
 
 def config_page() -> str:
