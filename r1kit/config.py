@@ -225,7 +225,7 @@ class SFTCfg:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     eval_every: int = 500  # held-out check during SFT (0: only at the end)
-    # SFT at scale (r1kit.data.chat, README "SFT at scale"): chat datasets, packing, micro-batches, checkpoints
+    # --- SFT at scale (r1kit.data.chat; docs/sft.md): chat datasets, packing, micro-batches, checkpoints
     format: Literal["auto", "messages", "sharegpt", "prompt_completion"] = "auto"  # chat file/hub layout (auto: by columns)
     subset: str | None = None  # hub dataset configuration (sft.source=owner/name)
     split: str = "train"  # hub dataset split

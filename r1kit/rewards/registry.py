@@ -111,7 +111,7 @@ def get_reward(name_or_path: str) -> RewardFn:
     Dotted paths name a user's function: ``"mypkg.rewards:my_fn"`` or ``"mypkg.rewards.my_fn"``,
     importable from the installed packages or, after them, the current working directory (so
     ``myrewards.fn`` finds ``./myrewards.py`` without PYTHONPATH). Importing runs the module's code:
-    a recipe is code (README, "Recipes are code").
+    a recipe is code (docs/recipes.md, "Recipes are code").
     Raises UnknownRewardError (a KeyError and a ValueError) naming the bad name and listing the
     registered ones.
     """

@@ -34,7 +34,7 @@ from r1kit.rollout.http import ServiceClient, ServiceError
 from r1kit.rollout.weights import LOCAL, Gatherer, export_buckets, save_weights, weights_bytes
 from r1kit.types import Completion, SamplingParams
 
-START_HINT = "Start it with `r1kit serve-gen MODEL` (see README, 'Generation and reference servers')."
+START_HINT = "Start it with `r1kit serve-gen MODEL` (see docs/engines.md, 'Generation and reference servers')."
 
 
 class RemoteEngine:
