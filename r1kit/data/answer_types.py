@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from fractions import Fraction
 
-from r1kit.data.numbers import parse_exact
+from r1kit.data.numerals import parse_exact
 
 _WRAPPER_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019"
@@ -39,10 +39,9 @@ TRUE_WORDS, FALSE_WORDS = frozenset({"true", "yes"}), frozenset({"false", "no"})
 def text_key(s: str) -> str:
     """The text an answer says, for comparison: ``\\text{}`` unwrapped, ``$`` and surrounding quotes
     dropped, one final period removed, whitespace runs collapsed; case kept."""
-    t = _WRAPPER_RE.sub(r"\1", str(s)).replace("$", "").strip()
+    t = _WRAPPER_RE.sub(r"\1", str(s)).replace("$", "").strip().strip(_QUOTES).strip()
     t = t[:-1] if t.endswith(".") and not t.endswith("..") else t
-    t = t.strip().strip(_QUOTES).strip()
-    return " ".join(t.split())
+    return " ".join(t.strip().strip(_QUOTES).split())
 
 
 def is_words(s: str) -> bool:
@@ -62,7 +61,7 @@ def list_items(s: str) -> list[str]:
     """The items of a list answer: ``"[a, b; c]"`` -> ``["a", "b", "c"]``. An outer pair of brackets around
     separated items is dropped, items split at ``,`` ``;`` or line breaks, empty items (a trailing comma) dropped."""
     t = str(s).strip()
-    if len(t) >= 2 and _BRACKETS.get(t[0]) == t[-1] and _SPLIT_RE.search(t):
+    if len(t) >= 2 and _BRACKETS.get(t[0]) == t[-1] and (len(t) == 2 or _SPLIT_RE.search(t)):
         t = t[1:-1]  # a bracketed list; "(40)" alone is a bracketed expression, not a list of one
     return [item for item in (i.strip() for i in _SPLIT_RE.split(t)) if item]
 
@@ -115,7 +114,7 @@ def infer_answer_type(gold: str) -> str:
     that are each words, ``text`` for words, and ``math`` for everything else (LaTeX, expressions,
     intervals, lists of numbers: math-verify's ground).
 
-    >>> [infer_answer_type(g) for g in ("1,080", "Yes", "listen, silent", "New York", "\\\\frac{1}{2}", "x")]
+    >>> [infer_answer_type(g) for g in ("1,080", "Yes", "listen, silent", "New York", "\\\\sqrt{2}", "x")]
     ['numeric', 'boolean', 'ordered_list', 'text', 'math', 'math']
     """
     if parse_exact(gold) is not None:

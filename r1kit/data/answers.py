@@ -5,10 +5,12 @@ Two halves:
     convention (``<answer>`` tag, ``\\boxed{}``, GSM8K ``####``, last number); ``extract_answer``
     chains them by mode. When a convention appears several times the LAST one wins, because
     models restate and correct themselves and the final statement is the committed answer.
-  - checking: ``parse_exact`` / ``numbers_match`` for plain numbers (exact rational values, so
-    1,000,001 is not 1,000,000), then ``answers_match`` which falls back to string equality and
-    finally math-verify for LaTeX. ``check_answer`` picks a checker; none of them evaluates the
-    policy's arithmetic for a numeric gold (``math_match``).
+  - checking, by answer type (``CHECKERS``; the data source picks one, r1kit.data.benchmarks.checker_for):
+    numbers exactly (r1kit.data.numerals: 1,000,001 is not 1,000,000), mathematics through
+    ``answers_match`` (numbers, string equality, then math-verify for LaTeX), option letters, and
+    text, ordered lists, unordered sets and booleans (r1kit.data.answer_types), which never reach
+    math-verify. ``judge_answer`` returns None when the gold is not an answer of the checker's type;
+    none of the checkers evaluates the policy's arithmetic for a numeric gold (``math_match``).
   - multiple choice: ``extract_choice`` finds the option letter a completion commits to
     (``<answer>B</answer>``, ``\\boxed{B}``, "The answer is (B)", "Answer: B"); the
     ``multiple_choice`` checker compares letters (r1kit.data.choices builds the lettered questions).
@@ -24,9 +26,13 @@ from typing import Callable, Literal
 
 from r1kit.data.answer_types import TYPED_CHECKERS, infer_answer_type, is_words, text_match
 from r1kit.data.latex import latex_equal
-from r1kit.data.numbers import MAX_NUMBER_CHARS, MINUS_SIGNS, numbers_match, parse_exact, parse_number
-
-__all__ = ["MAX_NUMBER_CHARS", "numbers_match", "parse_number"]  # re-exported from r1kit.data.numbers
+from r1kit.data.numerals import (  # noqa: F401  (MAX_NUMBER_CHARS, parse_number: re-exported for callers)
+    MAX_NUMBER_CHARS,
+    MINUS_SIGNS,
+    numbers_match,
+    parse_exact,
+    parse_number,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Extraction

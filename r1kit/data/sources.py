@@ -31,10 +31,8 @@ from pathlib import Path
 
 from r1kit.data import benchmarks, tasks
 from r1kit.data.answers import extract_boxed, extract_hash_answer
-from r1kit.data.errors import DataError
+from r1kit.data.errors import DataError  # noqa: F401  (re-exported: callers import it from here)
 from r1kit.data.gym import gym_rows
-
-__all__ = ["DataError", "DataReport", "eval_target", "heldout_split", "load_data", "load_rows"]
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 REASONING_GYM = "reasoning_gym:"

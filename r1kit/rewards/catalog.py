@@ -13,10 +13,8 @@ import re
 from typing import Any, Literal
 
 from r1kit.data.answers import CheckerName, ExtractMode, extract_answer
-from r1kit.data.grading import gold_answer, grade
+from r1kit.data.grading import gold_answer, grade  # noqa: F401  (gold_answer: re-exported, r1kit.rewards has it)
 from r1kit.rewards.registry import register
-
-__all__ = ["accuracy_reward", "completion_text", "content_text", "format_reward", "gold_answer", "row_of"]
 
 
 def completion_text(completion: Any) -> str:

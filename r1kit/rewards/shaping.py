@@ -97,7 +97,8 @@ def check_length_params(max_len: Any, min_value_wrong: Any, max_value_wrong: Any
     """``length``'s ranges: max_len >= 1, and each min_value_* <= its max_value_*."""
     if not isinstance(max_len, int) or max_len < 1:
         raise ValueError(f"needs an integer max_len >= 1, got max_len={max_len!r}")
-    for lo, hi, which in ((min_value_wrong, max_value_wrong, "wrong"), (min_value_correct, max_value_correct, "correct")):
+    ranges = ((min_value_wrong, max_value_wrong, "wrong"), (min_value_correct, max_value_correct, "correct"))
+    for lo, hi, which in ranges:
         if not lo <= hi:
             raise ValueError(f"needs min_value_{which} <= max_value_{which}, got {lo!r} > {hi!r}")
 
