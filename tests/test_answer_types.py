@@ -77,8 +77,10 @@ def test_every_checker_is_tested_with_right_reformatted_wrong_and_inapplicable_a
 @pytest.mark.parametrize("gold, answer_type", [
     ("42", "numeric"), ("-3/4", "numeric"), ("1,080", "numeric"),
     ("Yes", "boolean"), ("false", "boolean"),
-    ("listen, silent", "ordered_list"), ("New York", "text"), ("don't", "text"), ("Paris", "text"),
+    ("listen, silent", "ordered_list"), ("threats, didn, 1100", "ordered_list"), ("_cordons, Forum", "ordered_list"),
+    ("New York", "text"), ("don't", "text"), ("Paris", "text"),
     ("\\frac{\\pi}{2}", "math"), ("x^2+1", "math"), ("1, 2, 3", "math"), ("(1,2]", "math"), ("x", "math"),
+    ("a, b", "math"), ("x^2, y", "math"),
 ])
 def test_auto_infers_the_type_from_the_gold(gold, answer_type):
     assert infer_answer_type(gold) == answer_type

@@ -111,8 +111,9 @@ TYPED_CHECKERS: dict[str, Callable[[str, str], bool | None]] = {
 def infer_answer_type(gold: str) -> str:
     """The checker for a gold whose source does not name one (the ``auto`` checker):
     ``numeric`` for a number, ``boolean`` for true/false/yes/no, ``ordered_list`` for two or more items
-    that are each words, ``text`` for words, and ``math`` for everything else (LaTeX, expressions,
-    intervals, lists of numbers: math-verify's ground).
+    that are words or numbers, at least one a word (``"threats, didn, 1100"``), ``text`` for words, and
+    ``math`` for everything else (LaTeX, expressions, intervals, lists of numbers or of single letters:
+    math-verify's ground).
 
     >>> [infer_answer_type(g) for g in ("1,080", "Yes", "listen, silent", "New York", "\\\\sqrt{2}", "x")]
     ['numeric', 'boolean', 'ordered_list', 'text', 'math', 'math']
@@ -122,6 +123,18 @@ def infer_answer_type(gold: str) -> str:
     if boolean_value(gold) is not None:
         return "boolean"
     items = list_items(gold)
-    if len(items) > 1 and all(is_words(i) for i in items):
+    if len(items) > 1 and all(_is_token(i) for i in items) and any(_is_word_item(i) for i in items):
         return "ordered_list"
     return "text" if is_words(gold) else "math"
+
+
+_TOKEN_RE = re.compile(r"[\w'\u2019.-]+(?:\s+[\w'\u2019.-]+)*")  # words, numbers, "_Forum_": no operators or LaTeX
+
+
+def _is_token(item: str) -> bool:
+    return _TOKEN_RE.fullmatch(text_key(item)) is not None
+
+
+def _is_word_item(item: str) -> bool:
+    """An item that is neither a number nor a single character (a variable): a list holding one is words."""
+    return len(text_key(item)) > 1 and parse_exact(item) is None
