@@ -142,7 +142,7 @@ def cmd_eval(argv: list[str]) -> None:
     model = load_inference_model(cfg.model, tokenizer, cfg.seed, ns.adapter).to(pick_device(cfg.model.device))
     max_new_tokens = _pick(ns.max_new_tokens, e.max_new_tokens)
     longest = max((len(prompt_ids(tokenizer, row["question"], d)) for row in rows), default=0)
-    overflow = context_overflow(model, longest, max_new_tokens, "--max-new-tokens (eval.max_new_tokens)")
+    overflow = context_overflow(model, longest, max_new_tokens, "--max-new-tokens (eval.max_new_tokens)", source)
     if overflow:  # evaluation still runs (positions past the context extrapolate), but the numbers may suffer
         console.print(f"[yellow]warning: {overflow}[/]")
     n = e.n_samples if ns.n is None else ns.n

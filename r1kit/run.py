@@ -22,7 +22,7 @@ from r1kit import distributed as dist
 from r1kit.checkpoint import ACCELERATOR_DIR, list_checkpoints, save_checkpoint, save_final
 from r1kit.config import Config, ConfigError, to_dict
 from r1kit.data.benchmarks import checker_for
-from r1kit.data.sources import load_rows
+from r1kit.data.sources import eval_target, load_rows
 from r1kit.data.templates import build_messages, encode_prompt
 from r1kit.evaluate import evaluate_across
 from r1kit.logging import (MetricsLogger, console, format_metrics, print_run_summary, progress_bar,
@@ -184,11 +184,16 @@ def _check_strategy(cfg: Config, acc) -> None:
                           "rollout.engine=server (every rank samples from one `r1kit serve-gen`) or hf")
 
 
+_GRADED_REWARDS = ("accuracy", "length")  # built-ins that grade answers: they take the data source's checker
+
+
 def _build_rewards(cfg: Config) -> list:
     entries = [{"name": r.name, "weight": r.weight, **r.params} for r in cfg.rewards]
     for entry in entries:  # DAPO's overlong punishment is measured against the rollout's own length cap
         if entry["name"] == "soft_overlong":
             entry.setdefault("max_completion_length", cfg.rollout.max_completion_length)
+        if entry["name"] in _GRADED_REWARDS:  # grade by the source's answer type, as evaluation does
+            entry.setdefault("checker", checker_for(cfg.data.source, "auto"))
     try:
         return build_rewards(entries)
     except (ValueError, KeyError, ImportError, AttributeError) as e:
@@ -213,9 +218,10 @@ def _check_context(cfg: Config, model, tokenizer, train_rows: list[dict], eval_r
     """The longest prompt plus the longest completion fits the model's context, before any step runs."""
     def longest(rows):
         return max((len(r["prompt_ids"]) for r in rows), default=0)
-    check_context(model, longest(train_rows), cfg.rollout.max_completion_length, "rollout.max_completion_length")
+    check_context(model, longest(train_rows), cfg.rollout.max_completion_length, "rollout.max_completion_length",
+                  cfg.data.source)
     check_context(model, longest(_with_prompts(eval_rows, cfg, tokenizer)), cfg.eval.max_new_tokens,
-                  "eval.max_new_tokens")
+                  "eval.max_new_tokens", eval_target(cfg.data)[0])
 
 
 def make_engine(cfg: Config, model, tokenizer, acc=None):
