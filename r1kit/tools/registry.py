@@ -104,7 +104,10 @@ def load_toolbox(entries: list) -> Toolbox:
     for i, entry in enumerate(entries):
         where = f"tools[{i}] ({entry.name})"
         if entry.name in builtins:
-            fn = builtins[entry.name](dict(entry.params))
+            try:
+                fn = builtins[entry.name](dict(entry.params))
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
         elif "." in entry.name or ":" in entry.name:
             if entry.params:
                 raise ConfigError(f"{where}: parameters are for built-in tools only, got {sorted(entry.params)}")
