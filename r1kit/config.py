@@ -231,6 +231,7 @@ class SFTCfg:
     direct_fraction: float = 0.8  # tiny_arith: share of traces that answer directly (the rest show working)
     large_from: int = 15  # tiny_arith: problems whose first number is >= this use large_direct_fraction (0: off)
     large_direct_fraction: float = 0.1  # direct share on those problems: big numbers are mostly worked out
+    tool_fraction: float = 0.0  # tiny_arith: share of traces that ask the calculator tool (the tiny tool world)
     steps: int = 1250
     batch_size: int = 64
     learning_rate: float = 2e-3

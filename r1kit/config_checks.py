@@ -36,8 +36,8 @@ def validate(cfg: Config) -> None:
         (cfg.data.eval_split != cfg.data.split and cfg.data.split != "auto",
          f"data.eval_split ({cfg.data.eval_split!r}) must differ from data.split: evaluation would read the training "
          "rows; leave data.eval_split=auto (the source's held-out split), name another split, or set data.eval_source"),
-        (0 <= cfg.sft.direct_fraction <= 1 and 0 <= cfg.sft.large_direct_fraction <= 1,
-         "sft.direct_fraction and sft.large_direct_fraction must be in [0, 1]"),
+        (0 <= cfg.sft.direct_fraction <= 1 and 0 <= cfg.sft.large_direct_fraction <= 1 and 0 <= cfg.sft.tool_fraction <= 1,
+         "sft.direct_fraction, sft.large_direct_fraction and sft.tool_fraction must be in [0, 1]"),
         (cfg.sft.batch_size >= 1 and cfg.sft.steps >= 0, "sft.batch_size must be >= 1 and sft.steps >= 0"),
         (cfg.sft.max_seq_length >= 0 and cfg.sft.micro_batch_size >= 0 and cfg.sft.save_every >= 0,
          "sft.max_seq_length, sft.micro_batch_size and sft.save_every must be >= 0"),

@@ -182,3 +182,33 @@ def test_single_turn_answers_are_unchanged(small_model, tiny_tokenizer):
         assert (a.token_ids, a.logprobs, a.finish_reason) == (b.token_ids, b.logprobs, b.finish_reason)
         assert b.policy_mask == [1] * len(b.token_ids)
     assert dataclasses.replace(multi[0], policy_mask=None, logprobs=[]).turns == 1
+
+
+def test_grpo_steps_with_tools(small_model_dir, tmp_path, monkeypatch):
+    """The trainer end to end with multi-turn rollouts: tool metrics, a logprob gap at float rounding on the policy's
+    tokens, samples that show the inserted tool messages, evaluation taking the same turns."""
+    import json
+    import shutil
+
+    from test_trainer import cfg_for
+
+    from r1kit.models import build_tiny_tokenizer
+    from r1kit.trainer import train
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(small_model_dir, model_dir)
+    tok = build_tiny_tokenizer()
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    config["eos_token_id"] = [tok.eos_token_id, *tok.convert_tokens_to_ids(list("aeiou0123456789 "))]  # short turns
+    (model_dir / "generation_config.json").write_text(json.dumps(config))
+    monkeypatch.setattr("r1kit.rollout.multiturn.parse_calls",
+                        lambda text, call_format: [ParsedCall("calculator", ("312+415",))])
+    summary = train(cfg_for(model_dir, tmp_path, "train.max_steps=2", "tools=[calculator]", "eval.after=false",
+                            "rollout.tool_call_format=plain", "rollout.max_completion_length=40", "rollout.max_turns=3",
+                            "eval.max_new_tokens=40", "train.save_every=0"))
+    lines = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["tools/calls"] > 0 and lines[0]["tools/turns"] > 1 and lines[0]["tools/errors"] == 0
+    assert lines[0]["engine/logprob_gap_max"] < 1e-4
+    sample = json.loads((tmp_path / "t" / "samples.jsonl").read_text().splitlines()[0])
+    assert any("<|tool|>727" in c for c in sample["completions"])
+    assert summary["tool_share_before"] == 1.0  # every greedy answer called (the patched parser sees a call in every turn)
