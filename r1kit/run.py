@@ -369,6 +369,8 @@ def log_step(run: Run, step: int, metrics: dict, rows, completions, scored, adva
                 "step": step, "prompt": row["prompt_text"], "answer": row["answer"],
                 "completions": [completions[j].text for j in group],
                 "finish_reasons": [completions[j].finish_reason for j in group],
+                **({"turns": [completions[j].turns for j in group], "tool_calls": [completions[j].tool_calls for j in group]}
+                   if run.cfg.tools else {}),
                 "rewards": {k: [v[j] for j in group] for k, v in scored.per_func.items()},
                 "total": [scored.total[j] for j in group], "advantages": [advantages[j].item() for j in group]})
         run.logger.log_samples(step, records)

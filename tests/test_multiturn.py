@@ -211,4 +211,5 @@ def test_grpo_steps_with_tools(small_model_dir, tmp_path, monkeypatch):
     assert lines[0]["engine/logprob_gap_max"] < 1e-4
     sample = json.loads((tmp_path / "t" / "samples.jsonl").read_text().splitlines()[0])
     assert any("<|tool|>727" in c for c in sample["completions"])
+    assert max(sample["turns"]) > 1 and max(sample["tool_calls"]) > 0  # samples.jsonl shows the turns
     assert summary["tool_share_before"] == 1.0  # every greedy answer called (the patched parser sees a call in every turn)

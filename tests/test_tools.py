@@ -261,3 +261,20 @@ def test_qwen_multiturn_rollout_logprobs(qwen, qwen_model):
         trainer = completion_logprobs(qwen_model, batch, 1.0)
     assert second.sum() > 0
     assert (trainer - batch.engine_logprobs)[second].abs().max().item() <= 1e-5
+
+
+def test_cli_refuses_bad_tool_setups_in_one_line(small_model_dir, tmp_path, capsys):
+    """Before any model loads: a template without a tool format, a tool that is not a function, commands that
+    do not run tools yet."""
+    from r1kit.cli import main
+
+    assert main(["train", f"model.name_or_path={small_model_dir}", f"output_dir={tmp_path}", "name=a",
+                 "tools=[calculator]"]) == 2
+    assert "set rollout.tool_call_format=plain" in capsys.readouterr().err
+    assert main(["eval", small_model_dir, "tools=[calculator]", "data.eval_size=2"]) == 2
+    assert "set rollout.tool_call_format=plain" in capsys.readouterr().err
+    assert main(["train", f"output_dir={tmp_path}", "name=b", "tools=[{name: os.path.join}]"]) == 2
+    assert "tools[0] (os.path.join)" in capsys.readouterr().err  # no docstring-described arguments: no schema
+    assert main(["generate", f"model.name_or_path={small_model_dir}", "tools=[calculator]",
+                 "rollout.tool_call_format=plain"]) == 2
+    assert "r1kit generate does not run tools yet" in capsys.readouterr().err

@@ -98,7 +98,7 @@ def _no_params(fn, params: dict):
 
 def load_toolbox(entries: list) -> Toolbox:
     """The recipe's `tools` entries (ToolCfg) as a Toolbox; every error is one ConfigError line."""
-    from r1kit.rewards.registry import _import_path
+    from r1kit.rewards.registry import UnknownRewardError, _import_path
 
     box, builtins = Toolbox(), builtin_tools()
     for i, entry in enumerate(entries):
@@ -112,9 +112,13 @@ def load_toolbox(entries: list) -> Toolbox:
             if entry.params:
                 raise ConfigError(f"{where}: parameters are for built-in tools only, got {sorted(entry.params)}")
             try:
-                fn = _import_path(entry.name)
-            except (ValueError, TypeError, KeyError) as e:
-                raise ConfigError(f"{where}: {str(e).strip(chr(39))}".replace("reward", "tool")) from None
+                fn = _import_path(entry.name)  # rewards' loader: the same rules for dotted paths and ./modules
+            except UnknownRewardError as e:
+                raise ConfigError(f"{where}: cannot load tool ({e.__cause__}); expected a built-in or an importable "
+                                  "'package.module:function'") from None
+            except TypeError:
+                raise ConfigError(f"{where}: not callable; a tool must be a Python function with type hints and a "
+                                  "docstring") from None
         else:
             raise ConfigError(f"{where}: unknown tool; built-in: {', '.join(sorted(builtins))}, or a dotted path "
                               "'package.module:function' to your own")
