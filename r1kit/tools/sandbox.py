@@ -97,7 +97,6 @@ def run_sandboxed(code: str, limits: SandboxLimits) -> ToolResult:
     hide, keep = _visible_paths() if isolate else ([], [])
     setup = {**asdict(limits), "isolate": isolate, "hide": hide, "keep": keep, "uid": NOBODY}
     with tempfile.TemporaryDirectory(prefix="r1kit-sandbox-") as workdir:
-        os.chmod(workdir, 0o777 if isolate else 0o700)
         proc = subprocess.Popen([sys.executable, "-I", "-c", SUPERVISOR, json.dumps(setup)], cwd=workdir,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
