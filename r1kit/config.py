@@ -109,6 +109,12 @@ class RewardCfg:
 
 
 @dataclass
+class ToolCfg:
+    name: str = "calculator"  # built-in (calculator, python) or a dotted path to your own function (docs/tools.md)
+    params: dict[str, Any] = field(default_factory=dict)  # a built-in's settings, e.g. python: {timeout_s: 5}
+
+
+@dataclass
 class VllmCfg:
     """vLLM in the training process (rollout.engine=vllm); the memory knobs also document serve-gen's flags."""
 
@@ -134,6 +140,13 @@ class RolloutCfg:
     # hf engine: generate under torch.autocast in bfloat16 (CPUs with AMX / avx512_bf16, GPUs): faster decoding, but
     # the samples come from a bf16-rounded policy; engine/logprob_gap_* shows the gap, algo.is_correction corrects it
     autocast: Literal["none", "bfloat16"] = "none"
+    # multi-turn rollouts, with `tools` listed (r1kit.rollout.multiturn, docs/tools.md); max_completion_length
+    # then counts every token of the completion, the inserted tool messages too
+    max_turns: int = 8  # assistant turns per completion at most; a completion still calling tools is cut (truncated)
+    max_tool_calls: int = 8  # tool calls per completion at most (TRL: max_tool_calling_iterations)
+    # template: the chat template's own tool-call format (Qwen2.5/Hermes <tool_call> JSON); plain: the documented
+    # <tool_call>name(args)</tool_call> for models whose template has none (the tiny char model)
+    tool_call_format: Literal["template", "plain"] = "template"
     vllm: VllmCfg = field(default_factory=VllmCfg)  # rollout.engine=vllm only
 
 
@@ -218,6 +231,7 @@ class SFTCfg:
     direct_fraction: float = 0.8  # tiny_arith: share of traces that answer directly (the rest show working)
     large_from: int = 15  # tiny_arith: problems whose first number is >= this use large_direct_fraction (0: off)
     large_direct_fraction: float = 0.1  # direct share on those problems: big numbers are mostly worked out
+    tool_fraction: float = 0.0  # tiny_arith: share of traces that ask the calculator tool (the tiny tool world)
     steps: int = 1250
     batch_size: int = 64
     learning_rate: float = 2e-3
@@ -293,6 +307,7 @@ class Config:
     model: ModelCfg = field(default_factory=ModelCfg)
     data: DataCfg = field(default_factory=DataCfg)
     rewards: list[RewardCfg] = field(default_factory=lambda: [RewardCfg("accuracy", 1.0)])
+    tools: list[ToolCfg] = field(default_factory=list)  # tools the policy may call: multi-turn rollouts (docs/tools.md)
     rollout: RolloutCfg = field(default_factory=RolloutCfg)
     services: ServicesCfg = field(default_factory=ServicesCfg)
     algo: AlgoCfg = field(default_factory=AlgoCfg)
@@ -369,6 +384,8 @@ def _build(cls, data: Any, prefix: str = ""):
         return data
     if cls is RewardCfg and isinstance(data, dict):
         data = _reward_entry(data, prefix)
+    if cls is ToolCfg:
+        data = _tool_entry(data, prefix)
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'recipe'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -387,6 +404,18 @@ def _reward_entry(entry: dict, key: str) -> dict:
         raise ConfigError(f"{key}: a reward entry needs a 'name', got {entry!r}")
     params = {k: v for k, v in entry.items() if k not in ("name", "weight", "params")}
     return {"name": entry["name"], "weight": entry.get("weight", 1.0), "params": {**entry.get("params", {}), **params}}
+
+
+def _tool_entry(entry: Any, key: str) -> Any:
+    """Recipe shorthand: a tool is a name, or a mapping whose extra keys are its parameters."""
+    if isinstance(entry, str):
+        return {"name": entry}
+    if isinstance(entry, dict):
+        if "name" not in entry:
+            raise ConfigError(f"{key}: a tool entry needs a 'name', got {entry!r}")
+        params = {k: v for k, v in entry.items() if k not in ("name", "params")}
+        return {"name": entry["name"], "params": {**entry.get("params", {}), **params}}
+    return entry
 
 
 def to_dict(cfg) -> dict:

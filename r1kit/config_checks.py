@@ -36,8 +36,8 @@ def validate(cfg: Config) -> None:
         (cfg.data.eval_split != cfg.data.split and cfg.data.split != "auto",
          f"data.eval_split ({cfg.data.eval_split!r}) must differ from data.split: evaluation would read the training "
          "rows; leave data.eval_split=auto (the source's held-out split), name another split, or set data.eval_source"),
-        (0 <= cfg.sft.direct_fraction <= 1 and 0 <= cfg.sft.large_direct_fraction <= 1,
-         "sft.direct_fraction and sft.large_direct_fraction must be in [0, 1]"),
+        (0 <= cfg.sft.direct_fraction <= 1 and 0 <= cfg.sft.large_direct_fraction <= 1 and 0 <= cfg.sft.tool_fraction <= 1,
+         "sft.direct_fraction, sft.large_direct_fraction and sft.tool_fraction must be in [0, 1]"),
         (cfg.sft.batch_size >= 1 and cfg.sft.steps >= 0, "sft.batch_size must be >= 1 and sft.steps >= 0"),
         (cfg.sft.max_seq_length >= 0 and cfg.sft.micro_batch_size >= 0 and cfg.sft.save_every >= 0,
          "sft.max_seq_length, sft.micro_batch_size and sft.save_every must be >= 0"),
@@ -62,7 +62,7 @@ def validate(cfg: Config) -> None:
         (not cfg.data.task_config or cfg.data.source.startswith("reasoning_gym:"),
          f"data.task_config is only used by reasoning_gym:<task> sources, not {cfg.data.source!r}"),
     ]
-    for ok, message in checks + _algo_checks(cfg.algo.resolved()) + _services_checks(cfg):
+    for ok, message in checks + _algo_checks(cfg.algo.resolved()) + _services_checks(cfg) + _tool_checks(cfg):
         if not ok:
             raise ConfigError(message)
     if not cfg.name or cfg.name in (".", "..") or any(c in cfg.name for c in "/\\"):
@@ -99,6 +99,18 @@ def _algo_checks(a: AlgoCfg) -> list[tuple[bool, str]]:
          f"algo.dynamic_sampling needs a cap: algo.max_sampling_rounds must be >= 1, got {a.max_sampling_rounds}{src}"),
         (a.entropy_coef >= 0, f"algo.entropy_coef must be >= 0, got {a.entropy_coef}"),
         (a.is_cap >= 1, f"algo.is_cap must be >= 1, got {a.is_cap}"),
+    ]
+
+
+def _tool_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """Multi-turn rollouts run on the HF engine; the tools themselves are checked when they load."""
+    r = cfg.rollout
+    return [
+        (r.max_turns >= 1 and r.max_tool_calls >= 1,
+         f"rollout.max_turns and rollout.max_tool_calls must be >= 1, got {r.max_turns} and {r.max_tool_calls}"),
+        (not cfg.tools or r.engine == "hf",
+         f"tools (multi-turn rollouts) run on rollout.engine=hf only; rollout.engine={r.engine} cannot take turns "
+         "with tools yet (docs/tools.md)"),
     ]
 
 

@@ -344,6 +344,8 @@ def _generate_rest(cfg: Config, files: OutputFiles, rows: list[dict], done: list
     from r1kit.model_files import check_context
 
     g = cfg.generate
+    if cfg.tools:  # its rows would hold the tool messages inside the assistant's content, and SFT would train on them
+        raise ConfigError("r1kit generate does not run tools yet: drop `tools` from the recipe (docs/tools.md)")
     tokenizer, model, engine = _engine_for(cfg)
     try:
         prompts = [_with_prompt(row, cfg, tokenizer) for row in rows]

@@ -32,6 +32,7 @@ from r1kit.config import AlgoCfg, Config
 from r1kit.logging import PhaseTimer, console
 from r1kit.rewards import RewardState, combine, reward_inputs
 from r1kit.rewards.registry import RewardResult
+from r1kit.rollout.multiturn import tool_metrics
 from r1kit.run import (Run, check_finite, finish_run, log_step, maybe_checkpoint, maybe_eval,
                        sampling_params, setup_run, step_prompt_indices, stop_on_signal)
 from r1kit.rundir import StopSignals
@@ -90,7 +91,7 @@ def train(cfg: Config) -> dict:
                 "lr": run.scheduler.get_last_lr()[0],
                 "update/kept_fraction": len(batch) / len(full),  # after the filters
                 "update/rows_fraction": updates[0]["update/backward_rows"] / len(full),  # rows that ran a backward
-                **full.length_metrics(), **timer.pop(), "time/step": time.perf_counter() - step_start,
+                **full.length_metrics(), **(tool_metrics(completions) if cfg.tools else {}), **timer.pop(), "time/step": time.perf_counter() - step_start,
                 "memory/max_process_gb": dist.peak_memory_gb(acc),  # the largest of any process
             })
             metrics |= maybe_eval(run, step)
