@@ -236,6 +236,8 @@ RENDERERS = {"vs_trl": vs_trl, "learning": learning, "generation": generation, "
              "serve_ref_load": serve_ref_load, "real_model": real_model, "update_memory": update_memory,
              "packing": packing, "sft_packing": sft_packing}
 
+SCRIPTS = {"weight_transport": "weight_sync.py --transports"}  # kinds written by another kind's script
+
 
 def render_file(path: Path) -> str:
     return RENDERERS[kind_of(path)](json.loads(path.read_text())) + "\n\n" + provenance(path)
@@ -259,7 +261,7 @@ def benchmarks_page(results: Path = RESULTS) -> str:
     for kind in RENDERERS:
         files = [f for f in every if kind_of(f) == kind]  # a file of no known kind raises here
         if files:
-            out += ["", f"## {kind}", "", f"`python benchmarks/{kind}.py`", ""]
+            out += ["", f"## {kind}", "", f"`python benchmarks/{SCRIPTS.get(kind, kind + '.py')}`", ""]
             out += [f"### {f.name}\n\n{render_file(f)}\n" for f in files]
     return "\n".join(out) + "\n"
 
