@@ -24,6 +24,7 @@ sides NCCL would skip two copies, but it is untested here (no GPU vLLM in CI).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import uuid
@@ -50,7 +51,8 @@ class TransportGroup:
     """
 
     def __init__(self, host: str, port: int, rank: int, world_size: int, group_id: str, timeout_s: float):
-        self.rank, self.world_size, self.group_id, self.timeout_s = rank, world_size, group_id, timeout_s
+        self.host, self.rank, self.world_size, self.group_id = host, rank, world_size, group_id
+        self.timeout_s = timeout_s
         self.timeout = timedelta(seconds=timeout_s)
         self.store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=self.timeout,
                                    wait_for_workers=False)
@@ -58,9 +60,14 @@ class TransportGroup:
         self.pg = None
 
     def form(self) -> "TransportGroup":
-        """Block until every rank has joined (at most timeout_s)."""
+        """Block until every rank has joined (at most timeout_s). Gloo listens on this machine's address
+        towards the store's host (GLOO_SOCKET_IFNAME, when set, picks the interface instead)."""
         prefixed = dist.PrefixStore(f"r1kit-weights/{self.group_id}", self.store)
-        self.pg = dist.ProcessGroupGloo(prefixed, self.rank, self.world_size, self.timeout)
+        options = dist.ProcessGroupGloo._Options()  # what torch's own new_group builds, with our device
+        options._timeout = self.timeout
+        options._devices = [dist.ProcessGroupGloo.create_default_device() if os.environ.get("GLOO_SOCKET_IFNAME")
+                            else dist.ProcessGroupGloo.create_device(hostname=local_address_towards(self.host))]
+        self.pg = dist.ProcessGroupGloo(prefixed, self.rank, self.world_size, options)
         return self
 
     def broadcast(self, tensor: torch.Tensor) -> None:
@@ -197,11 +204,12 @@ def first_line(error: BaseException) -> str:
     return lines[0][:300] if lines else type(error).__name__
 
 
-def local_address_towards(url: str) -> str:
-    """This machine's address on the route to `url`'s host (no packet is sent: a UDP socket only picks a route)."""
-    host = urlsplit(url).hostname or "127.0.0.1"
+def local_address_towards(host_or_url: str) -> str:
+    """This machine's address on the route to a host (or a URL's host); no packet is sent: a UDP socket only
+    picks a route."""
+    host = urlsplit(host_or_url).hostname if "://" in host_or_url else host_or_url
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect((host, 9))
+        probe.connect((host or "127.0.0.1", 9))
         return probe.getsockname()[0]
 
 
