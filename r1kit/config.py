@@ -160,7 +160,10 @@ class ServicesCfg:
     timeout_s: float = 300.0  # one request's limit (a generation call of a whole batch included)
     retries: int = 4  # further tries after a failed request (connection refused, timeout, 5xx)
     backoff_s: float = 2.0  # wait before the first retry; doubles each time
-    weight_transfer: Literal["http", "path"] = "http"  # http: POST the weights; path: write them to shared_dir
+    # http: POST the weights; path: write them to shared_dir; collective: packed broadcasts in a process group of
+    # the trainer's main process and the server's workers (gloo), HTTP for control (docs/weight-sync.md)
+    weight_transfer: Literal["http", "path", "collective"] = "http"
+    transport_address: str | None = None  # collective: "host[:port]" the server reaches the trainer at (None: found)
     shared_dir: str | None = None  # weight_transfer=path: a directory both the trainer and the server can read
     weight_bucket_mb: float = 512.0  # a weight push is sent in parts of at most this size (whole decoder layers)
 

@@ -150,12 +150,21 @@ def _services_checks(cfg: Config) -> list[tuple[bool, str]]:
         (s.weight_transfer != "path" or bool(s.shared_dir),
          "services.weight_transfer=path needs services.shared_dir (a directory the server can read)"),
         (s.weight_bucket_mb > 0, f"services.weight_bucket_mb must be > 0, got {s.weight_bucket_mb}"),
+        (s.transport_address is None or s.weight_transfer == "collective",
+         "services.transport_address is set but services.weight_transfer is not collective: drop it or set both"),
+        (s.transport_address is None or _host_port(s.transport_address),
+         f"services.transport_address must be 'host' or 'host:port', got {s.transport_address!r}"),
     ]
     for url_key in ("generation_url", "reference_url"):
         url = getattr(s, url_key)
         checks.append((not url or url.startswith(("http://", "https://")),
                        f"services.{url_key} must start with http:// or https://, got {url!r}"))
     return checks
+
+
+def _host_port(address: str) -> bool:
+    host, _, port = address.partition(":")
+    return bool(host) and (not port or (port.isdigit() and int(port) < 65536))
 
 
 # Settings a resumed run may change: when it stops, what it logs and evaluates, where its servers are.

@@ -287,7 +287,8 @@ def _single_turn_engine(cfg: Config, model, tokenizer, acc=None):
         remote = RemoteEngine(client, cfg.model.name_or_path, tokenizer, s.weight_transfer, s.shared_dir,
                               stop_ids=eos_ids(getattr(model, "module", model), tokenizer),
                               pushes=acc is None or acc.is_main_process, barrier=acc.wait_for_everyone if acc else None,
-                              bucket_mb=s.weight_bucket_mb, gatherer=dist.weights_gatherer(acc) if acc else LOCAL)
+                              bucket_mb=s.weight_bucket_mb, gatherer=dist.weights_gatherer(acc) if acc else LOCAL,
+                              transport_address=s.transport_address)
         remote.update_weights(model)
         return remote
     raise ValueError(f"rollout.engine={engine!r} is not available; expected 'hf', 'vllm' or 'server'")

@@ -152,6 +152,13 @@ def weight_sync(data: dict) -> str:
                      "in-process sync", "server sync (parts)"], rows))
 
 
+def weight_transport(data: dict) -> str:
+    rows = [[r["model"], r["transport"], num(r["push_mb"], 0), num(r["bucket_mb"], 0), ms(r["sync_s"]),
+             f"{r['speedup_vs_http']:.2f}x"] for r in data["rows"]]
+    return (f"{data['dtype']}, full weights, median of {data['syncs']} syncs; times in ms.\n\n"
+            + table(["model", "transport", "pushed MB", "part MB", "sync", "vs http"], rows))
+
+
 def algorithms(data: dict) -> str:
     budget = f"{data['minutes_per_run']} minutes per run" if data["minutes_per_run"] else "a fixed step budget"
     overrides = ", ".join(f"`{o}`" for o in data["overrides"]) or "none"
@@ -225,9 +232,11 @@ def sft_packing(data: dict) -> str:
 
 
 RENDERERS = {"vs_trl": vs_trl, "learning": learning, "generation": generation, "memory": memory,
-             "weight_sync": weight_sync, "algorithms": algorithms, "kill_trials": kill_trials,
+             "weight_sync": weight_sync, "weight_transport": weight_transport, "algorithms": algorithms, "kill_trials": kill_trials,
              "serve_ref_load": serve_ref_load, "real_model": real_model, "update_memory": update_memory,
              "packing": packing, "sft_packing": sft_packing}
+
+SCRIPTS = {"weight_transport": "weight_sync.py --transports"}  # kinds written by another kind's script
 
 
 def render_file(path: Path) -> str:
@@ -252,7 +261,7 @@ def benchmarks_page(results: Path = RESULTS) -> str:
     for kind in RENDERERS:
         files = [f for f in every if kind_of(f) == kind]  # a file of no known kind raises here
         if files:
-            out += ["", f"## {kind}", "", f"`python benchmarks/{kind}.py`", ""]
+            out += ["", f"## {kind}", "", f"`python benchmarks/{SCRIPTS.get(kind, kind + '.py')}`", ""]
             out += [f"### {f.name}\n\n{render_file(f)}\n" for f in files]
     return "\n".join(out) + "\n"
 
