@@ -159,6 +159,18 @@ def weight_transport(data: dict) -> str:
             + table(["model", "transport", "pushed MB", "part MB", "sync", "vs http"], rows))
 
 
+def answer_grading_vs_peers(data: dict) -> str:
+    cols = ["r1kit", "typed", "symbolic", "mathverify"]
+    rows = [[r["task"], r["completions"], *(r[c] for c in cols)] for r in data["tasks"]]
+    rows.append(["all", data["total"]["completions"], *(data["total"][c] for c in cols)])
+    return ("Completions whose grade disagrees with the reasoning-gym task's own `score_answer`: r1kit's `accuracy` "
+            "(the task's scorer), the answer-type checkers alone (a file without task metadata), numbers-then-strings-"
+            "then-math-verify, and math-verify alone (as TRL's and open-r1's accuracy rewards grade); "
+            f"{data['rows_per_task']} problems per task.\n\n"
+            + table(["task", "completions", "r1kit accuracy", "type checkers", "symbolic fallback", "math-verify"],
+                    rows))
+
+
 def algorithms(data: dict) -> str:
     budget = f"{data['minutes_per_run']} minutes per run" if data["minutes_per_run"] else "a fixed step budget"
     overrides = ", ".join(f"`{o}`" for o in data["overrides"]) or "none"
@@ -234,7 +246,8 @@ def sft_packing(data: dict) -> str:
 RENDERERS = {"vs_trl": vs_trl, "learning": learning, "generation": generation, "memory": memory,
              "weight_sync": weight_sync, "weight_transport": weight_transport, "algorithms": algorithms, "kill_trials": kill_trials,
              "serve_ref_load": serve_ref_load, "real_model": real_model, "update_memory": update_memory,
-             "packing": packing, "sft_packing": sft_packing}
+             "packing": packing, "sft_packing": sft_packing,
+             "answer_grading_vs_peers": answer_grading_vs_peers}
 
 SCRIPTS = {"weight_transport": "weight_sync.py --transports"}  # kinds written by another kind's script
 
