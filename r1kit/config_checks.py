@@ -169,14 +169,33 @@ RESUMABLE_CHANGES = ("train.max_steps", "train.max_minutes", "train.save_every",
 
 
 def changed_settings(saved: dict, cfg: Config) -> tuple[list[str], list[str]]:
-    """(refused, allowed) changes between a run's saved config.yaml and `cfg`, each as 'key: old -> new'."""
+    """(refused, allowed) changes between a run's saved config.yaml and `cfg`, each as 'key: old -> new'.
+
+    A key the saved file lacks (added to r1kit after the run started) that holds its default is no change:
+    a new key's default keeps what runs did before it existed."""
     current = to_dict(cfg)
     current["algo"] = to_dict(cfg.algo.resolved())
+    defaults = to_dict(Config())
+    defaults["algo"] = to_dict(Config().algo.resolved())
     refused, allowed = [], []
     for key, old, new in differences(saved, current):
+        if _absent(saved, key) and new == _value(defaults, key):
+            continue
         line = f"{key}: {old!r} -> {new!r}"
         (allowed if key.startswith(RESUMABLE_CHANGES) else refused).append(line)
     return refused, allowed
+
+
+def _value(tree, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _absent(tree, dotted: str) -> bool:
+    *parents, last = dotted.split(".")
+    node = _value(tree, ".".join(parents)) if parents else tree
+    return not isinstance(node, dict) or last not in node
 
 
 def differences(old, new, prefix: str = ""):

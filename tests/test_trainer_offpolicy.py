@@ -4,7 +4,8 @@ and their config keys (TRL's names, the asynchronous default, the checks)."""
 import pytest
 import torch
 
-from r1kit.config import ConfigError, load_recipe
+from r1kit.config import ConfigError, load_recipe, to_dict
+from r1kit.config_checks import changed_settings
 from r1kit.trainer import train
 from test_trainer import cfg_for, weights
 from test_trainer_family import QUIET, metrics
@@ -96,3 +97,14 @@ def test_trl_names_asynchronous_default_and_checks(tmp_path):
 def test_bad_offpolicy_settings_fail_naming_the_keys(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         load_recipe(None, overrides)
+
+
+def test_a_run_saved_before_the_new_keys_existed_still_resumes():
+    """A config.yaml written before algo.is_mode etc. existed: their defaults are no change; another value is."""
+    cfg = load_recipe(None, [])
+    saved = to_dict(cfg)
+    saved["algo"] = {k: v for k, v in to_dict(cfg.algo.resolved()).items()
+                     if k not in ("is_mode", "is_min", "off_policy_mask_threshold", "top_entropy_quantile")}
+    assert changed_settings(saved, cfg) == ([], [])
+    refused, _ = changed_settings(saved, load_recipe(None, ["algo.top_entropy_quantile=0.2"]))
+    assert refused == ["algo.top_entropy_quantile: None -> 0.2"]
