@@ -93,7 +93,8 @@ class RolloutBatch:
         ratio = torch.exp(old_logprobs.to(engine.device) - engine)[m]
         empty = not gap.numel()
         return {"sum": gap.sum().item(), "max": 0.0 if empty else gap.max().item(), "tokens": gap.numel(),
-                "ratio_sum": ratio.sum().item(), "ratio_max": 0.0 if empty else ratio.max().item()}
+                "ratio_sum": ratio.sum().item(), "ratio_max": 0.0 if empty else ratio.max().item(),
+                "ratio_min": float("inf") if empty else ratio.min().item()}
 
     def length_metrics(self) -> dict:
         lengths = self.completion_mask.sum(-1).float()

@@ -26,7 +26,8 @@ import yaml
 
 from r1kit.presets import PRESETS
 
-AggMode = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm", "local_token_mean"]
+AggMode = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm", "local_token_mean",
+                  "seq_mean_token_sum"]
 PRESET_KNOBS = ("advantage_estimator", "scale_rewards", "loss_agg", "importance_sampling_level", "epsilon",
                 "epsilon_high", "dynamic_sampling")
 
@@ -172,7 +173,8 @@ class ServicesCfg:
 class AlgoCfg:
     """The GRPO family. `loss_type` picks a preset (r1kit.presets); knobs left None take its values."""
 
-    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "gspo"] = "grpo"  # preset for the knobs set to None
+    # preset for the knobs set to None, and the policy objective (clip; cispo and sapo their own)
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "gspo", "cispo", "sapo", "luspo"] = "grpo"
     # --- knobs a preset fills when None
     advantage_estimator: Literal["grpo", "rloo"] | None = None  # baseline: group mean, or leave-one-out mean
     scale_rewards: Literal["group", "batch", "none"] | None = None  # divide by the group std, the batch std, or not
@@ -191,14 +193,33 @@ class AlgoCfg:
     drop_negative_advantages: bool = False  # train only on completions with advantage >= 0 (off by default)
     mask_truncated_completions: bool = False  # completions cut at max_completion_length get no loss
     entropy_coef: float = 0.0  # entropy bonus: loss -= entropy_coef * mean token entropy (entropy is always logged)
-    is_correction: bool = False  # truncated importance sampling: weight tokens by min(pi_trainer/pi_engine, is_cap)
-    is_cap: float = 2.0  # the truncation C of that weight
+    # --- off-policy corrections (r1kit.algo.offpolicy; docs/algorithms-offpolicy.md). TRL's names are aliases
+    # (TRL_ALGO_NAMES): vllm_importance_sampling_correction/_mode/_clip_max (_cap)/_clip_min
+    is_correction: bool | None = None  # weight each token's policy loss by pi_old/pi_engine; None: off, or on
+    # when generation runs asynchronously (AlgoCfg.resolved(asynchronous=True))
+    is_mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = "token_truncate"
+    is_cap: float | None = 2.0  # C_max: truncate above it, or (mask modes) weight 0 above it; null: no upper bound
+    is_min: float | None = None  # C_min: truncate below it, or (mask modes) weight 0 below it; null: none
+    off_policy_mask_threshold: float | None = None  # DeepSeek-V3.2: drop A < 0 sequences whose mean
+    # log(pi_engine/pi_theta) exceeds this (e.g. 0.5); null: off
+    top_entropy_quantile: float = 1.0  # rho: train only on the batch's top-rho highest-entropy tokens (1: all)
+    # --- objective knobs (loss_type=sapo)
+    sapo_temperature_pos: float = 1.0  # SAPO's tau for A > 0
+    sapo_temperature_neg: float = 1.05  # SAPO's tau for A <= 0
 
-    def resolved(self) -> "AlgoCfg":
-        """A copy with every None knob filled from the `loss_type` preset."""
+    @property
+    def objective(self) -> str:
+        """The per-token policy loss the loss_type uses (r1kit.algo.objectives)."""
+        return PRESETS[self.loss_type].objective
+
+    def resolved(self, asynchronous: bool = False) -> "AlgoCfg":
+        """A copy with every None knob filled from the `loss_type` preset; is_correction left None is
+        on when generation runs asynchronously (the samples come from an older policy), off otherwise."""
         preset = PRESETS[self.loss_type]
         filled = {f: getattr(preset, f) for f in PRESET_KNOBS if getattr(self, f) is None}
         out = dataclasses.replace(self, **filled)
+        if out.is_correction is None:
+            out.is_correction = asynchronous
         if out.epsilon_high is None:
             out.epsilon_high = out.epsilon
         return out
@@ -458,6 +479,28 @@ def _looks_like_float(raw: str) -> bool:
         return False
 
 
+# TRL's GRPOConfig names a recipe or override may use for r1kit's (TRL's default clip_max is 3.0, r1kit's is_cap 2.0)
+TRL_ALGO_NAMES = {"vllm_importance_sampling_correction": "is_correction", "vllm_importance_sampling_mode": "is_mode",
+                  "vllm_importance_sampling_clip_max": "is_cap", "vllm_importance_sampling_cap": "is_cap",
+                  "vllm_importance_sampling_clip_min": "is_min"}
+
+
+def _rename_trl_names(recipe: dict, where: str) -> None:
+    """algo.<TRL name> -> algo.<r1kit name> in a recipe; both for one knob is an error."""
+    algo = recipe.get("algo")
+    for trl, ours in TRL_ALGO_NAMES.items():
+        if isinstance(algo, dict) and trl in algo:
+            if ours in algo:
+                raise ConfigError(f"{where}: algo.{trl} is TRL's name for algo.{ours}; set only one of them")
+            algo[ours] = algo.pop(trl)
+
+
+def _rename_trl_override(override: str) -> str:
+    key, sep, value = override.partition("=")
+    section, _, last = key.rpartition(".")
+    return f"algo.{TRL_ALGO_NAMES[last]}{sep}{value}" if section == "algo" and last in TRL_ALGO_NAMES else override
+
+
 def load_recipe(path: str | Path | None = None, overrides: list[str] = (), base: Config | None = None) -> Config:
     """Defaults <- recipe YAML (if any) <- overrides, then validate()."""
     tree = to_dict(base or Config())
@@ -471,9 +514,10 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] = (), base:
             raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {e}") from None
         if not isinstance(recipe, dict):
             raise ConfigError(f"recipe {str(path)!r} must be a mapping at the top level")
+        _rename_trl_names(recipe, str(path))
         _merge(tree, recipe)
     for override in overrides:
-        apply_override(tree, override)
+        apply_override(tree, _rename_trl_override(override))
     cfg = _build(Config, tree)
     from r1kit.config_checks import validate  # the checks import this module's dataclasses
 

@@ -98,7 +98,21 @@ def _algo_checks(a: AlgoCfg) -> list[tuple[bool, str]]:
         (not a.dynamic_sampling or a.max_sampling_rounds >= 1,
          f"algo.dynamic_sampling needs a cap: algo.max_sampling_rounds must be >= 1, got {a.max_sampling_rounds}{src}"),
         (a.entropy_coef >= 0, f"algo.entropy_coef must be >= 0, got {a.entropy_coef}"),
-        (a.is_cap >= 1, f"algo.is_cap must be >= 1, got {a.is_cap}"),
+        (a.is_cap is None or a.is_cap >= 1, f"algo.is_cap must be >= 1 or null, got {a.is_cap}"),
+        (a.is_min is None or 0 <= a.is_min <= 1, f"algo.is_min must be in [0, 1] or null, got {a.is_min}"),
+        (not a.is_correction or a.is_cap is not None or a.is_min is not None,
+         "algo.is_correction needs a bound: algo.is_cap and algo.is_min are both null"),
+        (a.off_policy_mask_threshold is None or a.off_policy_mask_threshold >= 0,
+         f"algo.off_policy_mask_threshold must be >= 0 or null (off), got {a.off_policy_mask_threshold}"),
+        (0 <= a.top_entropy_quantile <= 1, f"algo.top_entropy_quantile must be in [0, 1], got {a.top_entropy_quantile}"),
+        (a.sapo_temperature_pos > 0 and a.sapo_temperature_neg > 0,
+         f"algo.sapo_temperature_pos and algo.sapo_temperature_neg must be > 0, got "
+         f"{a.sapo_temperature_pos} and {a.sapo_temperature_neg}"),
+        (a.dual_clip == 0 or a.objective == "clip",
+         f"algo.dual_clip applies to the clipped objective only; loss_type={a.loss_type} uses {a.objective}"),
+        (a.loss_type != "luspo" or a.importance_sampling_level == "sequence",
+         f"algo.loss_type=luspo scales sequence-level losses: algo.importance_sampling_level must be sequence, "
+         f"got {a.importance_sampling_level}"),
     ]
 
 
@@ -176,14 +190,33 @@ RESUMABLE_CHANGES = ("train.max_steps", "train.max_minutes", "train.save_every",
 
 
 def changed_settings(saved: dict, cfg: Config) -> tuple[list[str], list[str]]:
-    """(refused, allowed) changes between a run's saved config.yaml and `cfg`, each as 'key: old -> new'."""
+    """(refused, allowed) changes between a run's saved config.yaml and `cfg`, each as 'key: old -> new'.
+
+    A key the saved file lacks (added to r1kit after the run started) that holds its default is no change:
+    a new key's default keeps what runs did before it existed."""
     current = to_dict(cfg)
     current["algo"] = to_dict(cfg.algo.resolved())
+    defaults = to_dict(Config())
+    defaults["algo"] = to_dict(Config().algo.resolved())
     refused, allowed = [], []
     for key, old, new in differences(saved, current):
+        if _absent(saved, key) and new == _value(defaults, key):
+            continue
         line = f"{key}: {old!r} -> {new!r}"
         (allowed if key.startswith(RESUMABLE_CHANGES) else refused).append(line)
     return refused, allowed
+
+
+def _value(tree, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _absent(tree, dotted: str) -> bool:
+    *parents, last = dotted.split(".")
+    node = _value(tree, ".".join(parents)) if parents else tree
+    return not isinstance(node, dict) or last not in node
 
 
 def differences(old, new, prefix: str = ""):
