@@ -393,12 +393,7 @@ def main(argv: list[str] | None = None) -> int:
               "r1kit {serve-gen,serve-ref,chat} MODEL [options]\n\n"
               + USAGE)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    from r1kit.checkpoint import CheckpointError
-    from r1kit.config import ConfigError
-    from r1kit.data.sources import DataError
-    from r1kit.hub import HubError
-    from r1kit.rollout.http import ServiceError
-    from r1kit.rundir import NonFiniteError, RunStopped
+    from r1kit.rundir import RunStopped
 
     try:
         COMMANDS[argv[0]](argv[1:])
@@ -409,21 +404,42 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as e:  # SIGINT / SIGTERM: a checkpoint was written; say how to go on
         print(f"r1kit {argv[0]}: {e}", file=sys.stderr)
         return e.exit_code
-    except NonFiniteError as e:
-        print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
-        return 1
-    except (ConfigError, DataError, FileNotFoundError, FileExistsError, CheckpointError) as e:
-        print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # read-only or full disk, permissions: the environment, not a bug; one line says which
-        print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
-        return 1
-    except (ServiceError, ImportError) as e:  # a server that stopped answering; an engine that is not installed
-        print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
-        return 1
-    except HubError as e:  # --push-to-hub: no token, offline, no access; the result stays on disk
-        print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:
+        code = _one_line_exit_code(e)
+        if code is None or os.environ.get("R1KIT_TRACEBACK", "0") not in ("", "0"):
+            raise  # a bug (or R1KIT_TRACEBACK=1): the whole traceback
+        print(f"r1kit {argv[0]}: error: {_one_line(e)}", file=sys.stderr)
+        return code
+    return 0
+
+
+def _one_line_errors() -> list[tuple[tuple[type, ...], int]]:
+    """The errors a user can cause or fix, each shown as one line (exit code 2: the input; 1: the environment or
+    a user's function at run time). Anything else is a bug in r1kit and keeps its traceback."""
+    from r1kit.checkpoint import CheckpointError
+    from r1kit.config import ConfigError
+    from r1kit.data.sources import DataError
+    from r1kit.hub import HubError
+    from r1kit.rewards.registry import RewardError
+    from r1kit.rollout.http import ServiceError
+    from r1kit.rundir import NonFiniteError
+
+    return [((NonFiniteError,), 1),
+            ((ConfigError, DataError, FileNotFoundError, FileExistsError, CheckpointError), 2),
+            ((OSError,), 1),  # read-only or full disk, permissions: the environment, not a bug; the line says which
+            ((ServiceError, ImportError), 1),  # a server that stopped answering; an engine that is not installed
+            ((HubError,), 1),  # --push-to-hub: no token, offline, no access; the result stays on disk
+            ((RewardError,), 1)]  # a user's reward raised or broke TRL's contract: the line names it and where
+
+
+def _one_line_exit_code(e: BaseException) -> int | None:
+    """The exit code of an error shown as one line, or None for a bug (shown with its traceback)."""
+    return next((code for classes, code in _one_line_errors() if isinstance(e, classes)), None)
+
+
+def _one_line(e: BaseException) -> str:
+    """The error's message on one line (a multi-line message from a library is joined)."""
+    return " ".join(str(e).split("\n")).strip() or type(e).__name__
     return 0
 
 

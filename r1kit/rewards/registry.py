@@ -38,6 +38,14 @@ RewardFn = Callable[..., list]  # fn(completions: list[str], **columns) -> list[
 _REGISTRY: dict[str, RewardFn] = {}
 
 
+class RewardError(RuntimeError):
+    """A reward function failed while scoring (it raised, or broke the contract); the message names it."""
+
+
+class RewardContractError(RewardError, TypeError, ValueError):
+    """A reward returned something TRL's contract does not allow (wrong type, length, or an infinite value)."""
+
+
 class UnknownRewardError(KeyError, ValueError):
     """A reward name that is neither registered nor an importable dotted path.
 
@@ -100,9 +108,20 @@ def _import_path(path: str) -> RewardFn:
             f"cannot load reward {path!r}: {e}; expected a registered name "
             f"({', '.join(available_rewards())}) or 'package.module:function'"
         ) from e
+    except Exception as e:  # the user's module itself raised while being imported
+        raise ValueError(f"cannot load reward {path!r}: importing {module_name!r} raised {_raised_where(e)}") from e
     if not callable(obj):
         raise TypeError(f"reward {path!r} resolved to {type(obj).__name__}, which is not callable")
     return obj
+
+
+def _raised_where(e: BaseException) -> str:
+    """'RuntimeError: message (file.py, line 3)': the exception and the innermost line that raised it."""
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    return f"{type(e).__name__}: {e}{where}"
 
 
 def get_reward(name_or_path: str) -> RewardFn:
@@ -292,9 +311,9 @@ def _validate_output(label: str, out: Any, n: int) -> list[float | None]:
     if not isinstance(out, (list, tuple)) and callable(getattr(out, "tolist", None)):
         out = out.tolist()
     if not isinstance(out, (list, tuple)):
-        raise TypeError(f"reward {label!r} returned {type(out).__name__}, expected a list")
+        raise RewardContractError(f"reward {label!r} returned {type(out).__name__}, expected a list")
     if len(out) != n:
-        raise ValueError(f"reward {label!r} returned {len(out)} values, expected {n}")
+        raise RewardContractError(f"reward {label!r} returned {len(out)} values, expected {n}")
     values: list[float | None] = []
     for i, v in enumerate(out):
         if v is not None and not isinstance(v, numbers.Real) and callable(getattr(v, "item", None)):
@@ -304,11 +323,11 @@ def _validate_output(label: str, out: Any, n: int) -> list[float | None]:
         elif isinstance(v, numbers.Real):
             f = float(v)
             if math.isinf(f):
-                raise ValueError(f"reward {label!r} returned {f} at index {i}; rewards must be finite "
+                raise RewardContractError(f"reward {label!r} returned {f} at index {i}; rewards must be finite "
                                  "(None or NaN means 'does not apply')")
             values.append(None if math.isnan(f) else f)
         else:
-            raise TypeError(
+            raise RewardContractError(
                 f"reward {label!r} returned {type(v).__name__} at index {i}, expected float or None"
             )
     return values
@@ -359,7 +378,7 @@ def combine(
             out = fn(completions, **columns, **extras)
         except Exception as e:
             if on_error == "raise":
-                raise RuntimeError(f"reward {label!r} raised {type(e).__name__}: {e}") from e
+                raise RewardError(f"reward {label!r} raised {_raised_where(e)}") from e
             result.errors[label] += 1
             out = [None] * n
         values = _validate_output(label, out, n)
