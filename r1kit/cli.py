@@ -127,6 +127,7 @@ def cmd_eval(argv: list[str]) -> None:
 
     cfg = load_recipe(ns.recipe, ns.overrides)
     d, e = cfg.data, cfg.eval
+    _check_eval_flags(ns, e)  # before any model is loaded
     d = dataclasses.replace(d, **{k: v for k, v in (("system_prompt", ns.system_prompt), ("instruction", ns.instruction),
                                                      ("prompt_format", ns.prompt_format)) if v is not None})
     if ns.benchmark:
@@ -167,6 +168,22 @@ def cmd_eval(argv: list[str]) -> None:
     console.print(f"per-problem results: {output}")
     _eval_report(output, summary, result.items)
     print(json.dumps(summary, indent=2))
+
+
+def _check_eval_flags(ns: argparse.Namespace, e) -> None:
+    """`r1kit eval`'s flags in range, through the sampling check every command shares (r1kit.types)."""
+    from r1kit.config import ConfigError
+    from r1kit.types import FLAG_NAMES, sampling_problems
+
+    names = {key: flag if getattr(ns, key, None) is not None else f"eval.{key}" for key, flag in FLAG_NAMES.items()}
+    problems = sampling_problems(names, _pick(ns.temperature, e.temperature), _pick(ns.top_p, e.top_p), 0,
+                                 _pick(ns.max_new_tokens, e.max_new_tokens))
+    problems += [message for ok, message in (
+        (ns.limit is None or ns.limit >= 1, f"--limit must be >= 1 (the first N problems), got {ns.limit}"),
+        (ns.n is None or ns.n >= 0, f"--n must be >= 0 (samples per problem; 0: greedy only), got {ns.n}"),
+        (all(k >= 1 for k in ns.k or []), f"--k values must be >= 1, got {ns.k}")) if not ok]
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def _eval_report(output: Path, summary: dict, items: list[dict]) -> None:
