@@ -53,13 +53,19 @@ def _nonfinite_name(value: float) -> str:
     return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
 
+EVALS_FILE = "evals.jsonl"  # a run's held-out evaluations, one line each: {"step", "when", "eval/...": ...}
+
+
 class MetricsLogger:
     """metrics.jsonl and samples.jsonl of a run, and the trackers of `log.report_to` (r1kit.trackers)."""
 
     def __init__(self, run_dir: Path, log_cfg, config_dict: dict | None = None, resume: bool = False):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.samples_path = Path(run_dir) / "samples.jsonl"
+        self.evals_path = Path(run_dir) / EVALS_FILE
         self.file = self.path.open("a" if resume else "w")
+        if not resume:
+            self.evals_path.unlink(missing_ok=True)
         self.trackers = open_trackers(log_cfg.report_to, run_dir, config_dict)
 
     def log(self, step: int, metrics: dict) -> None:
@@ -72,6 +78,11 @@ class MetricsLogger:
         numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         for tracker in self.trackers:
             tracker.log_metrics(step, numeric)
+
+    def log_eval(self, step: int, when: str, metrics: dict) -> None:
+        """One held-out evaluation (before, during, after) as it finishes, so a stopped run's report still has it."""
+        append_jsonl(self.evals_path, {"step": step, "when": when, **{k: v for k, v in metrics.items()
+                                                                      if not isinstance(v, float) or math.isfinite(v)}})
 
     def log_samples(self, step: int, records: list[dict]) -> None:
         """samples.jsonl records of one step (prompt, answer, completions, rewards, total, ...)."""

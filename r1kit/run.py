@@ -300,6 +300,8 @@ def run_eval(run: Run, when: str) -> dict:
                              extract=e.extract, checker=checker_for(d.source, e.checker))
     metrics = {f"eval/{k}": v for k, v in result.summary().items()}
     run.state.eval_history.append((run.state.step, result.greedy_accuracy))
+    if run.logger is not None:
+        run.logger.log_eval(run.state.step, when, metrics)
     console.print(f"eval ({when}, step {run.state.step}): " + format_metrics(metrics, sorted(metrics)))
     return metrics
 

@@ -171,3 +171,21 @@ def test_a_phase_ends_when_its_sync_returns():
         pass
     seconds = timer.pop()["time/update"]
     assert len(calls) == 2 and 0.1 <= seconds < 1.0
+
+
+def test_each_evaluation_is_on_disk_as_it_finishes(tmp_path):
+    """evals.jsonl: a stopped run's report still shows its held-out evaluations (summary.json is written at the end)."""
+    import json
+
+    cfg = load_recipe(None, ["log.report_to=[]"])
+    logger = MetricsLogger(tmp_path, cfg.log)
+    logger.log_eval(0, "before", {"eval/greedy_accuracy": 0.25, "eval/pass@4": float("nan")})
+    logger.log_eval(5, "during", {"eval/greedy_accuracy": 0.5})
+    logger.close()
+    lines = [json.loads(x) for x in (tmp_path / "evals.jsonl").read_text().splitlines()]
+    assert lines == [{"step": 0, "when": "before", "eval/greedy_accuracy": 0.25},  # NaN left out: strict JSON
+                     {"step": 5, "when": "during", "eval/greedy_accuracy": 0.5}]
+    MetricsLogger(tmp_path, cfg.log, resume=True).close()
+    assert len((tmp_path / "evals.jsonl").read_text().splitlines()) == 2  # a resume keeps them (cut to its step)
+    MetricsLogger(tmp_path, cfg.log).close()
+    assert not (tmp_path / "evals.jsonl").exists()  # a new run starts its own

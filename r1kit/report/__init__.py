@@ -55,11 +55,19 @@ def _notes(runs: list[RunLog], charts: list[Chart]) -> list[str]:
 
 def _overview(run: RunLog) -> list:
     s, span, shares = run.summary, run.step_range(), phase_shares(run)
-    wall = s.get("wall_seconds")
+    before, after, note = run.accuracy_before_after()
     return [run.name, "none" if span is None else f"{span[0]}–{span[1]}",
-            f"{percent(s.get('accuracy_before'))} → {percent(s.get('accuracy_after'))}",
-            "n/a" if wall is None else f"{wall / 60:.1f} min",
+            f"{percent(before)} → {percent(after)}{note}", duration(s.get("wall_seconds")),
             ", ".join(f"{p} {v:.0%}" for p, v in shares.items() if v >= 0.005) or "n/a"]
+
+
+def duration(seconds: float | None) -> str:
+    """Wall time as a person reads it: "42 s" under two minutes, "12.5 min" under two hours, else "3.2 h"."""
+    if seconds is None:
+        return "n/a"
+    if seconds < 120:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 OVERVIEW_HEADER = ["run", "steps", "held-out greedy accuracy before → after", "wall time", "time by phase"]
