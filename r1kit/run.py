@@ -322,6 +322,9 @@ def log_step(run: Run, step: int, metrics: dict, rows, completions, scored, adva
         if count:
             console.print(f"[yellow]step {step}: reward {label!r} raised on {count} call(s); scored None "
                           f"(rewards/{label}/errors in metrics.jsonl)[/]")
+    if unscored := metrics.get("rewards/unscored_fraction", 0.0):
+        console.print(f"[yellow]step {step}: no reward function scored {unscored:.0%} of the completions (each returned "
+                      "None or NaN), so their reward counts as 0 (rewards/unscored_fraction in metrics.jsonl)[/]")
     log = run.cfg.log
     if log.console_every and step % log.console_every == 0:
         console.print(f"step {step}: " + format_metrics(metrics, [

@@ -257,15 +257,23 @@ class RewardResult:
         """Flat per-reward metrics: mean/std over applicable values, and error counts.
 
         Keys follow TRL: ``rewards/<label>/mean``, ``rewards/<label>/std``, plus
-        ``rewards/<label>/errors`` and ``reward`` (mean total). An empty column reports NaN.
+        ``rewards/<label>/errors``, ``reward`` (mean total) and ``rewards/unscored_fraction`` (of the completions,
+        those no function scored: a fraction, so that averaging over processes keeps it right). An empty column reports NaN.
         """
-        out = {"reward": _mean(self.total), **{name: _mean(v) for name, v in self.logged.items()}}
+        out = {"reward": _mean(self.total), **{name: _mean(v) for name, v in self.logged.items()},
+               "rewards/unscored_fraction": self.unscored() / len(self.total) if self.total else 0.0}
         for label, values in self.per_func.items():
             vals = [v for v in values if v is not None]
             out[f"{prefix}/{label}/mean"] = _mean(vals)
             out[f"{prefix}/{label}/std"] = _std(vals)
             out[f"{prefix}/{label}/errors"] = float(self.errors.get(label, 0))
         return out
+
+    def unscored(self) -> int:
+        """Completions that no function scored (each returned None or NaN): their total is 0 by TRL's nansum, which
+        reads like a real reward of 0 (TRL warns about these too)."""
+        return sum(all(values[i] is None for values in self.per_func.values()) for i in range(len(self.total))
+                   ) if self.per_func else 0
 
     def select(self, indices) -> "RewardResult":
         """The results of the completions at `indices`, in that order (errors are per call: kept)."""
