@@ -8,6 +8,7 @@ trackers of ``log.report_to`` (r1kit.trackers), imported only when the config na
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -167,6 +168,31 @@ def quiet_library_progress() -> None:
 
     transformers_logging.disable_progress_bar()
     disable_progress_bars()
+    quiet_tied_head_notice()
+
+
+class _TiedHeadSaveNotice(logging.Filter):
+    """Accelerate says "Removed shared tensor {'lm_head.weight'} while saving" on every checkpoint of a model whose
+    output head is tied to its embedding (SmolLM2, Qwen2.5-0.5B): that head is the embedding, saved once and tied
+    again on load (resumes are tested bitwise). Any other shared tensor still warns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor {'lm_head.weight'} while saving" not in record.getMessage()  # after a [RANK n]
+
+
+def quiet_tied_head_notice() -> None:
+    logger = logging.getLogger("accelerate.utils.other")
+    if not any(isinstance(f, _TiedHeadSaveNotice) for f in logger.filters):
+        logger.addFilter(_TiedHeadSaveNotice())
+
+
+def duration(seconds: float | None) -> str:
+    """Wall time as a person reads it: "42 s" under two minutes, "12.5 min" under two hours, else "3.2 h"."""
+    if seconds is None:
+        return "n/a"
+    if seconds < 120:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def print_run_summary(summary: dict, phase_shares: dict[str, float], report: Path | None) -> None:
@@ -174,7 +200,7 @@ def print_run_summary(summary: dict, phase_shares: dict[str, float], report: Pat
     def pct(x):
         return "n/a" if x is None else f"{100 * x:.1f}%"
     s = summary
-    console.print(f"\n[bold]done[/]: {s['steps']} steps in {s['wall_seconds'] / 60:.1f} min; held-out greedy accuracy "
+    console.print(f"\n[bold]done[/]: {s['steps']} steps in {duration(s['wall_seconds'])}; held-out greedy accuracy "
                   f"{pct(s['accuracy_before'])} -> [bold]{pct(s['accuracy_after'])}[/]")
     if s["reasoning_share_after"] is not None and s["reasoning_share_before"] is not None:
         console.print(f"answers that show reasoning: {pct(s['reasoning_share_before'])} -> "

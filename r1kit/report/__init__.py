@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from r1kit.logging import duration
 from r1kit.report.charts import (LINE_CHARTS, Chart, accuracy_keys, line_chart, phase_area_chart, phase_share_chart,
                                  reward_keys)
 from r1kit.report.page import charts_section, document, missing_section, percent, samples_section, table
@@ -59,15 +60,6 @@ def _overview(run: RunLog) -> list:
     return [run.name, "none" if span is None else f"{span[0]}–{span[1]}",
             f"{percent(before)} → {percent(after)}{note}", duration(s.get("wall_seconds")),
             ", ".join(f"{p} {v:.0%}" for p, v in shares.items() if v >= 0.005) or "n/a"]
-
-
-def duration(seconds: float | None) -> str:
-    """Wall time as a person reads it: "42 s" under two minutes, "12.5 min" under two hours, else "3.2 h"."""
-    if seconds is None:
-        return "n/a"
-    if seconds < 120:
-        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 OVERVIEW_HEADER = ["run", "steps", "held-out greedy accuracy before → after", "wall time", "time by phase"]
