@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from transformers import get_scheduler
 
 from r1kit import distributed as dist
-from r1kit.checkpoint import ACCELERATOR_DIR, list_checkpoints, save_checkpoint, save_final
+from r1kit.checkpoint import list_checkpoints, load_accelerator_state, save_checkpoint, save_final
 from r1kit.config import Config, ConfigError, to_dict
 from r1kit.data.benchmarks import checker_for
 from r1kit.data.sources import load_rows
@@ -121,7 +121,7 @@ def setup_run(cfg: Config) -> Run:
     model, optimizer = acc.prepare(model, optimizer)
     state = RunState()
     if resume is not None:
-        acc.load_state(str(resume_dir / ACCELERATOR_DIR))
+        load_accelerator_state(acc, resume_dir)
         scheduler.load_state_dict(resume.trainer_state["scheduler"])
         state = RunState(**resume.trainer_state["run_state"])
         console.print(f"resumed from {resume_dir} at step {state.step}")
