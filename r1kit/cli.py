@@ -1,6 +1,9 @@
 """Command line: ``r1kit train|sft|eval [RECIPE] [a.b=c ...]``, ``r1kit report RUN_DIR...``, ``r1kit serve-gen|serve-ref MODEL``.
 
 With no recipe, the built-in tiny world runs: the config defaults are its recipe.
+An error the user can fix (a recipe, a flag, a file, a reward function, a server, the disk) is one line on stderr
+with exit code 2 (the input) or 1 (the environment, a user's function at run time); anything else is a bug and
+keeps its traceback. R1KIT_TRACEBACK=1 shows the traceback of the one-line errors too (for a bug report).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ USAGE = """examples:
                                                 distillation data: R1-protocol samples, correct ones kept (resumable)
   r1kit generate MODEL_RECIPE.yaml --benchmark math500 generate.output=math.parquet --push-to-hub you/math-traces
   r1kit train|sft ... --push-to-hub you/model [--private]    upload final/ to the hub when the run ends
+  R1KIT_TRACEBACK=1 r1kit ...                   an error's whole traceback instead of its one line
 """
 
 
