@@ -7,10 +7,11 @@ The server runs as its own process (`python -m r1kit serve-ref MODEL`, bound to 
 memory is its own. Callers send --requests POST /v1/logprobs requests from --concurrency threads, every
 one bounded in time (--max-seconds for the whole run, 30 s per request): most are a GRPO-sized batch
 (16 rows of a ~40-token prompt and a 16-64-token completion), one in ten is a request the server must
-refuse (oversized, boolean ids, NaN temperature, not JSON), and --stalled extra connections send half
-a request and go quiet. Reported: p50/p99 latency of the good requests, answers by status, "errors"
+refuse (oversized, boolean ids, NaN or 1e-300 temperature, not JSON, nested too deep, rows that pad past
+the row bound), --stalled extra connections send headers and half a body and go quiet, and --idle more
+(40 by default: more than the 32 request slots) send nothing or half a header. Reported: p50/p99 latency of the good requests, answers by status, "errors"
 (a good request not answered 200, a bad one not answered 4xx, a dropped connection, a body that is
-not strict JSON), the server's peak RSS, and whether stalled connections were cut off.
+not strict JSON), the server's peak RSS, and whether stalled and idle connections were cut off.
 Writes benchmarks/results/serve_ref_load.json and prints a table.
 """
 
@@ -66,13 +67,16 @@ BAD_REQUESTS = [  # each must be refused with a 4xx, never a 5xx or a dropped co
     json.dumps({"prompt_ids": [[5, True]], "completion_ids": [[6]]}).encode(),  # a boolean id
     b'{"prompt_ids": [[5]], "completion_ids": [[6]], "temperature": NaN}',  # non-finite temperature
     b"{not json",
+    b"[" * 100_000 + b"]" * 100_000,  # nested past the JSON parser's recursion limit
+    json.dumps({"prompt_ids": [[5]], "completion_ids": [[6]], "temperature": 1e-300}).encode(),  # overflows logits / T
+    json.dumps({"prompt_ids": [[5] * 9000, [5]], "completion_ids": [[6], [6] * 9000]}).encode(),  # pads rows to 18001
 ]
 
 
 def start_server(model: str, port: int, threads: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen([sys.executable, "-m", "r1kit", "serve-ref", model, "--host", HOST, "--port", str(port),
-                             "--read-timeout-s", "5"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--read-timeout-s", "5", "--header-timeout-s", "5"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -102,6 +106,9 @@ def run(args) -> dict:
     stalled = [socket.create_connection((HOST, port), timeout=30) for _ in range(args.stalled)]
     for s in stalled:
         s.sendall(b"POST /v1/logprobs HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"prompt")
+    idle = [socket.create_connection((HOST, port), timeout=30) for _ in range(args.idle)]  # more than the 32 slots
+    for s in idle[::2]:
+        s.sendall(b"POST /v1/logprobs HTTP/1.1\r\nHost: x\r\n")  # half a header, then nothing
     rng = random.Random(0)
     plan = [("bad", BAD_REQUESTS[i // 10 % len(BAD_REQUESTS)]) if i % 10 == 9 else ("good", good_request(rng, 40))
             for i in range(args.requests)]
@@ -130,15 +137,20 @@ def run(args) -> dict:
             elif kind == "good":
                 latencies.append(seconds)
     wall = time.perf_counter() - wall
-    time.sleep(6)  # past the 5 s read timeout: the stalled connections must be closed by now
-    cut_off = 0
-    for s in stalled:
-        s.settimeout(1)
-        try:
-            cut_off += s.recv(1) == b""
-        except OSError:
-            pass
-        s.close()
+    time.sleep(6)  # past the 5 s read and header timeouts: the stalled and idle connections must be closed by now
+
+    def closed(sockets: list) -> int:
+        count = 0
+        for s in sockets:
+            s.settimeout(1)
+            try:
+                count += s.recv(1) == b""
+            except OSError:
+                pass
+            s.close()
+        return count
+
+    cut_off, idle_cut_off = closed(stalled), closed(idle)
     stop.set()
     proc.terminate()
     proc.wait(timeout=30)
@@ -151,7 +163,8 @@ def run(args) -> dict:
             "wall_s": round(wall, 2), "good_answered": len(latencies), "p50_ms": round(pct(0.5), 1),
             "p99_ms": round(pct(0.99), 1), "answers": dict(statuses), "errors": dict(errors),
             "rss_start_mb": round(rss["start_mb"], 1), "rss_peak_mb": round(rss["peak_mb"], 1),
-            "stalled": args.stalled, "stalled_cut_off": cut_off, "server_threads": args.threads,
+            "stalled": args.stalled, "stalled_cut_off": cut_off, "idle": args.idle, "idle_cut_off": idle_cut_off,
+            "server_threads": args.threads,
             "load_average": os.getloadavg()[0], "machine": platform.machine(),
             "cpus": os.cpu_count()}
 
@@ -161,7 +174,8 @@ def main() -> None:
     parser.add_argument("--model", default="builtin:tiny-sft")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--stalled", type=int, default=8)
+    parser.add_argument("--stalled", type=int, default=8, help="connections that send headers and half a body")
+    parser.add_argument("--idle", type=int, default=40, help="connections that send nothing or half a header")
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--threads", type=int, default=1,
                         help="the server's OMP_NUM_THREADS (on a shared or small CPU, more threads than free cores "

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from r1kit.config import ConfigError
 from r1kit.data.templates import encode_prompt, system_prompt_text
-from r1kit.types import SamplingParams
+from r1kit.types import FLAG_NAMES, SamplingParams, sampling_problems
 
 HELP = "/reset clears the conversation, /exit (or Ctrl-D) quits"
 DEFAULT_MAX_NEW_TOKENS = 256  # without a recipe; a recipe's eval.max_new_tokens otherwise
@@ -177,10 +177,10 @@ def chat_sampling(ns, cfg) -> SamplingParams:
     """Greedy unless asked: flags first, then (with --recipe) the recipe's eval sampling."""
     temperature = ns.temperature if ns.temperature is not None else cfg.eval.temperature if ns.recipe else 0.0
     top_p = ns.top_p if ns.top_p is not None else cfg.eval.top_p if ns.recipe else 1.0
-    max_new = ns.max_new_tokens or (cfg.eval.max_new_tokens if ns.recipe else DEFAULT_MAX_NEW_TOKENS)
-    if temperature < 0 or not 0 < top_p <= 1 or max_new < 1:
-        raise ChatError(f"need --temperature >= 0, 0 < --top-p <= 1 and --max-new-tokens >= 1; got {temperature}, "
-                        f"{top_p}, {max_new}")
+    max_new = ns.max_new_tokens if ns.max_new_tokens is not None else (
+        cfg.eval.max_new_tokens if ns.recipe else DEFAULT_MAX_NEW_TOKENS)
+    if problems := sampling_problems(FLAG_NAMES, temperature, top_p, 0, max_new, greedy_allowed=True):
+        raise ChatError("; ".join(problems))
     return SamplingParams(max_new_tokens=max_new, temperature=temperature, top_p=top_p,
                           seed=ns.seed if ns.seed is not None else cfg.seed)
 

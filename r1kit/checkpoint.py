@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -110,10 +111,36 @@ def verify_pickles(directory: Path) -> int:
                         raise
                     torch.load(path, weights_only=True, map_location="cpu")  # an old (non-zip) file cannot be mapped
         except Exception as e:
+            if _is_torn(e):  # cut short (a kill mid-copy, a full disk): not a question of trust
+                raise CheckpointError(f"{path} is torn ({_first_line(e)}); resume from an earlier checkpoint "
+                                      "(train.resume_from=<its path>)") from None
             raise CheckpointError(f"refusing to load {path}: it is not plain tensor data ({_first_line(e)}). A checkpoint "
                                   "someone else made can run code when unpickled; if you made this one yourself "
                                   "with another DeepSpeed version, set train.trust_checkpoint=true") from None
     return len(files)
+
+
+def load_accelerator_state(accelerator, checkpoint: Path) -> None:
+    """Accelerate's state (weights, optimizer, RNG) of a checkpoint; a file that is torn or unreadable (safetensors,
+    torch's zip reader, a short pickle) is a CheckpointError naming the directory, not a library traceback."""
+    from safetensors import SafetensorError
+
+    directory = Path(checkpoint) / ACCELERATOR_DIR
+    try:
+        accelerator.load_state(str(directory))
+    except (SafetensorError, EOFError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{directory} cannot be read ({_first_line(e)}): the checkpoint is torn; resume from "
+                              "an earlier one (train.resume_from=<its path>)") from None
+    except RuntimeError as e:  # torch's zip reader; a tensor of the wrong shape (another model's checkpoint)
+        if "PytorchStreamReader" not in str(e) and "size mismatch" not in str(e):
+            raise
+        raise CheckpointError(f"{directory} cannot be loaded ({_first_line(e)}): the checkpoint is torn or belongs "
+                              "to another model") from None
+
+
+def _is_torn(e: BaseException) -> bool:
+    """Whether a load error says the file ends early (torch's zip reader finds no central directory; a short pickle)."""
+    return isinstance(e, EOFError) or "failed finding central directory" in str(e) or "file not fully covered" in str(e)
 
 
 def _first_line(e: Exception) -> str:

@@ -1,6 +1,9 @@
 """Command line: ``r1kit train|sft|eval [RECIPE] [a.b=c ...]``, ``r1kit report RUN_DIR...``, ``r1kit serve-gen|serve-ref MODEL``.
 
 With no recipe, the built-in tiny world runs: the config defaults are its recipe.
+An error the user can fix (a recipe, a flag, a file, a reward function, a server, the disk) is one line on stderr
+with exit code 2 (the input) or 1 (the environment, a user's function at run time); anything else is a bug and
+keeps its traceback. R1KIT_TRACEBACK=1 shows the traceback of the one-line errors too (for a bug report).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ USAGE = """examples:
                                                 distillation data: R1-protocol samples, correct ones kept (resumable)
   r1kit generate MODEL_RECIPE.yaml --benchmark math500 generate.output=math.parquet --push-to-hub you/math-traces
   r1kit train|sft ... --push-to-hub you/model [--private]    upload final/ to the hub when the run ends
+  R1KIT_TRACEBACK=1 r1kit ...                   an error's whole traceback instead of its one line
 """
 
 
@@ -127,6 +131,7 @@ def cmd_eval(argv: list[str]) -> None:
 
     cfg = load_recipe(ns.recipe, ns.overrides)
     d, e = cfg.data, cfg.eval
+    _check_eval_flags(ns, e)  # before any model is loaded
     d = dataclasses.replace(d, **{k: v for k, v in (("system_prompt", ns.system_prompt), ("instruction", ns.instruction),
                                                      ("prompt_format", ns.prompt_format)) if v is not None})
     if ns.benchmark:
@@ -168,6 +173,22 @@ def cmd_eval(argv: list[str]) -> None:
     console.print(f"per-problem results: {output}")
     _eval_report(output, summary, result.items)
     print(json.dumps(summary, indent=2))
+
+
+def _check_eval_flags(ns: argparse.Namespace, e) -> None:
+    """`r1kit eval`'s flags in range, through the sampling check every command shares (r1kit.types)."""
+    from r1kit.config import ConfigError
+    from r1kit.types import FLAG_NAMES, sampling_problems
+
+    names = {key: flag if getattr(ns, key, None) is not None else f"eval.{key}" for key, flag in FLAG_NAMES.items()}
+    problems = sampling_problems(names, _pick(ns.temperature, e.temperature), _pick(ns.top_p, e.top_p), 0,
+                                 _pick(ns.max_new_tokens, e.max_new_tokens))
+    problems += [message for ok, message in (
+        (ns.limit is None or ns.limit >= 1, f"--limit must be >= 1 (the first N problems), got {ns.limit}"),
+        (ns.n is None or ns.n >= 0, f"--n must be >= 0 (samples per problem; 0: greedy only), got {ns.n}"),
+        (all(k >= 1 for k in ns.k or []), f"--k values must be >= 1, got {ns.k}")) if not ok]
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def _eval_report(output: Path, summary: dict, items: list[dict]) -> None:
@@ -394,12 +415,7 @@ def main(argv: list[str] | None = None) -> int:
               "r1kit {serve-gen,serve-ref,chat} MODEL [options]\n\n"
               + USAGE)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    from r1kit.checkpoint import CheckpointError
-    from r1kit.config import ConfigError
-    from r1kit.data.sources import DataError
-    from r1kit.hub import HubError
-    from r1kit.rollout.http import ServiceError
-    from r1kit.rundir import NonFiniteError, RunStopped
+    from r1kit.rundir import RunStopped
 
     try:
         COMMANDS[argv[0]](argv[1:])
@@ -410,21 +426,42 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as e:  # SIGINT / SIGTERM: a checkpoint was written; say how to go on
         print(f"r1kit {argv[0]}: {e}", file=sys.stderr)
         return e.exit_code
-    except NonFiniteError as e:
-        print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
-        return 1
-    except (ConfigError, DataError, FileNotFoundError, FileExistsError, CheckpointError) as e:
-        print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # read-only or full disk, permissions: the environment, not a bug; one line says which
-        print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
-        return 1
-    except (ServiceError, ImportError) as e:  # a server that stopped answering; an engine that is not installed
-        print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
-        return 1
-    except HubError as e:  # --push-to-hub: no token, offline, no access; the result stays on disk
-        print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:
+        code = _one_line_exit_code(e)
+        if code is None or os.environ.get("R1KIT_TRACEBACK", "0") not in ("", "0"):
+            raise  # a bug (or R1KIT_TRACEBACK=1): the whole traceback
+        print(f"r1kit {argv[0]}: error: {_one_line(e)}", file=sys.stderr)
+        return code
+    return 0
+
+
+def _one_line_errors() -> list[tuple[tuple[type, ...], int]]:
+    """The errors a user can cause or fix, each shown as one line (exit code 2: the input; 1: the environment or
+    a user's function at run time). Anything else is a bug in r1kit and keeps its traceback."""
+    from r1kit.checkpoint import CheckpointError
+    from r1kit.config import ConfigError
+    from r1kit.data.sources import DataError
+    from r1kit.hub import HubError
+    from r1kit.rewards.registry import RewardError
+    from r1kit.rollout.http import ServiceError
+    from r1kit.rundir import NonFiniteError
+
+    return [((NonFiniteError,), 1),
+            ((ConfigError, DataError, FileNotFoundError, FileExistsError, CheckpointError), 2),
+            ((OSError,), 1),  # read-only or full disk, permissions: the environment, not a bug; the line says which
+            ((ServiceError, ImportError), 1),  # a server that stopped answering; an engine that is not installed
+            ((HubError,), 1),  # --push-to-hub: no token, offline, no access; the result stays on disk
+            ((RewardError,), 1)]  # a user's reward raised or broke TRL's contract: the line names it and where
+
+
+def _one_line_exit_code(e: BaseException) -> int | None:
+    """The exit code of an error shown as one line, or None for a bug (shown with its traceback)."""
+    return next((code for classes, code in _one_line_errors() if isinstance(e, classes)), None)
+
+
+def _one_line(e: BaseException) -> str:
+    """The error's message on one line (a multi-line message from a library is joined)."""
+    return " ".join(str(e).split("\n")).strip() or type(e).__name__
     return 0
 
 

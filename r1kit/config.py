@@ -451,7 +451,10 @@ def apply_override(tree: dict, override: str) -> None:
     if "=" not in override:
         raise ConfigError(f"override {override!r} must look like key.sub=value")
     dotted, raw = override.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = read_yaml(raw, f"override {dotted!r}") if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
     if isinstance(value, str) and _looks_like_float(raw):
         value = float(raw)  # YAML 1.1 reads "1e-4" as a string
     node, parts = tree, dotted.split(".")
@@ -506,12 +509,16 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] = (), base:
     tree = to_dict(base or Config())
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"recipe {str(path)!r} is a directory; expected a YAML recipe file")
         if not path.is_file():
             raise ConfigError(f"recipe {str(path)!r} not found")
         try:
-            recipe = yaml.safe_load(path.read_text()) or {}
+            recipe = read_yaml(path.read_text(encoding="utf-8"), f"recipe {str(path)!r}") or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"recipe {str(path)!r} is not a text file (not UTF-8); expected a YAML recipe") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {e}") from None
+            raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {_yaml_problem(e)}") from None
         if not isinstance(recipe, dict):
             raise ConfigError(f"recipe {str(path)!r} must be a mapping at the top level")
         _rename_trl_names(recipe, str(path))
@@ -523,6 +530,41 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] = (), base:
 
     validate(cfg)
     return cfg
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+
+def _mapping_without_duplicates(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"{loader.r1kit_source}: key {key!r} appears twice (line {seen[key]} and line "
+                              f"{key_node.start_mark.line + 1}); keep one")
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def read_yaml(text: str, source: str):
+    """`text` parsed as PyYAML's safe_load does, refusing duplicate keys (ConfigError naming `source`, key, lines)."""
+    loader = _UniqueKeyLoader(text)
+    loader.r1kit_source = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own message spans several lines)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or e}{where}"
 
 
 def _merge(tree: dict, update: dict) -> None:

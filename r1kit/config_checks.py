@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from r1kit.config import AlgoCfg, Config, ConfigError, GenerateCfg, to_dict
+from r1kit.types import config_names, sampling_problems
 
 
 def validate(cfg: Config) -> None:
@@ -20,10 +21,7 @@ def validate(cfg: Config) -> None:
         (t.micro_batch_size >= 1 and t.batch_size % t.micro_batch_size == 0,
          f"train.batch_size ({t.batch_size}) must be divisible by train.micro_batch_size ({t.micro_batch_size})"),
         (r.max_completion_length >= 1, f"rollout.max_completion_length must be >= 1, got {r.max_completion_length}"),
-        (r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}"),
-        (0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}"),
         (r.generation_batch_size >= 1, f"rollout.generation_batch_size must be >= 1, got {r.generation_batch_size}"),
-        (r.top_k >= 0, f"rollout.top_k must be >= 0 (0 disables it), got {r.top_k}"),
         (t.save_every >= 0, f"train.save_every must be >= 0 (0: only the final model), got {t.save_every}"),
         (t.max_steps >= 0, f"train.max_steps must be >= 0, got {t.max_steps}"),
         (t.max_minutes >= 0, f"train.max_minutes must be >= 0, got {t.max_minutes}"),
@@ -44,9 +42,6 @@ def validate(cfg: Config) -> None:
         (not cfg.sft.packing or cfg.sft.max_seq_length > 0,
          "sft.packing needs sft.max_seq_length > 0 (the length of a packed row)"),
         (cfg.eval.n_samples >= 0 and cfg.eval.every >= 0, "eval.n_samples and eval.every must be >= 0"),
-        (cfg.eval.temperature > 0, f"eval.temperature must be > 0 (greedy is always reported), got {cfg.eval.temperature}"),
-        (0 < cfg.eval.top_p <= 1, f"eval.top_p must be in (0, 1], got {cfg.eval.top_p}"),
-        (cfg.eval.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {cfg.eval.max_new_tokens}"),
         (bool(cfg.data.source.strip()), "data.source must name a dataset (tiny_arith, gsm8k, a file, ...)"),
         (not isinstance(cfg.model.lora.target_modules, str) or cfg.model.lora.target_modules == "all-linear",
          f"model.lora.target_modules must be a list of module names or 'all-linear', got "
@@ -62,7 +57,7 @@ def validate(cfg: Config) -> None:
         (not cfg.data.task_config or cfg.data.source.startswith("reasoning_gym:"),
          f"data.task_config is only used by reasoning_gym:<task> sources, not {cfg.data.source!r}"),
     ]
-    for ok, message in checks + _algo_checks(cfg.algo.resolved()) + _services_checks(cfg) + _tool_checks(cfg):
+    for ok, message in checks + _sampling_checks(cfg) + _algo_checks(cfg.algo.resolved()) + _services_checks(cfg) + _tool_checks(cfg):
         if not ok:
             raise ConfigError(message)
     if not cfg.name or cfg.name in (".", "..") or any(c in cfg.name for c in "/\\"):
@@ -81,6 +76,15 @@ def validate(cfg: Config) -> None:
     for ok, message in _generate_checks(cfg.generate):
         if not ok:
             raise ConfigError(message)
+
+
+def _sampling_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """rollout.*, eval.* and generate.* sampling through the one check every command shares (r1kit.types)."""
+    r, e, g = cfg.rollout, cfg.eval, cfg.generate
+    problems = (sampling_problems(config_names("rollout."), r.temperature, r.top_p, r.top_k, None)
+                + sampling_problems(config_names("eval."), e.temperature, e.top_p, 0, e.max_new_tokens)
+                + sampling_problems(config_names("generate."), g.temperature, g.top_p, g.top_k, g.max_new_tokens))
+    return [(False, message) for message in problems]
 
 
 def _algo_checks(a: AlgoCfg) -> list[tuple[bool, str]]:
@@ -132,10 +136,6 @@ def _generate_checks(g: GenerateCfg) -> list[tuple[bool, str]]:
     """generate.*: ranges, the output's format, and a threshold exactly when keep=reward uses one."""
     return [
         (g.n >= 1, f"generate.n must be >= 1, got {g.n}"),
-        (g.temperature > 0, f"generate.temperature must be > 0, got {g.temperature}"),
-        (0 < g.top_p <= 1, f"generate.top_p must be in (0, 1], got {g.top_p}"),
-        (g.top_k >= 0, f"generate.top_k must be >= 0 (0 disables it), got {g.top_k}"),
-        (g.max_new_tokens is None or g.max_new_tokens >= 1, f"generate.max_new_tokens must be >= 1, got {g.max_new_tokens}"),
         (g.limit is None or g.limit >= 1, f"generate.limit must be >= 1 or null, got {g.limit}"),
         (g.batch_size >= 1, f"generate.batch_size must be >= 1, got {g.batch_size}"),
         (g.output is None or g.output.endswith((".jsonl", ".parquet")),

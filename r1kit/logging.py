@@ -8,6 +8,7 @@ trackers of ``log.report_to`` (r1kit.trackers), imported only when the config na
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -53,13 +54,19 @@ def _nonfinite_name(value: float) -> str:
     return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
 
+EVALS_FILE = "evals.jsonl"  # a run's held-out evaluations, one line each: {"step", "when", "eval/...": ...}
+
+
 class MetricsLogger:
     """metrics.jsonl and samples.jsonl of a run, and the trackers of `log.report_to` (r1kit.trackers)."""
 
     def __init__(self, run_dir: Path, log_cfg, config_dict: dict | None = None, resume: bool = False):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.samples_path = Path(run_dir) / "samples.jsonl"
+        self.evals_path = Path(run_dir) / EVALS_FILE
         self.file = self.path.open("a" if resume else "w")
+        if not resume:
+            self.evals_path.unlink(missing_ok=True)
         self.trackers = open_trackers(log_cfg.report_to, run_dir, config_dict)
 
     def log(self, step: int, metrics: dict) -> None:
@@ -72,6 +79,11 @@ class MetricsLogger:
         numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         for tracker in self.trackers:
             tracker.log_metrics(step, numeric)
+
+    def log_eval(self, step: int, when: str, metrics: dict) -> None:
+        """One held-out evaluation (before, during, after) as it finishes, so a stopped run's report still has it."""
+        append_jsonl(self.evals_path, {"step": step, "when": when, **{k: v for k, v in metrics.items()
+                                                                      if not isinstance(v, float) or math.isfinite(v)}})
 
     def log_samples(self, step: int, records: list[dict]) -> None:
         """samples.jsonl records of one step (prompt, answer, completions, rewards, total, ...)."""
@@ -156,6 +168,31 @@ def quiet_library_progress() -> None:
 
     transformers_logging.disable_progress_bar()
     disable_progress_bars()
+    quiet_tied_head_notice()
+
+
+class _TiedHeadSaveNotice(logging.Filter):
+    """Accelerate says "Removed shared tensor {'lm_head.weight'} while saving" on every checkpoint of a model whose
+    output head is tied to its embedding (SmolLM2, Qwen2.5-0.5B): that head is the embedding, saved once and tied
+    again on load (resumes are tested bitwise). Any other shared tensor still warns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor {'lm_head.weight'} while saving" not in record.getMessage()  # after a [RANK n]
+
+
+def quiet_tied_head_notice() -> None:
+    logger = logging.getLogger("accelerate.utils.other")
+    if not any(isinstance(f, _TiedHeadSaveNotice) for f in logger.filters):
+        logger.addFilter(_TiedHeadSaveNotice())
+
+
+def duration(seconds: float | None) -> str:
+    """Wall time as a person reads it: "42 s" under two minutes, "12.5 min" under two hours, else "3.2 h"."""
+    if seconds is None:
+        return "n/a"
+    if seconds < 120:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def print_run_summary(summary: dict, phase_shares: dict[str, float], report: Path | None) -> None:
@@ -163,7 +200,7 @@ def print_run_summary(summary: dict, phase_shares: dict[str, float], report: Pat
     def pct(x):
         return "n/a" if x is None else f"{100 * x:.1f}%"
     s = summary
-    console.print(f"\n[bold]done[/]: {s['steps']} steps in {s['wall_seconds'] / 60:.1f} min; held-out greedy accuracy "
+    console.print(f"\n[bold]done[/]: {s['steps']} steps in {duration(s['wall_seconds'])}; held-out greedy accuracy "
                   f"{pct(s['accuracy_before'])} -> [bold]{pct(s['accuracy_after'])}[/]")
     if s["reasoning_share_after"] is not None and s["reasoning_share_before"] is not None:
         console.print(f"answers that show reasoning: {pct(s['reasoning_share_before'])} -> "

@@ -20,6 +20,7 @@ never kept packed behind GGUF matmul kernels, because packed weights cannot be t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import os
@@ -128,9 +129,28 @@ def load_gguf_model(directory: str, gguf_file: str, dtype, **kwargs):
     """The model, every weight dequantized to `dtype` (trainable, saved as plain safetensors)."""
     from transformers import AutoModelForCausalLM, GgufConfig
 
-    return AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=dtype,
-                                                quantization_config=GgufConfig(gguf_file=gguf_file, dequantize=True),
-                                                **kwargs)
+    with _dequantize_bar_follows_transformers_switch():
+        return AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=dtype,
+                                                    quantization_config=GgufConfig(gguf_file=gguf_file, dequantize=True),
+                                                    **kwargs)
+
+
+@contextlib.contextmanager
+def _dequantize_bar_follows_transformers_switch():
+    """transformers draws its "Converting and de-quantizing GGUF tensors" bar with tqdm directly, past its own
+    progress-bar switch; while r1kit loads a GGUF model, that bar obeys the switch (r1kit.logging turns it off)."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils.logging import is_progress_bar_enabled
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None or is_progress_bar_enabled():
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def dequantize_to(name_or_path: str, out_dir: str | Path, gguf_file: str | None = None, dtype: str = "float32") -> Path:

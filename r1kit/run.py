@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from transformers import get_scheduler
 
 from r1kit import distributed as dist
-from r1kit.checkpoint import ACCELERATOR_DIR, list_checkpoints, save_checkpoint, save_final
+from r1kit.checkpoint import list_checkpoints, load_accelerator_state, save_checkpoint, save_final
 from r1kit.config import Config, ConfigError, to_dict
 from r1kit.data.benchmarks import checker_for
 from r1kit.data.sources import eval_target, load_rows
@@ -126,7 +126,7 @@ def setup_run(cfg: Config) -> Run:
     model, optimizer = acc.prepare(model, optimizer)
     state = RunState()
     if resume is not None:
-        acc.load_state(str(resume_dir / ACCELERATOR_DIR))
+        load_accelerator_state(acc, resume_dir)
         scheduler.load_state_dict(resume.trainer_state["scheduler"])
         state = RunState(**resume.trainer_state["run_state"])
         console.print(f"resumed from {resume_dir} at step {state.step}")
@@ -343,6 +343,8 @@ def run_eval(run: Run, when: str) -> dict:
                              extract=e.extract, checker=checker_for(d.source, e.checker), tools=prompt_tools(run.cfg))
     metrics = {f"eval/{k}": v for k, v in result.summary().items()}
     run.state.eval_history.append((run.state.step, result.greedy_accuracy))
+    if run.logger is not None:
+        run.logger.log_eval(run.state.step, when, metrics)
     console.print(f"eval ({when}, step {run.state.step}): " + format_metrics(metrics, sorted(metrics)))
     return metrics
 
@@ -363,6 +365,9 @@ def log_step(run: Run, step: int, metrics: dict, rows, completions, scored, adva
         if count:
             console.print(f"[yellow]step {step}: reward {label!r} raised on {count} call(s); scored None "
                           f"(rewards/{label}/errors in metrics.jsonl)[/]")
+    if unscored := metrics.get("rewards/unscored_fraction", 0.0):
+        console.print(f"[yellow]step {step}: no reward function scored {unscored:.0%} of the completions (each returned "
+                      "None or NaN), so their reward counts as 0 (rewards/unscored_fraction in metrics.jsonl)[/]")
     log = run.cfg.log
     if log.console_every and step % log.console_every == 0:
         console.print(f"step {step}: " + format_metrics(metrics, [

@@ -113,5 +113,5 @@ def prepare_run_dir(cfg: Config, resume: ResumePoint | None) -> None:
         console.print(f"resume changes {'; '.join(resume.allowed_changes)} "
                       f"(previous config: config.before-step-{step}.yaml)")
     save_config(cfg, run_dir / "config.yaml")
-    for log in ("metrics.jsonl", "samples.jsonl"):
+    for log in ("metrics.jsonl", "samples.jsonl", "evals.jsonl"):  # evals.jsonl: MetricsLogger.log_eval
         truncate_jsonl(run_dir / log, step)

@@ -35,7 +35,7 @@ import torch
 from transformers import get_scheduler
 
 from r1kit import distributed as dist
-from r1kit.checkpoint import ACCELERATOR_DIR, save_checkpoint, save_final
+from r1kit.checkpoint import load_accelerator_state, save_checkpoint, save_final
 from r1kit.config import Config
 from r1kit.data import chat, tasks
 from r1kit.data.chat import ChatStats, Sample
@@ -198,7 +198,7 @@ def run_sft(cfg: Config) -> dict:
     state = SFTState()
     order = torch.Generator().manual_seed(cfg.seed)  # the stream of sample indices, one draw per step
     if resume is not None:
-        acc.load_state(str(resume.directory / ACCELERATOR_DIR))
+        load_accelerator_state(acc, resume.directory)
         scheduler.load_state_dict(resume.trainer_state["scheduler"])
         state = SFTState(**resume.trainer_state["run_state"])
         for _ in range(state.step):  # replay the draws of the steps done

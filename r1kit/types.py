@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
+
+# The smallest positive sampling temperature: logits / T overflows float32 for T near 1e-38 (a 1e-300 temperature
+# made NaN), and below 1e-2 vLLM clamps it anyway; 0 means greedy where a command allows it.
+MIN_TEMPERATURE = 1e-2
 
 
 @dataclass
@@ -26,6 +31,33 @@ class SamplingParams:
         if self.prompt_seeds is not None:
             return self.prompt_seeds[i]
         return None if self.seed is None else self.seed + self.prompt_offset + i
+
+
+def sampling_problems(names: dict[str, str], temperature: float, top_p: float, top_k: int = 0,
+                      max_new_tokens: int | None = 1, greedy_allowed: bool = False) -> list[str]:
+    """Every out-of-range sampling argument, as one message each naming it as `names` says (a flag or a config
+    key: {"temperature": "--temperature", ...}). The one check eval, chat, generate and train share."""
+    def number(x) -> bool:  # a real, finite number (a YAML true is a bool, not a number)
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    floor = "0 (greedy) or " if greedy_allowed else ""
+    checks = [
+        (number(temperature) and (temperature >= MIN_TEMPERATURE or (greedy_allowed and temperature == 0)),
+         f"{names['temperature']} must be {floor}a finite number >= {MIN_TEMPERATURE}, got {temperature!r}"),
+        (number(top_p) and 0 < top_p <= 1, f"{names['top_p']} must be in (0, 1], got {top_p!r}"),
+        (isinstance(top_k, int) and top_k >= 0, f"{names.get('top_k', 'top_k')} must be >= 0 (0 disables it), got {top_k!r}"),
+        (max_new_tokens is None or (isinstance(max_new_tokens, int) and max_new_tokens >= 1),
+         f"{names.get('max_new_tokens', 'max_new_tokens')} must be >= 1, got {max_new_tokens!r}"),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
+FLAG_NAMES = {"temperature": "--temperature", "top_p": "--top-p", "top_k": "--top-k", "max_new_tokens": "--max-new-tokens"}
+
+
+def config_names(prefix: str) -> dict[str, str]:
+    """`sampling_problems` names of a config section's keys: config_names("eval.") -> {"temperature": "eval.temperature", ...}."""
+    return {key: prefix + key for key in ("temperature", "top_p", "top_k", "max_new_tokens")}
 
 
 @dataclass

@@ -25,6 +25,7 @@ def test_eval_command(small_model_dir, tmp_path, capsys):
     assert report["num_problems"] == 3 and 0 <= report["greedy_accuracy"] <= 1 and "sampled_pass1" in report
     lines = [json.loads(x) for x in items.read_text().splitlines()]
     assert len(lines) == 3 and len(lines[0]["sampled_correct"]) == 2
+    assert lines[0]["question"] in lines[0]["prompt"] and lines[0]["prompt"] != lines[0]["question"]  # as templated
     page = tmp_path / "items.report.html"  # the eval's page beside its jsonl (tests/test_report.py)
     assert f"report: {page}" in out and "pass@2" in page.read_text()
 

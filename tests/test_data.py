@@ -238,3 +238,28 @@ def test_small_reasoning_gym_task_trains_on_what_exists(monkeypatch, caplog):
         rows = gym_rows("tiny_task", "train", 2000, seed=1)
     assert {r["question"] for r in rows} == {"q8", "q9"} and len(rows) == 600
     assert "only 600 of data.train_size=2000" in caplog.text and "set data.train_size=600" in caplog.text
+
+
+def test_small_reasoning_gym_task_with_the_default_size_names_no_knob(monkeypatch, caplog):
+    """data.train_size left at its default is a cap: the notice says what the task has, not 'set data.train_size'."""
+    import sys
+    import types
+
+    from r1kit.config import DataCfg
+    from r1kit.data.sources import load_rows
+
+    def create_dataset(task, size, seed, **config):
+        distinct = 10 if seed == 1 else 8
+        return [{"question": f"q{i % distinct}", "answer": "1", "metadata": {}} for i in range(size)]
+
+    monkeypatch.setitem(sys.modules, "reasoning_gym", types.SimpleNamespace(create_dataset=create_dataset))
+    data = DataCfg(source="reasoning_gym:tiny_task")
+    data.task.seed = 1
+    with caplog.at_level("WARNING", logger="r1kit.data"):
+        rows = load_rows(data, "train")
+    assert {r["question"] for r in rows} == {"q8", "q9"}
+    assert "train_size" not in caplog.text and "the task has" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="r1kit.data"):
+        load_rows(DataCfg(source="reasoning_gym:tiny_task", train_size=2000, task=data.task), "train")
+    assert "set data.train_size=" in caplog.text  # the user's own setting is named

@@ -171,3 +171,44 @@ def test_a_phase_ends_when_its_sync_returns():
         pass
     seconds = timer.pop()["time/update"]
     assert len(calls) == 2 and 0.1 <= seconds < 1.0
+
+
+def test_each_evaluation_is_on_disk_as_it_finishes(tmp_path):
+    """evals.jsonl: a stopped run's report still shows its held-out evaluations (summary.json is written at the end)."""
+    import json
+
+    cfg = load_recipe(None, ["log.report_to=[]"])
+    logger = MetricsLogger(tmp_path, cfg.log)
+    logger.log_eval(0, "before", {"eval/greedy_accuracy": 0.25, "eval/pass@4": float("nan")})
+    logger.log_eval(5, "during", {"eval/greedy_accuracy": 0.5})
+    logger.close()
+    lines = [json.loads(x) for x in (tmp_path / "evals.jsonl").read_text().splitlines()]
+    assert lines == [{"step": 0, "when": "before", "eval/greedy_accuracy": 0.25},  # NaN left out: strict JSON
+                     {"step": 5, "when": "during", "eval/greedy_accuracy": 0.5}]
+    MetricsLogger(tmp_path, cfg.log, resume=True).close()
+    assert len((tmp_path / "evals.jsonl").read_text().splitlines()) == 2  # a resume keeps them (cut to its step)
+    MetricsLogger(tmp_path, cfg.log).close()
+    assert not (tmp_path / "evals.jsonl").exists()  # a new run starts its own
+
+
+@pytest.mark.parametrize("shared, shown", [("lm_head.weight", False), ("model.layers.0.mlp.up_proj.weight", True)])
+def test_a_tied_output_head_saves_without_a_notice(tmp_path, caplog, shared, shown):
+    """Accelerate's "Removed shared tensor" notice for a tied head is r1kit's doing, not the user's: quiet; any other
+    shared tensor (a user's own tying) still warns."""
+    import torch
+    from accelerate import Accelerator
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from r1kit.logging import quiet_library_progress
+
+    quiet_library_progress()
+    config = LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, tie_word_embeddings=shared == "lm_head.weight")
+    model = LlamaForCausalLM(config)
+    if shared != "lm_head.weight":
+        model.model.layers[0].mlp.up_proj.weight = model.model.layers[0].mlp.gate_proj.weight
+    acc = Accelerator(cpu=True)
+    model, optimizer = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    with caplog.at_level("WARNING"):
+        acc.save_state(str(tmp_path / "state"))
+    assert ("Removed shared tensor" in caplog.text) == shown, caplog.text

@@ -140,3 +140,25 @@ def test_cli_prints_one_line_for_a_bad_gguf(tmp_path, capsys):
     assert main(["eval", str(junk), "--limit", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("r1kit eval: error: GGUF file") and "junk.gguf is corrupt or truncated" in err
+
+
+@pytest.mark.parametrize("progress_on", [False, True])
+def test_the_dequantize_bar_obeys_transformers_progress_switch(monkeypatch, capfd, progress_on):
+    """r1kit turns library progress bars off (quiet_library_progress); transformers' GGUF bar used to draw anyway."""
+    import transformers
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as transformers_logging
+
+    from r1kit.model_files import load_gguf_model
+
+    def from_pretrained(*args, **kwargs):  # what transformers does while it dequantizes, without a real file
+        return sum(1 for _ in gguf_utils.tqdm(range(50), desc="Converting and de-quantizing GGUF tensors..."))
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    was_on = transformers_logging.is_progress_bar_enabled()
+    (transformers_logging.enable_progress_bar if progress_on else transformers_logging.disable_progress_bar)()
+    try:
+        assert load_gguf_model("dir", "m.gguf", None) == 50
+    finally:
+        (transformers_logging.enable_progress_bar if was_on else transformers_logging.disable_progress_bar)()
+    assert ("de-quantizing" in capfd.readouterr().err) == progress_on

@@ -78,6 +78,7 @@ def test_smoothing_keeps_a_constant_and_short_runs_unchanged():
 def test_run_without_metrics_still_gets_a_page_that_says_so(tmp_path):
     run = tmp_path / "empty"
     run.mkdir()
+    (run / "config.yaml").write_text("name: empty\n")  # a run that crashed at set-up has its config only
     html = write_report(run).read_text()
     assert "metrics.jsonl does not exist" in html and "samples.jsonl does not exist" in html
     assert "summary.json does not exist" in html
@@ -173,11 +174,13 @@ def test_a_crashed_run_still_gets_a_report_of_its_steps(small_model_dir, tmp_pat
     args = ["train", f"model.name_or_path={small_model_dir}", f"output_dir={tmp_path}", "name=t", *FAST,
             "rewards=[{name: reward_fixtures.fail_on_third_call}]", "train.max_steps=4", "eval.before=false",
             "log.report=true"]
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        main(args)
+    assert main(args) == 1  # a reward that raises is the user's function failing: one line, naming it and where
     html = (tmp_path / "t" / "report.html").read_text()
     assert "summary.json does not exist" in html and embedded_images(html) > 0  # two steps were logged
-    assert f"stopped; report of the steps so far: {tmp_path / 't' / 'report.html'}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"stopped; report of the steps so far: {tmp_path / 't' / 'report.html'}" in err
+    assert "r1kit train: error: reward 'fail_on_third_call' raised RuntimeError: simulated crash (" in err
+    assert "Traceback" not in err
 
     (tmp_path / "t" / "report.html").unlink()
     assert main(args) == 2  # the directory holds a run: refused before training, and that run is left alone
@@ -245,3 +248,63 @@ def test_a_second_report_leaves_no_chart_of_the_first(tmp_path):
     (run / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "kl"}) + "\n" for r in rows))
     write_report(run)
     assert not (run / "report" / "kl.png").exists()
+
+
+@pytest.mark.parametrize("contents", [(), ("notes.txt", "README.md"), ("checkpoints/",)])
+def test_a_directory_that_holds_no_run_is_refused_and_left_unwritten(tmp_path, capsys, contents):
+    from r1kit.cli import main
+
+    folder = tmp_path / "not-a-run"
+    folder.mkdir()
+    for name in contents:
+        (folder / name).mkdir() if name.endswith("/") else (folder / name).write_text("x")
+    before = sorted(p.name for p in folder.iterdir())
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"r1kit report: error: {folder} is not a run directory: it has none of config.yaml, metrics.jsonl, "
+                   "summary.json (an r1kit run) and no trainer_state.json (a TRL run)"]
+    assert sorted(p.name for p in folder.iterdir()) == before  # no report.html, no report/
+
+
+def coloured_pixels(png: Path, colour: str) -> int:
+    """Pixels of `png` within a small distance of matplotlib colour `colour` (the drawn data, not the frame)."""
+    import matplotlib.colors
+    import matplotlib.image
+    import numpy as np
+
+    image = matplotlib.image.imread(png)[..., :3]
+    return int((np.abs(image - np.array(matplotlib.colors.to_rgb(colour))).sum(axis=-1) < 0.15).sum())
+
+
+def test_a_run_of_one_step_draws_its_points(tmp_path):
+    run = make_run(tmp_path, "one", steps=1)
+    write_report(run)
+    assert coloured_pixels(run / "report" / "reward.png", "C0") > 20  # the one point of `reward`, as a marker
+    assert coloured_pixels(run / "report" / "kl.png", "C0") > 20
+    assert coloured_pixels(run / "report" / "phases.png", "C0") > 200  # the one step's phases as a stacked bar
+    from r1kit.report.charts import _new_figure  # control: a frame with no data has no pixel of that colour
+
+    fig, _ = _new_figure("empty")
+    fig.savefig(tmp_path / "frame.png")
+    assert coloured_pixels(tmp_path / "frame.png", "C0") == 0
+
+
+@pytest.mark.parametrize("evals, shown", [
+    ([(0, "before", 0.3)], "30.0% → n/a (stopped)"),
+    ([(0, "before", 0.3), (4, "during", 0.45)], "30.0% → 45.0% (step 4, stopped)"),
+    ([(4, "during", 0.45)], "n/a → 45.0% (step 4, stopped)"),  # eval.before=false
+])
+def test_a_stopped_run_shows_the_evaluations_it_ran(tmp_path, evals, shown):
+    run = make_run(tmp_path, "stopped", steps=5, summary=False)
+    (run / "evals.jsonl").write_text("".join(json.dumps({"step": s, "when": w, "eval/greedy_accuracy": a}) + "\n"
+                                             for s, w, a in evals))
+    html = write_report(run).read_text()
+    assert shown in html
+
+
+@pytest.mark.parametrize("seconds, shown", [(4.26, "4.3 s"), (42.0, "42 s"), (119.4, "119 s"), (120.0, "2.0 min"),
+                                            (5400.0, "90.0 min"), (9000.0, "2.5 h"), (None, "n/a")])
+def test_wall_time_is_shown_in_a_unit_that_fits(seconds, shown):
+    from r1kit.report import duration
+
+    assert duration(seconds) == shown

@@ -436,3 +436,16 @@ def test_bad_reward_fails_before_the_model_loads(tmp_path, capsys):
             "'text', 'ordered_list', 'unordered_set', 'boolean']"
             in capsys.readouterr().err)
     assert not (tmp_path / "tiny-grpo").exists()
+
+
+@pytest.mark.parametrize("outputs, unscored", [
+    ([[math.nan, math.nan, math.nan, math.nan]], 1.0),  # every value NaN: the totals read 0.0, which is not a reward
+    ([[None] * 4], 1.0),
+    ([[math.nan] * 4, [None, None, 0.0, 1.0]], 0.5),  # a second function scores two of them
+    ([[math.nan, 1.0, None, 0.0]], 0.5),
+    ([[0.0] * 4], 0.0),  # zeros are rewards
+])
+def test_completions_no_function_scored_are_counted(outputs, unscored):
+    funcs = [(f"f{i}", lambda completions, out=out, **kw: list(out), 1.0) for i, out in enumerate(outputs)]
+    result = combine(funcs, ["a", "b", "c", "d"], {})
+    assert result.metrics()["rewards/unscored_fraction"] == unscored

@@ -11,7 +11,8 @@ import torch
 
 from r1kit.serve.reference import Limits, ReferenceService, make_server
 
-SMALL = Limits(max_rows=4, max_row_tokens=20, max_padded_tokens=40, read_timeout_s=0.5, max_connections=2)
+SMALL = Limits(max_rows=4, max_row_tokens=20, max_padded_tokens=40, read_timeout_s=0.5, max_connections=2,
+               header_timeout_s=1.0, max_open_connections=6)
 
 
 @pytest.fixture()
@@ -49,6 +50,14 @@ def post(port: int, body: bytes, timeout: float = 5.0) -> tuple[int, dict]:
         ({"prompt_ids": [[5.0]], "completion_ids": [[6]]}, 400, "prompt_ids[0] must be"),
         ({"prompt_ids": [[5]], "completion_ids": [[6]], "temperature": True}, 400, "temperature must be a finite"),
         ({"prompt_ids": [[5]], "completion_ids": [[6]], "temperature": 1e999}, 400, "temperature must be a finite"),
+        # a tiny positive temperature overflows logits / T (it answered 500); the shared sampling check refuses it
+        ({"prompt_ids": [[5]], "completion_ids": [[6]], "temperature": 1e-300}, 400, "temperature must be a finite"),
+        ({"prompt_ids": [[5]], "completion_ids": [[6]], "temperature": -1}, 400, "temperature must be a finite"),
+        ({"prompt_ids": [[5]], "completion_ids": [[6]], "temperature": "1"}, 400, "temperature must be a finite"),
+        # each row fits max_row_tokens (16 <= 20), but a long prompt and a long completion pad every row to 30
+        ({"prompt_ids": [[5] * 15, [5]], "completion_ids": [[6], [6] * 15]}, 413, "pad every row to 30 tokens"),
+        # many short rows and one long one: the padded total, not the rows' sum, is what the forward costs
+        ({"prompt_ids": [[5]] * 3 + [[5] * 12], "completion_ids": [[6]] * 4}, 413, "pads to 52 tokens"),
     ],
 )
 def test_bad_and_oversized_requests_get_a_clear_4xx(service, request_, status, words):
@@ -108,15 +117,88 @@ def test_stalled_client_is_dropped(server):
         assert time.perf_counter() - start < 3
 
 
-def test_connections_beyond_the_bound_get_503(server):
-    idle = [socket.create_connection(("127.0.0.1", server), timeout=5) for _ in range(2)]  # hold both slots
+def send_headers(port: int, token: str | None = None, length: int = 100) -> socket.socket:
+    """A connection that sent a whole request header and part of its body: its request holds a slot."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    auth = f"Authorization: Bearer {token}\r\n".encode() if token else b""
+    s.sendall(b"POST /v1/logprobs HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n{" % (auth, length))
+    return s
+
+
+GOOD = json.dumps({"prompt_ids": [[5]], "completion_ids": [[6]]}).encode()
+
+
+def test_requests_beyond_the_bound_get_503(server):
+    busy = [send_headers(server) for _ in range(2)]  # both slots held by requests whose bodies are on the way
     try:
-        time.sleep(0.1)
-        code, body = post(server, b"{}")
-        assert code == 503 and "too many connections" in body["error"]
+        time.sleep(0.2)
+        code, body = post(server, GOOD)
+        assert code == 503 and "too many requests in progress" in body["error"]
+    finally:
+        for s in busy:
+            s.close()
+    time.sleep(0.3)  # their slots are freed when their handlers end
+    code, body = post(server, GOOD)
+    assert code == 200 and len(body["logprobs"][0]) == 1
+
+
+def test_idle_sockets_take_no_slot(server):
+    """Connections that send nothing (or half a header) are not requests yet: callers still get answers."""
+    idle = [socket.create_connection(("127.0.0.1", server), timeout=5) for _ in range(3)]  # more than the 2 slots
+    idle[0].sendall(b"POST /v1/logprobs HTTP/1.1\r\nHost: x\r\n")  # half a header
+    try:
+        time.sleep(0.2)
+        code, body = post(server, GOOD)
+        assert code == 200, body
     finally:
         for s in idle:
             s.close()
-    time.sleep(0.7)  # the idle ones time out and free their slots
-    code, body = post(server, json.dumps({"prompt_ids": [[5]], "completion_ids": [[6]]}).encode())
-    assert code == 200 and len(body["logprobs"][0]) == 1
+
+
+def test_a_header_sent_a_byte_at_a_time_is_cut_off(server):
+    """Every byte comes within read_timeout_s (0.5 s), but the whole header must come within header_timeout_s (1 s)."""
+    with socket.create_connection(("127.0.0.1", server), timeout=5) as s:
+        start = time.perf_counter()
+        with pytest.raises(OSError):  # the server shuts the connection: a send fails (broken pipe / reset)
+            for byte in b"POST /v1/logprobs HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"y" * 100:
+                s.send(bytes([byte]))
+                time.sleep(0.1)
+                if time.perf_counter() - start > 4:
+                    break
+        assert time.perf_counter() - start < 4
+
+
+def test_open_connections_beyond_the_bound_get_503_until_idle_ones_are_cut(server):
+    idle = [socket.create_connection(("127.0.0.1", server), timeout=5) for _ in range(6)]
+    try:
+        time.sleep(0.2)
+        code, body = post(server, GOOD)
+        assert code == 503 and "too many open connections" in body["error"]
+        time.sleep(1.3)  # header_timeout_s: the idle ones are cut and their threads end
+        code, body = post(server, GOOD)
+        assert code == 200
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_the_token_is_checked_before_a_request_waits_for_a_slot(service):
+    srv = make_server(service, "127.0.0.1", 0, token="secret")
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+    busy = [send_headers(port, "secret") for _ in range(2)]
+    try:
+        time.sleep(0.2)
+        with send_headers(port, "wrong", length=1) as s:  # 401 at once, though no slot is free
+            assert b" 401 " in s.recv(4096).split(b"\r\n")[0]
+    finally:
+        for s in busy:
+            s.close()
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000 + b"]" * 100_000, b'{"a": ' * 50_000 + b"1" + b"}" * 50_000])
+def test_deeply_nested_json_is_a_400(server, raw):
+    code, body = post(server, raw)
+    assert code == 400 and "nests too deeply" in body["error"]

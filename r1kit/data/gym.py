@@ -57,8 +57,10 @@ def gym_score(pred: str | None, row: dict) -> float:
     return float(reasoning_gym.get_score_answer_fn(row["metadata"]["source_dataset"])(pred, entry))
 
 
-def gym_rows(task: str, split: str, size: int, seed: int = 0, task_config: dict | None = None) -> list[dict]:
-    """`size` rows of a reasoning-gym task's split (deterministic in all arguments)."""
+def gym_rows(task: str, split: str, size: int, seed: int = 0, task_config: dict | None = None,
+             size_was_set: bool = True) -> list[dict]:
+    """`size` rows of a reasoning-gym task's split (deterministic in all arguments). `size_was_set`: the user chose
+    `size` (data.train_size); a small task's notice names that knob only then."""
     if split not in ("train", "heldout", "test"):
         raise DataError(f"reasoning_gym:{task} has splits train and heldout (or test), not {split!r}")
     config = dict(task_config or {})
@@ -71,7 +73,11 @@ def gym_rows(task: str, split: str, size: int, seed: int = 0, task_config: dict 
     if not rows:
         raise DataError(f"reasoning_gym:{task}: every train question is also a held-out one; the task has too few "
                         "distinct problems for this data.task_config (widen it)")
-    if len(rows) < size:  # a small task: train on what exists, and say which knob silences this
+    if len(rows) < size and not size_was_set:  # the default size is a cap, not a request: say what the task has
+        logging.getLogger("r1kit.data").warning(
+            "reasoning_gym:%s: the task has %d train questions that differ from the held-out ones; training on those",
+            task, len(rows))
+    elif len(rows) < size:  # a small task: train on what exists, and say which knob silences this
         logging.getLogger("r1kit.data").warning(
             "reasoning_gym:%s: only %d of data.train_size=%d train questions differ from the held-out ones; "
             "training on those %d (set data.train_size=%d, or widen data.task_config)", task, len(rows), size,

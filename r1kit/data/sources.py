@@ -108,7 +108,9 @@ def load_data(data_cfg, split: str, size: int | None = None) -> tuple[list[dict]
         return _load_benchmark(source, split, size, data_cfg.skip_invalid)
     if source.startswith(REASONING_GYM):
         n = size if size is not None else data_cfg.train_size
-        rows = gym_rows(source[len(REASONING_GYM):], split, n, data_cfg.task.seed, data_cfg.task_config)
+        default = size in (None, data_cfg.train_size) and data_cfg.train_size == type(data_cfg)().train_size
+        size_was_set = not default  # the recipe's or a flag's size, not DataCfg's default cap
+        rows = gym_rows(source[len(REASONING_GYM):], split, n, data_cfg.task.seed, data_cfg.task_config, size_was_set)
         return rows, DataReport(f"{source}[{split}]", read=len(rows), kept=len(rows))
     if _is_file(source):
         raw, origin = _read_file(Path(source)), source

@@ -31,7 +31,7 @@ class EvalResult:
     mean_length: float  # greedy completion length in tokens
     truncated: float  # fraction of greedy completions cut at the length cap
     reasoning_share: float  # fraction of greedy completions with non-empty <think>/<reasoning> content
-    items: list[dict] = field(default_factory=list)  # per problem: question, answer, completion, correct, ...
+    items: list[dict] = field(default_factory=list)  # per problem: question, prompt, answer, completion, correct, ...
     n_samples: int = 0
     pass_at: dict[int, float] = field(default_factory=dict)  # k -> mean unbiased pass@k over problems
     maj_at: dict[int, float] = field(default_factory=dict)  # k -> share of problems whose majority answer is right
@@ -101,7 +101,9 @@ def evaluate(engine, tokenizer, rows: list[dict], *, system_prompt: str = "none"
     for i, (row, c) in enumerate(zip(rows, greedy)):
         text = prefixes[i] + c.text
         (pred,), (ok,) = score([text], i)
-        items.append({"index": index_offset + i, "question": row["question"], "answer": golds[i], "completion": text,
+        items.append({"index": index_offset + i, "question": row["question"],
+                      "prompt": tokenizer.decode(prompts[i], skip_special_tokens=False),  # as the model read it
+                      "answer": golds[i], "completion": text,
                       "extracted": pred, "correct": float(ok), "length": c.policy_tokens,
                       "finish_reason": c.finish_reason, **({"tool_calls": c.tool_calls} if c.policy_mask is not None else {})})
     if n_samples > 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from r1kit.logging import duration
 from r1kit.report.charts import (LINE_CHARTS, Chart, accuracy_keys, line_chart, phase_area_chart, phase_share_chart,
                                  reward_keys)
 from r1kit.report.page import charts_section, document, missing_section, percent, samples_section, table
@@ -55,10 +56,9 @@ def _notes(runs: list[RunLog], charts: list[Chart]) -> list[str]:
 
 def _overview(run: RunLog) -> list:
     s, span, shares = run.summary, run.step_range(), phase_shares(run)
-    wall = s.get("wall_seconds")
+    before, after, note = run.accuracy_before_after()
     return [run.name, "none" if span is None else f"{span[0]}–{span[1]}",
-            f"{percent(s.get('accuracy_before'))} → {percent(s.get('accuracy_after'))}",
-            "n/a" if wall is None else f"{wall / 60:.1f} min",
+            f"{percent(before)} → {percent(after)}{note}", duration(s.get("wall_seconds")),
             ", ".join(f"{p} {v:.0%}" for p, v in shares.items() if v >= 0.005) or "n/a"]
 
 

@@ -96,7 +96,8 @@ def line_chart(runs: list[RunLog], name: str, title: str, keys: list[str], out_d
             label = f"{run.name}: {key}" if len(runs) > 1 else key
             width = 4 if k == 0 and len(keys) > 1 and len(runs) == 1 else 2  # the first (total, mean) stays
             ax.plot(steps, values, color=colour, alpha=0.25, linewidth=1)  # visible under an equal second line
-            ax.plot(steps, smooth(values), color=colour, linestyle=style, linewidth=width, label=label)
+            ax.plot(steps, smooth(values), color=colour, linestyle=style, linewidth=width, label=label,
+                    marker="o" if len(steps) == 1 else None)  # a line through one point draws nothing
             drawn += 1
         for p, (label, getter) in enumerate((points or {}).items()):
             steps, values = getter(run)
@@ -134,7 +135,12 @@ def phase_area_chart(run: RunLog, out_dir: Path) -> Chart:
     steps = sorted({s for steps, _ in series.values() for s in steps})
     stacks = [[dict(zip(*series[p])).get(s, 0.0) for s in steps] for p in series]
     fig, ax = _new_figure(chart.title)
-    ax.stackplot(steps, stacks, labels=list(series), colors=[_colour(i) for i in range(len(series))], alpha=0.8)
+    colours = [_colour(i) for i in range(len(series))]
+    if len(steps) == 1:  # an area over one step has no width: stack the step's phases as one bar
+        bottoms = [sum(stack[0] for stack in stacks[:i]) for i in range(len(stacks))]
+        ax.bar(steps, [stack[0] for stack in stacks], bottom=bottoms, color=colours, label=list(series), width=0.5)
+    else:
+        ax.stackplot(steps, stacks, labels=list(series), colors=colours, alpha=0.8)
     _steps_axis(ax)
     ax.set_ylabel("seconds")
     ax.legend(fontsize=8, loc="upper left")

@@ -3,7 +3,9 @@
 A report must render whatever is there: a run killed mid-write leaves a half line at the end of
 metrics.jsonl, a run that crashed at set-up has no metrics at all, an older run lacks newer keys.
 Every such gap becomes a line in `RunLog.problems`, which the report prints, instead of an error.
-A path that is not a directory at all is still an error: there is nothing to report on.
+A path that is not a directory, or a directory that holds no run (no config.yaml, metrics.jsonl or
+summary.json, no TRL trainer_state.json), is still an error: there is nothing to report on, and the
+report is not written into someone else's directory.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class RunLog:
     metrics: list[dict] = field(default_factory=list)  # one dict per logged step, in file order
     samples: list[dict] = field(default_factory=list)  # samples.jsonl records
     summary: dict = field(default_factory=dict)  # summary.json, when the run finished
+    evals: list[dict] = field(default_factory=list)  # evals.jsonl: each held-out evaluation as it finished
     problems: list[str] = field(default_factory=list)  # what is missing or unreadable, one sentence each
 
     def keys(self) -> set[str]:
@@ -48,7 +51,22 @@ class RunLog:
         if history:
             points = [(int(s), float(a)) for s, a in history if a is not None]
             return [s for s, _ in points], [a for _, a in points]
+        by_step = {e["step"]: float(e["eval/greedy_accuracy"]) for e in self.evals  # a stopped run: its evals.jsonl
+                   if isinstance(e.get("step"), int) and isinstance(e.get("eval/greedy_accuracy"), (int, float))}
+        if by_step:
+            return sorted(by_step), [by_step[s] for s in sorted(by_step)]
         return self.series("eval/greedy_accuracy")
+
+    def accuracy_before_after(self) -> tuple[float | None, float | None, str]:
+        """Held-out greedy accuracy before and after training, and a note: summary.json's when the run finished,
+        else a stopped run's first evaluation (step 0) and its latest one, "(step N, stopped)"."""
+        if self.summary:
+            return self.summary.get("accuracy_before"), self.summary.get("accuracy_after"), ""
+        steps, values = self.heldout_accuracy()
+        before = values[0] if steps and steps[0] == 0 else None
+        if steps and steps[-1] > 0:
+            return before, values[-1], f" (step {steps[-1]}, stopped)"
+        return before, None, " (stopped)" if before is not None else ""
 
     def phase_seconds(self) -> dict[str, float]:
         """Total seconds per phase over the run, plus 'other' (step time not inside a named phase)."""
@@ -60,6 +78,9 @@ class RunLog:
         return totals
 
 
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")  # an r1kit run writes config.yaml before anything
+
+
 def read_run(path: str | Path) -> RunLog:
     path = Path(path)
     if not path.is_dir():
@@ -67,6 +88,9 @@ def read_run(path: str | Path) -> RunLog:
     run = RunLog(name=path.resolve().name, path=path)
     metrics_file = path / "metrics.jsonl"
     trl_state = _trl_state_file(path)
+    if trl_state is None and not any((path / name).is_file() for name in RUN_FILES):  # write nothing into it
+        raise FileNotFoundError(f"{path} is not a run directory: it has none of {', '.join(RUN_FILES)} (an r1kit run) "
+                                "and no trainer_state.json (a TRL run)")
     if not metrics_file.is_file() and trl_state is not None:
         return _read_trl_run(run, trl_state)
     if metrics_file.is_file():
@@ -75,6 +99,8 @@ def read_run(path: str | Path) -> RunLog:
             run.problems.append(f"{metrics_file} has no complete step yet: no curves")
     else:
         run.problems.append(f"{metrics_file} does not exist: no curves (did the run start training?)")
+    if (path / "evals.jsonl").is_file():
+        run.evals = _read_jsonl(path / "evals.jsonl", run.problems)
     samples_file = path / "samples.jsonl"
     if samples_file.is_file():
         run.samples = _read_jsonl(samples_file, run.problems)

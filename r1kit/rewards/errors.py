@@ -12,3 +12,11 @@ class UnknownRewardError(KeyError, ValueError):
     def __str__(self) -> str:
         # KeyError.__str__ would repr() the message, wrapping it in quotes.
         return str(self.args[0]) if self.args else ""
+
+
+class RewardError(RuntimeError):
+    """A reward function failed while scoring (it raised, or broke the contract); the message names it."""
+
+
+class RewardContractError(RewardError, TypeError, ValueError):
+    """A reward returned something TRL's contract does not allow (wrong type, length, or an infinite value)."""

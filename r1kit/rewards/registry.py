@@ -37,7 +37,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 from r1kit.config import FLOAT_TEXT
 from r1kit.rewards.contract import call_rewards
-from r1kit.rewards.errors import UnknownRewardError
+from r1kit.rewards.errors import RewardContractError, RewardError, UnknownRewardError
 
 RewardFn = Callable[..., list]  # fn(*, completions, **columns) -> list[float | None], or a coroutine of it
 ParamCheck = Callable[..., None]  # check(**the reward's parameters) raises ValueError naming one out of range
@@ -95,9 +95,20 @@ def _import_path(path: str) -> RewardFn:
             f"cannot load reward {path!r}: {e}; expected a registered name "
             f"({', '.join(available_rewards())}) or 'package.module:function'"
         ) from e
+    except Exception as e:  # the user's module itself raised while being imported
+        raise ValueError(f"cannot load reward {path!r}: importing {module_name!r} raised {_raised_where(e)}") from e
     if not callable(obj):
         raise TypeError(f"reward {path!r} resolved to {type(obj).__name__}, which is not callable")
     return obj
+
+
+def _raised_where(e: BaseException) -> str:
+    """'RuntimeError: message (file.py, line 3)': the exception and the innermost line that raised it."""
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    return f"{type(e).__name__}: {e}{where}"
 
 
 def get_reward(name_or_path: str) -> RewardFn:
@@ -247,15 +258,23 @@ class RewardResult:
         """Flat per-reward metrics: mean/std over applicable values, and error counts.
 
         Keys follow TRL: ``rewards/<label>/mean``, ``rewards/<label>/std``, plus
-        ``rewards/<label>/errors`` and ``reward`` (mean total). An empty column reports NaN.
+        ``rewards/<label>/errors``, ``reward`` (mean total) and ``rewards/unscored_fraction`` (of the completions,
+        those no function scored: a fraction, so that averaging over processes keeps it right). An empty column reports NaN.
         """
-        out = {"reward": _mean(self.total), **{name: _mean(v) for name, v in self.logged.items()}}
+        out = {"reward": _mean(self.total), **{name: _mean(v) for name, v in self.logged.items()},
+               "rewards/unscored_fraction": self.unscored() / len(self.total) if self.total else 0.0}
         for label, values in self.per_func.items():
             vals = [v for v in values if v is not None]
             out[f"{prefix}/{label}/mean"] = _mean(vals)
             out[f"{prefix}/{label}/std"] = _std(vals)
             out[f"{prefix}/{label}/errors"] = float(self.errors.get(label, 0))
         return out
+
+    def unscored(self) -> int:
+        """Completions that no function scored (each returned None or NaN): their total is 0 by TRL's nansum, which
+        reads like a real reward of 0 (TRL warns about these too)."""
+        return sum(all(values[i] is None for values in self.per_func.values()) for i in range(len(self.total))
+                   ) if self.per_func else 0
 
     def select(self, indices) -> "RewardResult":
         """The results of the completions at `indices`, in that order (errors are per call: kept)."""
@@ -301,9 +320,9 @@ def _validate_output(label: str, out: Any, n: int) -> list[float | None]:
     if not isinstance(out, (list, tuple)) and callable(getattr(out, "tolist", None)):
         out = out.tolist()
     if not isinstance(out, (list, tuple)):
-        raise TypeError(f"reward {label!r} returned {type(out).__name__}, expected a list")
+        raise RewardContractError(f"reward {label!r} returned {type(out).__name__}, expected a list")
     if len(out) != n:
-        raise ValueError(f"reward {label!r} returned {len(out)} values, expected {n}")
+        raise RewardContractError(f"reward {label!r} returned {len(out)} values, expected {n}")
     values: list[float | None] = []
     for i, v in enumerate(out):
         if v is not None and not isinstance(v, numbers.Real) and callable(getattr(v, "item", None)):
@@ -313,11 +332,11 @@ def _validate_output(label: str, out: Any, n: int) -> list[float | None]:
         elif isinstance(v, numbers.Real):
             f = float(v)
             if math.isinf(f):
-                raise ValueError(f"reward {label!r} returned {f} at index {i}; rewards must be finite "
+                raise RewardContractError(f"reward {label!r} returned {f} at index {i}; rewards must be finite "
                                  "(None or NaN means 'does not apply')")
             values.append(None if math.isnan(f) else f)
         else:
-            raise TypeError(
+            raise RewardContractError(
                 f"reward {label!r} returned {type(v).__name__} at index {i}, expected float or None"
             )
     return values
@@ -376,7 +395,7 @@ def combine(
         out = outputs[label]
         if isinstance(out, BaseException):
             if on_error == "raise":
-                raise RuntimeError(f"reward {label!r} raised {type(out).__name__}: {out}") from out
+                raise RewardError(f"reward {label!r} raised {_raised_where(out)}") from out
             result.errors[label] += 1
             out = [None] * n
         values = _validate_output(label, out, n)

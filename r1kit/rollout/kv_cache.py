@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
@@ -66,6 +69,23 @@ class PreallocatedLayer(DynamicLayer):
         return out
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def with_cache(model, cache) -> dict:
+    """The forward keyword argument that passes `cache`: `cache` where transformers renamed it (there,
+    `past_key_values` warns on every process, a FutureWarning and a log line), `past_key_values` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper takes **kwargs
+    return {_cache_keyword(type(base)): cache}
+
+
+def output_cache(out):
+    """The cache a forward returned, under either name (see `with_cache`)."""
+    return out.cache if "cache" in getattr(out, "__dataclass_fields__", {}) else out.past_key_values
+
+
 def new_cache(model, capacity: int) -> DynamicCache:
     """A cache for `capacity` positions: preallocated layers when every layer is a plain (full-attention)
     DynamicLayer, else the model's own DynamicCache layers (sliding windows, linear attention, ...)."""
@@ -96,5 +116,5 @@ def prefill(model, prompts: list[list[int]], pad_id: int, device,
     ids, mask = ids.to(device), mask.to(device)
     cache = new_cache(model, ids.shape[1] + capacity)
     out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return out.past_key_values, out.logits[:, -1].float(), mask
+                **with_cache(model, cache), use_cache=True, logits_to_keep=1)
+    return output_cache(out), out.logits[:, -1].float(), mask

@@ -17,10 +17,14 @@ it; with a token (the variable --token-env names, R1KIT_SERVICE_TOKEN by default
 
 Bounds (``Limits``; ``r1kit serve-ref --help``), so that one caller cannot tie up the memory and the
 model for everyone: rows per request, tokens per row (prompt + completion) and padded tokens per
-request (rows x longest row) are capped (413, naming the bound); a client that stalls while sending
-gets ``read_timeout_s`` and is dropped; at most ``max_connections`` connections are served at once
-(503 beyond). Token ids must be ints (not booleans) in the vocabulary; the temperature a finite
-number > 0; bodies with NaN/Infinity are refused. Answers are always strict JSON: a logprob of
+request (rows x (longest prompt + longest completion)) are capped, and so is the padded row itself
+(413, naming the bound); a client that stalls while sending gets ``read_timeout_s`` and is dropped, and
+one that has not sent a whole request header within ``header_timeout_s`` is cut off. At most
+``max_connections`` requests are served at once (503 beyond), each taking its slot only once its
+headers and token are in, so idle or unauthorised sockets cannot take the slots; at most
+``max_open_connections`` connections are open at all. Token ids must be ints (not booleans) in the
+vocabulary; the temperature a finite number >= 1e-2 (r1kit.types.MIN_TEMPERATURE); bodies with
+NaN/Infinity or nested too deeply for the parser are refused (400). Answers are always strict JSON: a logprob of
 -infinity (a token the model gives probability 0) is sent as null, and RemoteReference reads it back.
 Standard library HTTP server (one forward pass at a time: the model is the bottleneck anyway).
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import socket
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,7 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import torch
 
 from r1kit.batch import completion_logprobs, make_batch
-from r1kit.types import Completion
+from r1kit.types import Completion, sampling_problems
 
 MAX_BODY = 256 * 1024 * 1024  # a request larger than this is refused (413)
 
@@ -50,7 +55,9 @@ class Limits:
     max_row_tokens: int = 16384  # prompt + completion tokens of one row
     max_padded_tokens: int = 1 << 20  # rows x (longest prompt + longest completion): the padded batch
     read_timeout_s: float = 30.0  # a client silent this long while sending is dropped
-    max_connections: int = 32  # connections served at once; more get 503
+    max_connections: int = 32  # requests served at once (after their headers and token check); more get 503
+    header_timeout_s: float = 10.0  # a connection must send a request's whole header within this; else dropped
+    max_open_connections: int = 256  # connections open at once, idle or not (each a thread); more get 503 at once
 
 
 class ReferenceService:
@@ -73,8 +80,9 @@ class ReferenceService:
         prompts, completions = request.get("prompt_ids"), request.get("completion_ids")
         temperature = request.get("temperature", 1.0)
         problem = _check_ids(prompts, completions, self.vocab)
-        if problem is None and not (type(temperature) in (int, float) and math.isfinite(temperature) and temperature > 0):
-            problem = f"temperature must be a finite number > 0, got {temperature!r}"
+        if problem is None and (bad := sampling_problems({"temperature": "temperature", "top_p": "top_p"},
+                                                         temperature, 1.0, 0, None)):
+            problem = bad[0]
         if problem:
             return 400, {"error": problem}
         if (too_big := _over_limits(prompts, completions, self.limits)) is not None:
@@ -110,7 +118,11 @@ def _over_limits(prompts: list, completions: list, limits: Limits) -> str | None
         if len(p) + len(c) > limits.max_row_tokens:
             return (f"row {i} has {len(p) + len(c)} tokens (prompt + completion); this server takes at most "
                     f"{limits.max_row_tokens} per row")
-    padded = len(prompts) * (max(map(len, prompts), default=0) + max(map(len, completions), default=0))
+    width = max(map(len, prompts), default=0) + max(map(len, completions), default=0)
+    if width > limits.max_row_tokens:  # prompts pad (left) to the longest, completions (right) to the longest
+        return (f"the longest prompt plus the longest completion pad every row to {width} tokens; this server takes "
+                f"at most {limits.max_row_tokens} per padded row (send rows of very different lengths apart)")
+    padded = len(prompts) * width
     if padded > limits.max_padded_tokens:
         return (f"the request pads to {padded} tokens ({len(prompts)} rows x the longest prompt + completion); this "
                 f"server takes at most {limits.max_padded_tokens} (send long rows in their own request)")
@@ -143,6 +155,27 @@ def make_handler(service: ReferenceService, token: str | None):
             given = self.headers.get("Authorization", "")
             return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
+        def handle_one_request(self):
+            # the request line and headers must all arrive within header_timeout_s (a per-read timeout alone
+            # lets a client send one byte at a time forever); only then does the request compete for a slot
+            self._header_deadline = threading.Timer(service.limits.header_timeout_s, self._drop)
+            self._header_deadline.daemon = True
+            self._header_deadline.start()
+            try:
+                super().handle_one_request()
+            finally:
+                self._header_deadline.cancel()
+
+        def parse_request(self) -> bool:
+            self._header_deadline.cancel()  # the headers are in
+            return super().parse_request()
+
+        def _drop(self) -> None:
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)  # the blocked header read returns: the handler ends
+            except OSError:
+                pass  # already closed
+
         def do_GET(self):
             if self.path == "/health":
                 return self._send(200, {"status": "ok", "model": service.name})
@@ -153,6 +186,15 @@ def make_handler(service: ReferenceService, token: str | None):
                 return self._send(404, {"error": f"no route POST {self.path}"})
             if not self._authorized():
                 return self._send(401, {"error": "missing or wrong bearer token"})
+            if not self.server.slots.acquire(blocking=False):  # checked token, whole headers: now it may wait
+                self.close_connection = True
+                return self._send(503, {"error": "too many requests in progress; retry later"})
+            try:
+                return self._logprobs()
+            finally:
+                self.server.slots.release()
+
+        def _logprobs(self) -> None:
             length = self.headers.get("Content-Length") or "0"
             if not length.isdigit():
                 return self._send(400, {"error": f"Content-Length must be a number of bytes, got {length!r}"})
@@ -162,6 +204,8 @@ def make_handler(service: ReferenceService, token: str | None):
                 request = json.loads(self.rfile.read(int(length)) or b"{}", parse_constant=_no_constants)
             except ValueError as e:
                 return self._send(400, {"error": f"body is not JSON: {e}"})
+            except RecursionError:  # json's parser recurses once per nesting level
+                return self._send(400, {"error": "body nests too deeply to be a logprobs request"})
             if not isinstance(request, dict):
                 return self._send(400, {"error": "body must be a JSON object"})
             try:
@@ -174,17 +218,20 @@ def make_handler(service: ReferenceService, token: str | None):
 
 
 class BoundedServer(ThreadingHTTPServer):
-    """A threading server that serves at most `max_connections` connections at once (503 beyond)."""
+    """A threading server with two bounds: `max_open` connections at all (each a thread; closed at once beyond it,
+    and a connection that does not send a whole request header in time is cut), and `slots` requests served at
+    once, taken only after a request's headers and token are in (503 beyond): idle sockets cannot take the slots."""
 
     daemon_threads = True
 
-    def __init__(self, address, handler, max_connections: int):
+    def __init__(self, address, handler, max_connections: int, max_open: int):
         super().__init__(address, handler)
         self.slots = threading.BoundedSemaphore(max_connections)
+        self.open = threading.BoundedSemaphore(max_open)
 
     def process_request(self, request, client_address):
-        if not self.slots.acquire(blocking=False):
-            body = b'{"error": "too many connections; retry later"}'
+        if not self.open.acquire(blocking=False):  # nothing is read from this connection
+            body = b'{"error": "too many open connections; retry later"}'
             try:
                 request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                                 b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
@@ -198,13 +245,14 @@ class BoundedServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            self.open.release()
 
 
 def make_server(service: ReferenceService, host: str = "127.0.0.1", port: int = 8001,
                 token: str | None = None) -> ThreadingHTTPServer:
     """A bound server (port 0 picks a free port: server.server_address[1]); call serve_forever()."""
-    return BoundedServer((host, port), make_handler(service, token), service.limits.max_connections)
+    limits = service.limits
+    return BoundedServer((host, port), make_handler(service, token), limits.max_connections, limits.max_open_connections)
 
 
 def load_service(model_name: str, dtype: str = "float32", device: str = "auto", micro_batch_size: int = 64,
