@@ -122,6 +122,22 @@ class VllmCfg:
 
 
 @dataclass
+class AsyncCfg:
+    """Asynchronous generation (r1kit.producer, docs/async.md): a generator produces batches while the trainer trains."""
+
+    # sync: generate step t's batch with the newest weights, then train (no overlap). fixed_lag: step t trains on
+    # completions sampled from the weights after step t-1-lag, always (deterministic). bounded: a free-running
+    # generator samples with the newest weights it has, at most max_staleness versions behind the trainer
+    mode: Literal["sync", "fixed_lag", "bounded"] = "sync"
+    lag: int = 1  # fixed_lag: k; 0 is the synchronous run, generated in the worker
+    max_staleness: int = 4  # bounded: the oldest policy version a trained sample may come from, in trainer steps
+    generator_cores: list[int] = field(default_factory=list)  # CPU cores of the generation worker (empty: any)
+    trainer_cores: list[int] = field(default_factory=list)  # CPU cores of the trainer while the worker runs (empty: any)
+    generator_threads: int = 0  # torch threads of the worker (0: one per generator core, or torch's default)
+    timeout_s: float = 600.0  # the longest wait for the worker (start, one batch) before the run stops
+
+
+@dataclass
 class RolloutCfg:
     engine: Literal["hf", "vllm", "server"] = "hf"  # hf: transformers generate in the training process;
     # vllm: vLLM's LLM in the training process; server: a `r1kit serve-gen` vLLM server at services.generation_url
@@ -135,6 +151,7 @@ class RolloutCfg:
     # the samples come from a bf16-rounded policy; engine/logprob_gap_* shows the gap, algo.is_correction corrects it
     autocast: Literal["none", "bfloat16"] = "none"
     vllm: VllmCfg = field(default_factory=VllmCfg)  # rollout.engine=vllm only
+    asynchronous: AsyncCfg = field(default_factory=AsyncCfg)  # generation overlapping training (docs/async.md)
 
 
 @dataclass

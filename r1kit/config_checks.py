@@ -62,7 +62,7 @@ def validate(cfg: Config) -> None:
         (not cfg.data.task_config or cfg.data.source.startswith("reasoning_gym:"),
          f"data.task_config is only used by reasoning_gym:<task> sources, not {cfg.data.source!r}"),
     ]
-    for ok, message in checks + _algo_checks(cfg.algo.resolved()) + _services_checks(cfg):
+    for ok, message in checks + _algo_checks(cfg.algo.resolved()) + _services_checks(cfg) + _async_checks(cfg):
         if not ok:
             raise ConfigError(message)
     if not cfg.name or cfg.name in (".", "..") or any(c in cfg.name for c in "/\\"):
@@ -99,6 +99,26 @@ def _algo_checks(a: AlgoCfg) -> list[tuple[bool, str]]:
          f"algo.dynamic_sampling needs a cap: algo.max_sampling_rounds must be >= 1, got {a.max_sampling_rounds}{src}"),
         (a.entropy_coef >= 0, f"algo.entropy_coef must be >= 0, got {a.entropy_coef}"),
         (a.is_cap >= 1, f"algo.is_cap must be >= 1, got {a.is_cap}"),
+    ]
+
+
+def _async_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """rollout.asynchronous: ranges, and the engines and algorithms asynchronous generation supports."""
+    a, r = cfg.rollout.asynchronous, cfg.rollout
+    on = a.mode != "sync"
+    return [
+        (a.lag >= 0, f"rollout.asynchronous.lag must be >= 0, got {a.lag}"),
+        (a.max_staleness >= 0, f"rollout.asynchronous.max_staleness must be >= 0, got {a.max_staleness}"),
+        (a.generator_threads >= 0, f"rollout.asynchronous.generator_threads must be >= 0, got {a.generator_threads}"),
+        (a.timeout_s > 0, f"rollout.asynchronous.timeout_s must be > 0, got {a.timeout_s}"),
+        (all(c >= 0 for c in a.generator_cores + a.trainer_cores),
+         "rollout.asynchronous.generator_cores and trainer_cores must be CPU numbers >= 0"),
+        (not on or r.engine == "hf",
+         f"rollout.asynchronous.mode={a.mode} with rollout.engine={r.engine} is not available yet: asynchronous "
+         "generation runs in a generation worker with the HF engine (rollout.engine=hf)"),
+        (not on or not cfg.algo.resolved().dynamic_sampling,
+         f"rollout.asynchronous.mode={a.mode} with dynamic sampling (algo.dynamic_sampling, loss_type="
+         f"{cfg.algo.loss_type}) is not supported: a redraw depends on the rewards of the draw before it"),
     ]
 
 
@@ -151,7 +171,9 @@ def _services_checks(cfg: Config) -> list[tuple[bool, str]]:
 # in part (the optimizer state keeps the old learning rate), so a resume that changes it is refused.
 RESUMABLE_CHANGES = ("train.max_steps", "train.max_minutes", "train.save_every", "train.keep_checkpoints",
                      "train.resume_from", "train.trust_checkpoint", "train.reward_on_error", "eval.", "log.",
-                     "services.", "rollout.generation_batch_size", "rollout.vllm.", "model.device")
+                     "services.", "rollout.generation_batch_size", "rollout.vllm.", "model.device",
+                     "rollout.asynchronous.generator_", "rollout.asynchronous.trainer_cores",
+                     "rollout.asynchronous.timeout_s", "rollout.asynchronous.max_staleness")
 
 
 def changed_settings(saved: dict, cfg: Config) -> tuple[list[str], list[str]]:

@@ -49,6 +49,7 @@ class RunState:
     eval_history: list = field(default_factory=list)  # (step, greedy accuracy)
     wall_seconds: float = 0.0  # training wall time of earlier sessions of this run (resume)
     nonfinite_steps: int = 0  # optimizer steps skipped because the gradient was NaN/inf
+    in_flight: dict = field(default_factory=dict)  # asynchronous generation: batches generated, not yet trained
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Run:
     progress: object
     state: RunState
     started: float = field(default_factory=time.time)
+    batches: object | None = None  # r1kit.producer's batch source, set by the loop
 
     def training_seconds(self) -> float:
         """Wall time of this run so far, earlier (resumed-from) sessions included."""
@@ -372,6 +374,7 @@ def maybe_checkpoint(run: Run, step: int, force: bool = False) -> None:
     if force or (every and step % every == 0):
         run.state.wall_seconds += time.time() - run.started
         run.started = time.time()
+        run.state.in_flight = run.batches.in_flight() if run.batches is not None else {}
         state = {"scheduler": run.scheduler.state_dict(), "run_state": dataclasses.asdict(run.state)}
         save_checkpoint(run.cfg.run_dir / "checkpoints", step, run.accelerator, run.model, run.tokenizer, state,
                         keep=run.cfg.train.keep_checkpoints, lora_save=run.cfg.model.lora.save)

@@ -32,3 +32,4 @@ class Completion:
     text: str  # decoded completion, special tokens removed
     finish_reason: Literal["stop", "length"]  # stop: EOS sampled; length: cut at max_new_tokens (truncated)
     logprobs: list[float] = field(default_factory=list)  # log p(token) under the sampling distribution, per token
+    policy_version: int = 0  # the weights that sampled it: the number of trainer steps they had applied
