@@ -38,6 +38,9 @@ from r1kit.run import Run, sampling_params, step_prompt_indices
 from r1kit.types import Completion
 
 
+SUPPORTED_STRATEGIES = ("single", "ddp")  # whole weights on every rank: each rank's worker copies its own
+
+
 def make_batches(run: Run, algo: AlgoCfg, timer: PhaseTimer):
     """The batch source rollout.asynchronous.mode names; a context manager that releases its worker."""
     if run.cfg.rollout.asynchronous.mode == "sync":
@@ -77,10 +80,10 @@ class AsyncBatches(SyncBatches):
     def __init__(self, run: Run, timer: PhaseTimer):
         cfg, acc = run.cfg, run.accelerator
         a = cfg.rollout.asynchronous
-        if acc.num_processes > 1:
-            raise ConfigError(f"rollout.asynchronous.mode={a.mode} runs with one training process for now "
-                              f"({acc.num_processes} processes, strategy {dist.strategy_name(acc)}); train without "
-                              "accelerate launch, or with rollout.asynchronous.mode=sync")
+        if dist.strategy_name(acc) not in SUPPORTED_STRATEGIES:
+            raise ConfigError(f"rollout.asynchronous.mode={a.mode} with strategy {dist.strategy_name(acc)} is not "
+                              f"supported yet: it runs on one process or under DDP (recipes/accelerate/ddp.yaml), each "
+                              "rank with its own generation worker; or use rollout.asynchronous.mode=sync")
         self.run, self.timer = run, timer
         self.fixed = a.mode == "fixed_lag"
         self.ahead = a.lag if self.fixed else a.max_staleness
@@ -88,8 +91,9 @@ class AsyncBatches(SyncBatches):
         self.start_version = run.state.step
         saved = run.state.in_flight or {}
         self.next_batch = saved.get("next_batch", run.state.step + 1)  # the batch the trainer consumes next
-        self.ready = {b: (entry["version"], [Completion(**c) for c in entry["completions"]])
-                      for b, entry in saved.get("batches", {}).items()}
+        mine = saved["ranks"][acc.process_index] if saved else {}  # each rank generated its own share
+        self.ready = {b: (entry["version"], [Completion(**c) for c in entry["completions"]]) for b, entry in mine.items()}
+        run.state.in_flight = {}
         self.next_request = max(self.ready, default=self.next_batch - 1) + 1
         self.dropped = 0
         self.trainer_before = pin(tuple(a.trainer_cores), 0)
@@ -113,8 +117,8 @@ class AsyncBatches(SyncBatches):
             with self.timer("generate_wait"):
                 batch, (version, completions) = self.next_batch, self._take(self.next_batch)
             self.next_batch += 1
-            if self.fixed or latest - version <= self.ahead:
-                break
+            if self.fixed or not dist.all_max(self.run.accelerator, int(latest - version > self.ahead)):
+                break  # every rank keeps the batch (or every rank drops it: they stay on the same batch)
             self.dropped += 1  # older than max_staleness: never trained on
         rows = self._rows(batch)
         with self.timer("reward"):
@@ -136,7 +140,7 @@ class AsyncBatches(SyncBatches):
             self._receive_until(batch)
         batches = {b: {"version": v, "completions": [dataclasses.asdict(c) for c in cs]}
                    for b, (v, cs) in sorted(self.ready.items())}
-        return {"next_batch": self.next_batch, "batches": batches}
+        return {"next_batch": self.next_batch, "ranks": dist.gather_lists(self.run.accelerator, [batches])}
 
     def close(self) -> None:
         worker = getattr(self, "worker", None)

@@ -60,8 +60,8 @@ def test_a_lag_one_run_killed_and_resumed_trains_the_batches_in_flight(small_mod
         train(cfg_for(small_model_dir, tmp_path / "resumed", *crashing))
     saved = torch.load(tmp_path / "resumed" / "t" / "checkpoints" / "step-2" / "trainer_state.pt", weights_only=True)
     in_flight = saved["run_state"]["in_flight"]
-    assert in_flight["next_batch"] == 3 and list(in_flight["batches"]) == [3]
-    assert {c["policy_version"] for c in in_flight["batches"][3]["completions"]} == {1}
+    assert in_flight["next_batch"] == 3 and [list(rank) for rank in in_flight["ranks"]] == [[3]]
+    assert {c["policy_version"] for c in in_flight["ranks"][0][3]["completions"]} == {1}
     train(cfg_for(small_model_dir, tmp_path / "resumed", *crashing, "train.resume_from=latest"))
     assert same_weights(straight, tmp_path / "resumed")
     assert [m["step"] for m in metrics(tmp_path / "resumed")] == [1, 2, 3, 4]
@@ -85,10 +85,9 @@ def test_bounded_staleness_holds_its_bound_and_a_smaller_bound_drops_what_is_old
     assert all(m["async/staleness_max"] <= 2 for m in first)
     assert [m["async/batch"] for m in first] == [1, 2, 3, 4]
     state = torch.load(tmp_path / "t" / "checkpoints" / "step-4" / "trainer_state.pt", weights_only=True)
-    saved = state["run_state"]["in_flight"]["batches"]
-    assert list(saved) == []  # the last step requests nothing beyond max_steps
+    assert state["run_state"]["in_flight"]["ranks"] == [{}]  # the last step requests nothing beyond max_steps
     state = torch.load(tmp_path / "t" / "checkpoints" / "step-2" / "trainer_state.pt", weights_only=True)
-    older = [b for b, e in state["run_state"]["in_flight"]["batches"].items() if 2 - e["version"] > 0]
+    older = [b for b, e in state["run_state"]["in_flight"]["ranks"][0].items() if 2 - e["version"] > 0]
     # resume at step 2 with max_staleness 0: every saved batch older than version 2 is dropped and counted
     import shutil
 
@@ -192,3 +191,34 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.slow
+def test_a_lag_one_run_of_the_tiny_world_learns(tmp_path):
+    from pathlib import Path
+
+    recipe = Path(__file__).parent.parent / "recipes" / "tiny" / "grpo.yaml"
+    cfg = load_recipe(recipe, [f"output_dir={tmp_path}", "train.max_steps=50", "data.eval_size=200", "eval.every=0",
+                               "log.progress=false", "train.save_every=0", "rollout.asynchronous.mode=fixed_lag",
+                               "rollout.asynchronous.lag=1"])
+    summary = train(cfg)
+    assert summary["accuracy_after"] >= summary["accuracy_before"] + 0.30, summary
+
+
+@pytest.mark.distributed
+def test_two_ddp_ranks_with_half_the_prompts_each_equal_one_process_at_lag_one(small_model_dir, tmp_path):
+    """Each rank's worker generates its share; 2 x B/2 = 1 x B holds in fixed-lag mode as in the synchronous loop."""
+    from test_distributed import LAYOUT_ATOL, final_weights, launch, max_diff, recipe
+
+    lag = {"num_generations": 4, "max_completion_length": 12, "asynchronous": {"mode": "fixed_lag", "lag": 1}}
+    path = recipe(tmp_path, small_model_dir, rollout=lag)
+    train(load_recipe(path, ["name=single"]))
+    out = launch("ddp", path, "name=t")
+    assert out.returncode == 0, out.stderr[-3000:]
+    single, ddp = tmp_path / "runs" / "single", tmp_path / "runs" / "t"
+    assert max_diff(final_weights(ddp), final_weights(single)) < LAYOUT_ATOL
+    lines = [json.loads(x) for x in (ddp / "metrics.jsonl").read_text().splitlines()]
+    mine = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
+    assert [m["reward"] for m in lines] == pytest.approx([m["reward"] for m in mine], abs=1e-6)
+    assert [m["async/staleness_max"] for m in lines] == [0.0, 1.0, 1.0]
+    assert (ddp / "checkpoints" / "step-2").is_dir()

@@ -222,3 +222,6 @@ class GenerationWorker:
         if self.process.is_alive():
             self.process.kill()
             self.process.join(timeout=5.0)
+        for q in (self.requests, self.results):  # release their semaphores and feeder threads
+            q.close()
+            q.cancel_join_thread()
