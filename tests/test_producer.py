@@ -36,9 +36,12 @@ def same_weights(a, b) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_lag_zero_in_the_worker_is_bitwise_the_synchronous_run(small_model_dir, tmp_path):
-    train(cfg_for(small_model_dir, tmp_path / "sync", "train.max_steps=3", *QUIET))
-    train(cfg_for(small_model_dir, tmp_path / "lag0", "train.max_steps=3", *lagged(0)))
+@pytest.mark.parametrize("lora", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_lag_zero_in_the_worker_is_bitwise_the_synchronous_run(lora, small_model_dir, tmp_path):
+    """The worker's copy samples what the policy samples: all weights, or a LoRA model's adapters, sent each step."""
+    adapters = ["model.lora.enabled=true", "model.lora.r=4"] if lora else []
+    train(cfg_for(small_model_dir, tmp_path / "sync", "train.max_steps=3", *QUIET, *adapters))
+    train(cfg_for(small_model_dir, tmp_path / "lag0", "train.max_steps=3", *lagged(0), *adapters))
     assert same_weights(tmp_path / "sync", tmp_path / "lag0")
     sync, lag0 = metrics(tmp_path / "sync"), metrics(tmp_path / "lag0")
     assert [m["reward"] for m in sync] == [m["reward"] for m in lag0]

@@ -1,8 +1,9 @@
 """A generation worker: a separate process with its own copy of the policy, sampling with the HF engine.
 
 The trainer keeps training while the worker generates (r1kit.producer decides what to ask for). Weights
-travel through shared memory: ``slots`` is a ring of state dicts in shared memory, each stamped with the
-policy version it holds (version = trainer steps applied). The trainer copies its weights into the slot
+travel through shared memory: ``slots`` is a ring of copies of the trainable parameters (all weights, or a
+LoRA model's adapters only) in shared memory, each stamped with the policy version it holds (version =
+trainer steps applied). The trainer copies its weights into the slot
 of the new version (``publish``: the copy and nothing else); the worker copies a slot into its own
 model before each batch. A stamp of -1 means "being written"; a reader that sees the stamp change during
 its copy retries (a seqlock), so a torn copy is never used.
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.multiprocessing as mp
 
-from r1kit.rollout.weights import export_state_dict, unwrap
+from r1kit.rollout.weights import unwrap
 from r1kit.types import Completion, SamplingParams
 
 WRITING = -1  # a slot's stamp while the trainer copies into it (and before its first version)
@@ -71,13 +72,16 @@ def pin(cores: tuple[int, ...], threads: int) -> tuple[set[int], int]:
     return before
 
 
+def trained_tensors(model) -> dict[str, torch.Tensor]:
+    """What an optimizer step changes: the trainable parameters (all of them, or a LoRA model's adapters),
+    by name, each once (a tied head is one parameter). Buffers and frozen weights never change."""
+    return {name: p.detach() for name, p in unwrap(model).named_parameters() if p.requires_grad}
+
+
 def generator_copy(model) -> torch.nn.Module:
-    """A plain (unwrapped, LoRA-merged) copy of the policy for the worker: the same class, config, dtype,
-    generation config and buffers, so it samples exactly what the policy would."""
-    inner = unwrap(model)
-    clone = copy.deepcopy(inner)
-    if hasattr(clone, "merge_and_unload"):  # peft: the worker samples from the merged weights
-        clone = clone.merge_and_unload()
+    """A copy of the policy for the worker: the same class (a LoRA model keeps its adapters), config, dtype,
+    generation config and buffers, so it samples exactly what the policy would with the same weights."""
+    clone = copy.deepcopy(unwrap(model))
     clone.eval()
     for p in clone.parameters():
         p.requires_grad_(False)
@@ -89,7 +93,7 @@ def _load_slot(model, slot: dict, stamps: torch.Tensor, index: int, want: int, e
     version = int(stamps[index])
     if version == WRITING or (version != want if exact else version < want):
         return None
-    params = model.state_dict()
+    params = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in slot.items():
             params[name].copy_(tensor)
@@ -151,8 +155,8 @@ class GenerationWorker:
     def __init__(self, model, tokenizer, engine_kwargs: dict, placement: Placement, num_slots: int,
                  timeout_s: float, name: str = "generation worker"):
         self.timeout_s, self.name = timeout_s, name
-        state = export_state_dict(model)
-        # each slot its own storage (a tied head too), in shared memory, stamped "nothing yet"
+        state = trained_tensors(model)
+        # each slot its own storage, in shared memory, stamped "nothing yet"
         self.slots = [{k: t.detach().to("cpu", copy=True).share_memory_() for k, t in state.items()}
                       for _ in range(num_slots)]
         self.stamps = torch.full((num_slots,), WRITING, dtype=torch.int64).share_memory_()
@@ -172,7 +176,7 @@ class GenerationWorker:
         slot = self.slots[index]
         self.stamps[index] = WRITING
         with torch.no_grad():
-            for name, tensor in export_state_dict(model).items():
+            for name, tensor in trained_tensors(model).items():
                 slot[name].copy_(tensor)
         self.stamps[index] = version
 
