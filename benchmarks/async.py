@@ -76,7 +76,8 @@ def aggregate(runs: list[dict]) -> dict:
         table[mode] = {"median_s_per_step": statistics.median(r["median_s_per_step"] for r in rs),
                        "accuracy_after": statistics.mean(accuracies) if accuracies else None,
                        "minutes_to_target": statistics.mean(reached) if len(reached) == len(rs) else None,
-                       "seeds_reaching_target": len(reached), "staleness_mean": statistics.mean(r["staleness_mean"] for r in rs)}
+                       "seeds_reaching_target": len(reached),
+                       "staleness_mean": statistics.mean(r["staleness_mean"] for r in rs)}
     base = table.get("sync")
     for row in table.values():
         row["speedup"] = base["median_s_per_step"] / row["median_s_per_step"] if base else None

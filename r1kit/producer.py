@@ -11,9 +11,9 @@ steps applied to the weights; step t itself trains version t-1.
   told the exact version, so nothing but k decides what a batch is sampled from (two runs are bitwise
   equal, and k = 0 is bitwise the synchronous run). Prompts and sampling seeds are the synchronous run's.
 - bounded (max_staleness m): the worker runs up to m batches ahead and samples each with the newest weights
-  it has when it starts it (at least the trainer's version when it was requested); a batch more than m versions older than the trainer when it
-  is consumed (possible after a resume with a smaller m) is dropped, counted in async/dropped_batches,
-  and the next batch is used.
+  it has when it starts it (at least the trainer's version when it was requested); a batch more than m
+  versions older than the trainer when it is consumed (possible after a resume with a smaller m) is
+  dropped, counted in async/dropped_batches, and the next batch is used.
 
 Rewards are computed in the trainer when a batch is consumed, with the trainer's state, as in the
 synchronous loop. What is in flight (generated or requested, not yet trained) is drained into the
@@ -29,16 +29,13 @@ import torch
 from r1kit import distributed as dist
 from r1kit.algo.advantages import zero_variance_groups
 from r1kit.algo.filters import informative_groups
-from r1kit.config import AlgoCfg, ConfigError
+from r1kit.config import AlgoCfg
 from r1kit.logging import PhaseTimer
 from r1kit.rewards import RewardState, combine, reward_inputs
 from r1kit.rewards.registry import RewardResult
 from r1kit.rollout.worker import GenerationWorker, Placement, Request, pin
 from r1kit.run import Run, sampling_params, step_prompt_indices
 from r1kit.types import Completion
-
-
-SUPPORTED_STRATEGIES = ("single", "ddp")  # whole weights on every rank: each rank's worker copies its own
 
 
 def make_batches(run: Run, algo: AlgoCfg, timer: PhaseTimer):
@@ -80,10 +77,6 @@ class AsyncBatches(SyncBatches):
     def __init__(self, run: Run, timer: PhaseTimer):
         cfg, acc = run.cfg, run.accelerator
         a = cfg.rollout.asynchronous
-        if dist.strategy_name(acc) not in SUPPORTED_STRATEGIES:
-            raise ConfigError(f"rollout.asynchronous.mode={a.mode} with strategy {dist.strategy_name(acc)} is not "
-                              f"supported yet: it runs on one process or under DDP (recipes/accelerate/ddp.yaml), each "
-                              "rank with its own generation worker; or use rollout.asynchronous.mode=sync")
         self.run, self.timer = run, timer
         self.fixed = a.mode == "fixed_lag"
         self.ahead = a.lag if self.fixed else a.max_staleness
@@ -92,7 +85,8 @@ class AsyncBatches(SyncBatches):
         saved = run.state.in_flight or {}
         self.next_batch = saved.get("next_batch", run.state.step + 1)  # the batch the trainer consumes next
         mine = saved["ranks"][acc.process_index] if saved else {}  # each rank generated its own share
-        self.ready = {b: (entry["version"], [Completion(**c) for c in entry["completions"]]) for b, entry in mine.items()}
+        self.ready = {b: (entry["version"], [Completion(**c) for c in entry["completions"]])
+                      for b, entry in mine.items()}
         run.state.in_flight = {}
         self.next_request = max(self.ready, default=self.next_batch - 1) + 1
         self.dropped = 0

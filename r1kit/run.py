@@ -181,9 +181,27 @@ def _check_strategy(cfg: Config, acc) -> None:
     if cfg.rollout.engine == "server" and dist.is_sharded(acc) and strategy not in ("zero3", "fsdp2"):
         raise ConfigError(f"rollout.engine=server with {strategy} is not supported (the weight push gathers ZeRO-3 or "
                           "FSDP2 shards one layer at a time); use recipes/accelerate/zero3.yaml or fsdp2.yaml")
+    _check_async(cfg.rollout.asynchronous, strategy)
     if cfg.rollout.engine == "vllm" and acc.num_processes > 1:
         raise ConfigError("rollout.engine=vllm (colocated) runs in one process; with several training processes use "
                           "rollout.engine=server (every rank samples from one `r1kit serve-gen`) or hf")
+
+
+def _check_async(a, strategy: str) -> None:
+    """Asynchronous generation: a strategy whose every rank holds whole weights (each rank's worker copies its
+    own), and cores this process may use (a cgroup or taskset may hold fewer)."""
+    if a.mode == "sync":
+        return
+    if strategy not in ("single", "ddp"):
+        raise ConfigError(f"rollout.asynchronous.mode={a.mode} with strategy {strategy} is not supported yet: it runs "
+                          "on one process or under DDP (recipes/accelerate/ddp.yaml), each rank with its own "
+                          "generation worker; or use rollout.asynchronous.mode=sync")
+    available = os.sched_getaffinity(0)
+    for key in ("generator_cores", "trainer_cores"):
+        missing = sorted(set(getattr(a, key)) - available)
+        if missing:
+            raise ConfigError(f"rollout.asynchronous.{key}={getattr(a, key)}: CPU {missing} is not available to "
+                              f"this process (available: {sorted(available)})")
 
 
 def _build_rewards(cfg: Config) -> list:

@@ -112,6 +112,10 @@ def test_async_generation_refuses_what_it_does_not_support(small_model_dir, tmp_
         cfg_for(small_model_dir, tmp_path, "rollout.asynchronous.lag=-1")
     with pytest.raises(ConfigError, match="mode"):
         cfg_for(small_model_dir, tmp_path, "rollout.asynchronous.mode=off")
+    with pytest.raises(ConfigError, match=r"generator_cores=\[4096\]: CPU \[4096\] is not available"):
+        train(cfg_for(small_model_dir, tmp_path, "rollout.asynchronous.mode=fixed_lag",
+                      "rollout.asynchronous.generator_cores=[4096]"))
+    assert not (tmp_path / "t").exists()  # refused before anything was written
 
 
 def _worker(model, tokenizer, timeout_s=60.0):
