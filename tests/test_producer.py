@@ -152,11 +152,11 @@ def test_a_worker_that_dies_or_hangs_stops_the_trainer_with_its_name(small_model
 
 
 def test_a_worker_asked_for_weights_it_never_gets_reports_it(small_model, tiny_tokenizer):
-    worker = GenerationWorker(small_model, tiny_tokenizer, {}, Placement(), num_slots=2, timeout_s=1.0)
+    worker = GenerationWorker(small_model, tiny_tokenizer, {}, Placement(), num_slots=2, timeout_s=8.0)
     try:
         worker.publish(small_model, 0)
         worker.submit(Request(batch=1, prompts=[[1, 2]], n=2, sampling=SamplingParams(4, seed=1), version=5, exact=True))
-        with pytest.raises(WorkerError, match="failed on batch 1: .*no weights of version exactly 5"):
+        with pytest.raises(WorkerError, match="failed on batch 1: .*no weights of version exactly 5 arrived within 4 s"):
             worker.receive("batch 1")
     finally:
         worker.close()

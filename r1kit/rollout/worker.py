@@ -140,7 +140,8 @@ def _worker_main(model, tokenizer, engine_kwargs: dict, placement: Placement, sl
         if request is None:
             return
         try:
-            version = load_version(model, slots, stamps, request.version, request.exact, timeout_s)
+            # half the trainer's limit: the worker's own, more precise error arrives before the trainer gives up
+            version = load_version(model, slots, stamps, request.version, request.exact, timeout_s / 2)
             completions = engine.generate(request.prompts, request.n, request.sampling)
             results.put(("done", request.batch, version,
                          [dataclasses.replace(c, policy_version=version) for c in completions]))
