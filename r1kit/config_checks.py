@@ -116,6 +116,11 @@ def _async_checks(cfg: Config) -> list[tuple[bool, str]]:
         (not on or r.engine == "hf",
          f"rollout.asynchronous.mode={a.mode} with rollout.engine={r.engine} is not available yet: asynchronous "
          "generation runs in a generation worker with the HF engine (rollout.engine=hf)"),
+        # tools (multi-turn rollouts) run in the trainer's engine, not in the generation worker; getattr: the tools
+        # section is merged from another branch
+        (not on or not getattr(cfg, "tools", None),
+         f"rollout.asynchronous.mode={a.mode} with tools (multi-turn rollouts) is not supported yet: the generation "
+         "worker samples single-turn completions; use rollout.asynchronous.mode=sync"),
         (not on or not cfg.algo.resolved().dynamic_sampling,
          f"rollout.asynchronous.mode={a.mode} with dynamic sampling (algo.dynamic_sampling, loss_type="
          f"{cfg.algo.loss_type}) is not supported: a redraw depends on the rewards of the draw before it"),
