@@ -1,11 +1,14 @@
 """kill -9 trials: a run killed at a random moment, then resumed, must end with the weights of a run never killed.
 
     python benchmarks/kill_trials.py --trials 8
+    python benchmarks/kill_trials.py --trials 8 --out benchmarks/results/kill_trials-lag1.json \
+        rollout.asynchronous.mode=fixed_lag rollout.asynchronous.lag=1   # asynchronous generation, batches in flight
 
 Each trial starts `r1kit train` (a small random model, 6 steps, a checkpoint every 2), sends SIGKILL after a
 random delay (seeded), checks that every checkpoint left behind is complete, resumes with
 train.resume_from=latest, and compares final/ with an uninterrupted run bit for bit. A kill before the first
-checkpoint resumes from step 0. Prints a table and writes benchmarks/results/kill_trials.json.
+checkpoint resumes from step 0. Recipe overrides after the options apply to every run. Prints a table and
+writes benchmarks/results/kill_trials.json (or --out).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kill_trials.json"))
+    parser.add_argument("overrides", nargs="*", help="recipe overrides for every run")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     from r1kit.models import build_tiny_model, build_tiny_tokenizer
@@ -60,7 +65,7 @@ def main() -> None:
                          num_attention_heads=4, num_key_value_heads=4).save_pretrained(tmp / "model")
         tok.save_pretrained(tmp / "model")
         start = time.time()
-        straight = train(tmp / "model", tmp / "straight")
+        straight = train(tmp / "model", tmp / "straight", *args.overrides)
         assert straight.wait() == 0, straight.stderr.read()
         full_seconds = time.time() - start
         reference = weights(tmp / "straight" / "t")
@@ -68,7 +73,7 @@ def main() -> None:
         for trial in range(args.trials):
             out = tmp / f"trial-{trial}"
             delay = rng.uniform(0.4, 1.0) * full_seconds  # start-up is ~40% of a run this short
-            proc = train(tmp / "model", out)
+            proc = train(tmp / "model", out, *args.overrides)
             time.sleep(delay)
             killed = proc.poll() is None
             if killed:
@@ -76,7 +81,7 @@ def main() -> None:
             proc.wait()
             left = sorted((out / "t" / "checkpoints").glob("step-*")) if (out / "t" / "checkpoints").exists() else []
             whole = all(complete(p) for p in left)  # before the resume prunes old checkpoints
-            resumed = train(tmp / "model", out, "train.resume_from=latest")
+            resumed = train(tmp / "model", out, *args.overrides, "train.resume_from=latest")
             ok = resumed.wait() == 0
             result = weights(out / "t") if ok else {}
             identical = ok and all((result[k] == reference[k]).all().item() for k in reference)
@@ -92,8 +97,9 @@ def main() -> None:
                "identical": sum(r["identical"] for r in rows), "failed": sum(not r["resumed"] for r in rows),
                "incomplete_checkpoints": sum(not r["all_complete"] for r in rows)}
     print(summary)
-    path = ROOT / "benchmarks" / "results" / "kill_trials.json"
-    path.write_text(json.dumps({"summary": summary, "rows": rows, "straight_run_seconds": round(full_seconds)},
+    path = Path(args.out)
+    path.write_text(json.dumps({"summary": summary, "rows": rows, "straight_run_seconds": round(full_seconds),
+                                "overrides": args.overrides},
                                indent=2) + "\n")
     print(f"wrote {path}")
 

@@ -129,6 +129,22 @@ class VllmCfg:
 
 
 @dataclass
+class AsyncCfg:
+    """Asynchronous generation (r1kit.producer, docs/async.md): a generator produces batches while the trainer trains."""
+
+    # sync: generate step t's batch with the newest weights, then train (no overlap). fixed_lag: step t trains on
+    # completions sampled from the weights after step t-1-lag, always (deterministic). bounded: a free-running
+    # generator samples with the newest weights it has, at most max_staleness versions behind the trainer
+    mode: Literal["sync", "fixed_lag", "bounded"] = "sync"
+    lag: int = 1  # fixed_lag: k; 0 is the synchronous run, generated in the worker
+    max_staleness: int = 4  # bounded: the oldest policy version a trained sample may come from, in trainer steps
+    generator_cores: list[int] = field(default_factory=list)  # CPU cores of the generation worker (empty: any)
+    trainer_cores: list[int] = field(default_factory=list)  # CPU cores of the trainer while the worker runs (empty: any)
+    generator_threads: int = 0  # torch threads of the worker (0: one per generator core, or torch's default)
+    timeout_s: float = 600.0  # the longest wait for the worker (start, one batch) before the run stops
+
+
+@dataclass
 class RolloutCfg:
     engine: Literal["hf", "vllm", "server"] = "hf"  # hf: transformers generate in the training process;
     # vllm: vLLM's LLM in the training process; server: a `r1kit serve-gen` vLLM server at services.generation_url
@@ -149,6 +165,7 @@ class RolloutCfg:
     # <tool_call>name(args)</tool_call> for models whose template has none (the tiny char model)
     tool_call_format: Literal["template", "plain"] = "template"
     vllm: VllmCfg = field(default_factory=VllmCfg)  # rollout.engine=vllm only
+    asynchronous: AsyncCfg = field(default_factory=AsyncCfg)  # generation overlapping training (docs/async.md)
 
 
 @dataclass
@@ -348,6 +365,13 @@ class Config:
     @property
     def prompts_per_step(self) -> int:
         return self.train.batch_size // self.rollout.num_generations
+
+    def resolved_algo(self) -> AlgoCfg:
+        """The algorithm section with its preset resolved, and the off-policy correction on by default when
+        samples can come from an older policy: bounded staleness, or a fixed lag of at least 1 (lag 0 samples
+        from the current weights and stays bitwise the synchronous run) (AlgoCfg.resolved)."""
+        a = self.rollout.asynchronous
+        return self.algo.resolved(asynchronous=a.mode == "bounded" or (a.mode == "fixed_lag" and a.lag > 0))
 
 
 # ---------------------------------------------------------------- building from dicts
@@ -579,5 +603,5 @@ def _merge(tree: dict, update: dict) -> None:
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the config with the algorithm preset resolved, so the file says what the run really did."""
     tree = to_dict(cfg)
-    tree["algo"] = to_dict(cfg.algo.resolved())
+    tree["algo"] = to_dict(cfg.resolved_algo())
     Path(path).write_text(yaml.safe_dump(tree, sort_keys=False))

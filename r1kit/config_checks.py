@@ -57,7 +57,8 @@ def validate(cfg: Config) -> None:
         (not cfg.data.task_config or cfg.data.source.startswith("reasoning_gym:"),
          f"data.task_config is only used by reasoning_gym:<task> sources, not {cfg.data.source!r}"),
     ]
-    for ok, message in checks + _sampling_checks(cfg) + _algo_checks(cfg.algo.resolved()) + _services_checks(cfg) + _tool_checks(cfg):
+    for ok, message in (checks + _sampling_checks(cfg) + _algo_checks(cfg.resolved_algo()) + _services_checks(cfg)
+                        + _tool_checks(cfg) + _async_checks(cfg)):
         if not ok:
             raise ConfigError(message)
     if not cfg.name or cfg.name in (".", "..") or any(c in cfg.name for c in "/\\"):
@@ -132,6 +133,31 @@ def _tool_checks(cfg: Config) -> list[tuple[bool, str]]:
     ]
 
 
+def _async_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """rollout.asynchronous: ranges, and the engines and algorithms asynchronous generation supports."""
+    a, r = cfg.rollout.asynchronous, cfg.rollout
+    on = a.mode != "sync"
+    return [
+        (a.lag >= 0, f"rollout.asynchronous.lag must be >= 0, got {a.lag}"),
+        (a.max_staleness >= 0, f"rollout.asynchronous.max_staleness must be >= 0, got {a.max_staleness}"),
+        (a.generator_threads >= 0, f"rollout.asynchronous.generator_threads must be >= 0, got {a.generator_threads}"),
+        (a.timeout_s > 0, f"rollout.asynchronous.timeout_s must be > 0, got {a.timeout_s}"),
+        (all(c >= 0 for c in a.generator_cores + a.trainer_cores),
+         "rollout.asynchronous.generator_cores and trainer_cores must be CPU numbers >= 0"),
+        (not on or r.engine == "hf",
+         f"rollout.asynchronous.mode={a.mode} with rollout.engine={r.engine} is not available yet: asynchronous "
+         "generation runs in a generation worker with the HF engine (rollout.engine=hf)"),
+        # tools (multi-turn rollouts) run in the trainer's engine, not in the generation worker; getattr: the tools
+        # section is merged from another branch
+        (not on or not getattr(cfg, "tools", None),
+         f"rollout.asynchronous.mode={a.mode} with tools (multi-turn rollouts) is not supported yet: the generation "
+         "worker samples single-turn completions; use rollout.asynchronous.mode=sync"),
+        (not on or not cfg.resolved_algo().dynamic_sampling,
+         f"rollout.asynchronous.mode={a.mode} with dynamic sampling (algo.dynamic_sampling, loss_type="
+         f"{cfg.algo.loss_type}) is not supported: a redraw depends on the rewards of the draw before it"),
+    ]
+
+
 def _generate_checks(g: GenerateCfg) -> list[tuple[bool, str]]:
     """generate.*: ranges, the output's format, and a threshold exactly when keep=reward uses one."""
     return [
@@ -186,7 +212,9 @@ def _host_port(address: str) -> bool:
 # in part (the optimizer state keeps the old learning rate), so a resume that changes it is refused.
 RESUMABLE_CHANGES = ("train.max_steps", "train.max_minutes", "train.save_every", "train.keep_checkpoints",
                      "train.resume_from", "train.trust_checkpoint", "train.reward_on_error", "eval.", "log.",
-                     "services.", "rollout.generation_batch_size", "rollout.vllm.", "model.device")
+                     "services.", "rollout.generation_batch_size", "rollout.vllm.", "model.device",
+                     "rollout.asynchronous.generator_", "rollout.asynchronous.trainer_cores",
+                     "rollout.asynchronous.timeout_s", "rollout.asynchronous.max_staleness")
 
 
 def changed_settings(saved: dict, cfg: Config) -> tuple[list[str], list[str]]:
@@ -195,7 +223,7 @@ def changed_settings(saved: dict, cfg: Config) -> tuple[list[str], list[str]]:
     A key the saved file lacks (added to r1kit after the run started) that holds its default is no change:
     a new key's default keeps what runs did before it existed."""
     current = to_dict(cfg)
-    current["algo"] = to_dict(cfg.algo.resolved())
+    current["algo"] = to_dict(cfg.resolved_algo())
     defaults = to_dict(Config())
     defaults["algo"] = to_dict(Config().algo.resolved())
     refused, allowed = [], []

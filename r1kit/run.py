@@ -53,6 +53,7 @@ class RunState:
     eval_history: list = field(default_factory=list)  # (step, greedy accuracy)
     wall_seconds: float = 0.0  # training wall time of earlier sessions of this run (resume)
     nonfinite_steps: int = 0  # optimizer steps skipped because the gradient was NaN/inf
+    in_flight: dict = field(default_factory=dict)  # asynchronous generation: batches generated, not yet trained
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Run:
     progress: object
     state: RunState
     started: float = field(default_factory=time.time)
+    batches: object | None = None  # r1kit.producer's batch source, set by the loop
 
     def training_seconds(self) -> float:
         """Wall time of this run so far, earlier (resumed-from) sessions included."""
@@ -204,9 +206,27 @@ def _check_strategy(cfg: Config, acc) -> None:
     if cfg.rollout.engine == "server" and dist.is_sharded(acc) and strategy not in ("zero3", "fsdp2"):
         raise ConfigError(f"rollout.engine=server with {strategy} is not supported (the weight push gathers ZeRO-3 or "
                           "FSDP2 shards one layer at a time); use recipes/accelerate/zero3.yaml or fsdp2.yaml")
+    _check_async(cfg.rollout.asynchronous, strategy)
     if cfg.rollout.engine == "vllm" and acc.num_processes > 1:
         raise ConfigError("rollout.engine=vllm (colocated) runs in one process; with several training processes use "
                           "rollout.engine=server (every rank samples from one `r1kit serve-gen`) or hf")
+
+
+def _check_async(a, strategy: str) -> None:
+    """Asynchronous generation: a strategy whose every rank holds whole weights (each rank's worker copies its
+    own), and cores this process may use (a cgroup or taskset may hold fewer)."""
+    if a.mode == "sync":
+        return
+    if strategy not in ("single", "ddp"):
+        raise ConfigError(f"rollout.asynchronous.mode={a.mode} with strategy {strategy} is not supported yet: it runs "
+                          "on one process or under DDP (recipes/accelerate/ddp.yaml), each rank with its own "
+                          "generation worker; or use rollout.asynchronous.mode=sync")
+    available = os.sched_getaffinity(0)
+    for key in ("generator_cores", "trainer_cores"):
+        missing = sorted(set(getattr(a, key)) - available)
+        if missing:
+            raise ConfigError(f"rollout.asynchronous.{key}={getattr(a, key)}: CPU {missing} is not available to "
+                              f"this process (available: {sorted(available)})")
 
 
 _GRADED_REWARDS = ("accuracy", "length")  # built-ins that grade answers: they take the data source's checker
@@ -422,6 +442,7 @@ def maybe_checkpoint(run: Run, step: int, force: bool = False) -> None:
     if force or (every and step % every == 0):
         run.state.wall_seconds += time.time() - run.started
         run.started = time.time()
+        run.state.in_flight = run.batches.in_flight() if run.batches is not None else {}
         state = {"scheduler": run.scheduler.state_dict(), "run_state": dataclasses.asdict(run.state)}
         save_checkpoint(run.cfg.run_dir / "checkpoints", step, run.accelerator, run.model, run.tokenizer, state,
                         keep=run.cfg.train.keep_checkpoints, lora_save=run.cfg.model.lora.save)

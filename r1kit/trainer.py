@@ -4,13 +4,14 @@ One step, as the loop below reads:
   1. sample B prompts (a pure function of seed and step, so a resumed run sees the same ones);
      with W processes each takes B/W of them, whole groups (r1kit.distributed)
   2. generate G completions per prompt with the Engine (token ids, text, finish reason, logprobs),
-     each seeded by its prompt's index in the step, so the layout does not change what is sampled
+     each seeded by its prompt's index in the step, so the layout does not change what is sampled;
+     with asynchronous generation a worker has generated them ahead, from older weights (r1kit.producer)
   3. score them with every reward function, and the weighted total
      (DAPO dynamic sampling: draw again until B groups carry signal, at most max_sampling_rounds times)
   4. advantages, then the filters that decide which completions enter the loss
   5. (beta > 0) reference logprobs; (num_iterations > 1) old logprobs, once per batch
   6. num_iterations optimizer steps: micro-batched forward/backward of the loss, clip, AdamW
-  7. the engine gets the new weights
+  7. the engine (or the generation worker) gets the new weights
   8. metrics (reduced over processes), samples, periodic eval, atomic checkpoint
 `algo` is the config's algorithm section with the `loss_type` preset resolved (r1kit.presets);
 the math is in r1kit.algo, set-up and bookkeeping in r1kit.run. This file is the algorithm's story.
@@ -18,42 +19,41 @@ the math is in r1kit.algo, set-up and bookkeeping in r1kit.run. This file is the
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 import torch
 
-from r1kit.algo.advantages import compute_advantages, zero_variance_groups
-from r1kit.algo.filters import informative_groups, keep_rows
+from r1kit.algo.advantages import compute_advantages
+from r1kit.algo.filters import keep_rows
 from r1kit.algo.loss import policy_loss
 from r1kit.algo.offpolicy import corrections, high_entropy_mask, merge_statistics, quantile
 from r1kit import distributed as dist
 from r1kit.batch import Normaliser, RolloutBatch, completion_logprobs, completion_logprobs_and_entropy, make_batch
 from r1kit.config import AlgoCfg, Config
 from r1kit.logging import PhaseTimer, console
-from r1kit.rewards import RewardState, combine, reward_inputs
-from r1kit.rewards.registry import RewardResult
+from r1kit.producer import make_batches
 from r1kit.rollout.multiturn import tool_metrics
-from r1kit.run import (Run, check_finite, finish_run, log_step, maybe_checkpoint, maybe_eval,
-                       sampling_params, setup_run, step_prompt_indices, stop_on_signal)
+from r1kit.run import Run, check_finite, finish_run, log_step, maybe_checkpoint, maybe_eval, setup_run, stop_on_signal
 from r1kit.rundir import StopSignals
 
 
 def train(cfg: Config) -> dict:
     run = setup_run(cfg)  # model, tokenizer, engine, rewards, data, optimizer, logger; resumes if asked
-    model, tok, algo, acc = run.model, run.tokenizer, cfg.algo.resolved(), run.accelerator
+    model, tok, algo, acc = run.model, run.tokenizer, cfg.resolved_algo(), run.accelerator
     B, G = cfg.prompts_per_step, cfg.rollout.num_generations
     timer = PhaseTimer(sync=torch.cuda.synchronize if acc.device.type == "cuda" else None)  # ends with its kernels
     console.print(f"[bold]r1kit train[/] {cfg.name}: {cfg.train.max_steps} steps of {B} prompts x {G} completions, "
                   f"loss_type={algo.loss_type} -> {cfg.run_dir}")
-    with StopSignals() as signals, run.progress as bar:
+    with StopSignals() as signals, run.progress as bar, make_batches(run, algo, timer) as batches:
+        run.batches = batches  # a checkpoint holds what is in flight
         task = bar.add_task("grpo", total=cfg.train.max_steps, completed=run.state.step, info="")
         while run.should_continue():  # steps left (and time, with train.max_minutes)
             step = run.state.step + 1
             step_start = time.perf_counter()
 
-            # ---------------- 1-3. prompts -> G completions each -> rewards (DAPO: redraw uninformative groups)
-            rows, completions, scored, sampling = sample_and_score(run, algo, step, timer)
+            # ---------------- 1-3. prompts -> G completions each -> rewards (DAPO: redraw uninformative groups),
+            #                   sampled now or, with asynchronous generation, ahead of this step (r1kit.producer)
+            rows, completions, scored, sampling = batches.next(step)
             rewards = torch.tensor(scored.total, dtype=torch.float32)  # (B*G,)
 
             # ---------------- 4. advantages over every sampled completion, then the loss filters
@@ -81,9 +81,9 @@ def train(cfg: Config) -> dict:
 
             check_finite(run, skipped=any(u["update/skipped_nonfinite"] for u in updates))  # NaN/inf: skip or stop
 
-            # ---------------- 7. the engine samples the next step from the new weights
+            # ---------------- 7. the engine (or the generation worker) gets the new weights: version `step`
             with timer("weight_sync"):
-                run.engine.update_weights(model)
+                batches.publish(model, step)
 
             # ---------------- 8. metrics, samples, eval, checkpoint
             run.state.step = step
@@ -103,63 +103,6 @@ def train(cfg: Config) -> dict:
             if signum:
                 stop_on_signal(run, signum)
     return finish_run(run)
-
-
-# ---------------------------------------------------------------- 1-3. sampling and scoring
-
-
-def sample_and_score(run: Run, algo: AlgoCfg, step: int, timer: PhaseTimer):
-    """This process's groups of G completions (its B/W prompts) with their rewards, and sampling metrics.
-
-    Without dynamic sampling this is one draw. With it (DAPO), groups whose rewards do not vary
-    (std <= algo.min_group_std, or 0) are set aside and fresh prompts are drawn again, up to
-    algo.max_sampling_rounds extra draws; the step then trains on the informative groups found
-    (possibly fewer; if none at all, the first draw, whose advantages are all zero). With several
-    processes each fills its own share, and all draw until every one is full (generation may be
-    collective), so dynamic sampling depends on the process count; one draw does not.
-    Reward metrics cover every completion drawn.
-    """
-    cfg, acc = run.cfg, run.accelerator
-    G = cfg.rollout.num_generations
-    share = dist.local_share(cfg.prompts_per_step, acc)  # this process's prompts of every draw
-    rows, completions, kept_scores, drawn_scores = [], [], [], []
-    draws = 1 + (algo.max_sampling_rounds if algo.dynamic_sampling else 0)
-    for draw in range(draws):
-        indices = step_prompt_indices(cfg.seed, step, cfg.prompts_per_step, len(run.train_rows), draw)
-        draw_rows = [run.train_rows[indices[i]] for i in share]
-        with timer("generate"):
-            draw_completions = run.engine.generate([r["prompt_ids"] for r in draw_rows], G,
-                                                   sampling_params(cfg, step, draw, prompt_offset=share.start))
-        with timer("reward"):
-            scored = _score(run, draw_rows, draw_completions)
-        drawn_scores.append(scored)
-        if draw == 0:
-            first_draw = (draw_rows, draw_completions, [scored])
-        if algo.dynamic_sampling:
-            useful = informative_groups(torch.tensor(scored.total), G, algo.min_group_std).tolist()
-            groups = [g for g, ok in enumerate(useful) if ok][: len(share) - len(rows)]
-        else:
-            groups = list(range(len(share)))
-        for g in groups:
-            completions += [dataclasses.replace(c, prompt_index=len(rows)) for c in draw_completions[g * G:(g + 1) * G]]
-            kept_scores.append(scored.select(range(g * G, (g + 1) * G)))
-            rows.append(draw_rows[g])
-        if dist.all_max(acc, len(share) - len(rows)) == 0:  # every process is full
-            break
-    informative = len(rows)
-    if not rows:  # no draw had a group with signal: train on the first draw (zero advantages, as without DAPO)
-        rows, completions, kept_scores = first_draw
-    everything = RewardResult.concat(drawn_scores)
-    return rows, completions, RewardResult.concat(kept_scores), {
-        **everything.metrics(), "sampling/draws": float(len(drawn_scores)), "sampling/groups_kept": float(informative),
-        "groups/zero_variance_fraction": zero_variance_groups(torch.tensor(everything.total), G).float().mean().item()}
-
-
-def _score(run: Run, rows: list[dict], completions: list) -> RewardResult:
-    """Every reward function on `completions`, given what TRL gives it (r1kit.rewards.contract)."""
-    texts, columns = reward_inputs(rows, completions, run.cfg.data)
-    return combine(run.reward_funcs, texts, columns, run.cfg.train.reward_on_error,
-                   state=RewardState(run.state.step, run.cfg.train.max_steps))
 
 
 # ---------------------------------------------------------------- 6. one optimizer step

@@ -75,6 +75,7 @@ class Completion:
     turns: int = 1  # assistant turns the policy wrote
     tool_calls: int = 0  # tool calls it made (parsed or not)
     tool_errors: int = 0  # of which failed: malformed, unknown tool, bad arguments, the tool raised or timed out
+    policy_version: int = 0  # the weights that sampled it: the number of trainer steps they had applied
 
     @property
     def policy_tokens(self) -> int:

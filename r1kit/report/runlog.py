@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PHASES = ("generate", "reward", "reference", "old_logprobs", "update", "weight_sync")  # trainer.py's timer names
+PHASES = ("generate", "generate_wait", "reward", "reference", "old_logprobs", "update", "weight_sync")  # trainer.py and
+# producer.py timer names (generate_wait: the trainer waiting for a batch from the generation worker)
 
 
 @dataclass
