@@ -7,46 +7,28 @@ from __future__ import annotations
 import math
 
 from r1kit.config import AlgoCfg, Config, ConfigError, GenerateCfg, to_dict
+from r1kit.config_ranges import range_problems
 
 
 def validate(cfg: Config) -> None:
-    """Checks that involve more than one field, or ranges; each error names the keys."""
+    """Every numeric knob's range (r1kit.config_ranges), then the checks that involve more than one field;
+    each error names the keys."""
     t, r = cfg.train, cfg.rollout
-    if r.num_generations < 2:  # before the checks below divide by it
-        raise ConfigError(f"rollout.num_generations must be >= 2 for group-relative advantages, got {r.num_generations}")
+    problems = range_problems(cfg)
+    if problems:
+        raise ConfigError(problems[0] + (f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})"
+                                         if len(problems) > 1 else ""))
     checks = [
         (t.batch_size % r.num_generations == 0,
          f"train.batch_size ({t.batch_size}) must be divisible by rollout.num_generations ({r.num_generations})"),
-        (t.micro_batch_size >= 1 and t.batch_size % t.micro_batch_size == 0,
+        (t.batch_size % t.micro_batch_size == 0,
          f"train.batch_size ({t.batch_size}) must be divisible by train.micro_batch_size ({t.micro_batch_size})"),
-        (r.max_completion_length >= 1, f"rollout.max_completion_length must be >= 1, got {r.max_completion_length}"),
-        (r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}"),
-        (0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}"),
-        (r.generation_batch_size >= 1, f"rollout.generation_batch_size must be >= 1, got {r.generation_batch_size}"),
-        (r.top_k >= 0, f"rollout.top_k must be >= 0 (0 disables it), got {r.top_k}"),
-        (t.save_every >= 0, f"train.save_every must be >= 0 (0: only the final model), got {t.save_every}"),
-        (t.max_steps >= 0, f"train.max_steps must be >= 0, got {t.max_steps}"),
-        (t.max_minutes >= 0, f"train.max_minutes must be >= 0, got {t.max_minutes}"),
-        (t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}"),
-        (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
-        (t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}"),
-        (t.max_nonfinite_steps >= 0, f"train.max_nonfinite_steps must be >= 0, got {t.max_nonfinite_steps}"),
         (len(cfg.rewards) > 0, "rewards must list at least one reward function"),
-        (cfg.data.eval_size >= 1, f"data.eval_size must be >= 1, got {cfg.data.eval_size}"),
         (cfg.data.eval_split != cfg.data.split and cfg.data.split != "auto",
          f"data.eval_split ({cfg.data.eval_split!r}) must differ from data.split: evaluation would read the training "
          "rows; leave data.eval_split=auto (the source's held-out split), name another split, or set data.eval_source"),
-        (0 <= cfg.sft.direct_fraction <= 1 and 0 <= cfg.sft.large_direct_fraction <= 1,
-         "sft.direct_fraction and sft.large_direct_fraction must be in [0, 1]"),
-        (cfg.sft.batch_size >= 1 and cfg.sft.steps >= 0, "sft.batch_size must be >= 1 and sft.steps >= 0"),
-        (cfg.sft.max_seq_length >= 0 and cfg.sft.micro_batch_size >= 0 and cfg.sft.save_every >= 0,
-         "sft.max_seq_length, sft.micro_batch_size and sft.save_every must be >= 0"),
         (not cfg.sft.packing or cfg.sft.max_seq_length > 0,
          "sft.packing needs sft.max_seq_length > 0 (the length of a packed row)"),
-        (cfg.eval.n_samples >= 0 and cfg.eval.every >= 0, "eval.n_samples and eval.every must be >= 0"),
-        (cfg.eval.temperature > 0, f"eval.temperature must be > 0 (greedy is always reported), got {cfg.eval.temperature}"),
-        (0 < cfg.eval.top_p <= 1, f"eval.top_p must be in (0, 1], got {cfg.eval.top_p}"),
-        (cfg.eval.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {cfg.eval.max_new_tokens}"),
         (bool(cfg.data.source.strip()), "data.source must name a dataset (tiny_arith, gsm8k, a file, ...)"),
         (not isinstance(cfg.model.lora.target_modules, str) or cfg.model.lora.target_modules == "all-linear",
          f"model.lora.target_modules must be a list of module names or 'all-linear', got "
@@ -71,8 +53,6 @@ def validate(cfg: Config) -> None:
     for i, reward in enumerate(cfg.rewards):
         if not isinstance(reward.name, str) or not reward.name:
             raise ConfigError(f"rewards[{i}].name must be a non-empty string")
-        if not math.isfinite(reward.weight):
-            raise ConfigError(f"rewards[{i}].weight must be a finite number, got {reward.weight}")
         cap = reward.params.get("max_completion_length", cfg.rollout.max_completion_length)
         if reward.name == "soft_overlong" and cap != cfg.rollout.max_completion_length:
             raise ConfigError(f"rewards[{i}] (soft_overlong).max_completion_length ({cap}) must equal "
@@ -87,18 +67,11 @@ def _algo_checks(a: AlgoCfg) -> list[tuple[bool, str]]:
     """Range and consistency checks on the resolved algorithm knobs (preset values included)."""
     src = f" (loss_type={a.loss_type} preset and recipe combined)"
     return [
-        (a.epsilon > 0, f"algo.epsilon must be > 0, got {a.epsilon}"),
         (a.epsilon_high >= a.epsilon,
          f"algo.epsilon_high ({a.epsilon_high}) must be >= algo.epsilon ({a.epsilon}){src}"),
         (a.dual_clip == 0 or a.dual_clip > 1, f"algo.dual_clip must be 0 (off) or > 1, got {a.dual_clip}"),
-        (a.num_iterations >= 1, f"algo.num_iterations must be >= 1, got {a.num_iterations}"),
-        (a.beta >= 0, f"algo.beta must be >= 0, got {a.beta}"),
-        (a.min_group_std is None or a.min_group_std >= 0,
-         f"algo.min_group_std must be >= 0 or null, got {a.min_group_std}"),
         (not a.dynamic_sampling or a.max_sampling_rounds >= 1,
          f"algo.dynamic_sampling needs a cap: algo.max_sampling_rounds must be >= 1, got {a.max_sampling_rounds}{src}"),
-        (a.entropy_coef >= 0, f"algo.entropy_coef must be >= 0, got {a.entropy_coef}"),
-        (a.is_cap >= 1, f"algo.is_cap must be >= 1, got {a.is_cap}"),
     ]
 
 
@@ -125,19 +98,14 @@ def _services_checks(cfg: Config) -> list[tuple[bool, str]]:
     """rollout.vllm and services: URLs where they are needed, and nowhere they would be ignored."""
     r, v, s = cfg.rollout, cfg.rollout.vllm, cfg.services
     checks = [
-        (0 < v.gpu_memory_utilization <= 1, f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {v.gpu_memory_utilization}"),
-        (v.kv_cache_gb >= 0, f"rollout.vllm.kv_cache_gb must be >= 0, got {v.kv_cache_gb}"),
         (r.engine != "server" or bool(s.generation_url),
          "rollout.engine=server needs services.generation_url (the URL of `r1kit serve-gen`)"),
         (r.engine == "server" or not s.generation_url,
          f"services.generation_url is set but rollout.engine={r.engine!r}: set rollout.engine=server or drop the URL"),
         (not s.reference_url or cfg.algo.beta > 0,
          "services.reference_url is set but algo.beta is 0, so no reference is used: set algo.beta or drop the URL"),
-        (s.timeout_s > 0 and s.retries >= 0 and s.backoff_s >= 0,
-         "services.timeout_s must be > 0, services.retries and services.backoff_s >= 0"),
         (s.weight_transfer != "path" or bool(s.shared_dir),
          "services.weight_transfer=path needs services.shared_dir (a directory the server can read)"),
-        (s.weight_bucket_mb > 0, f"services.weight_bucket_mb must be > 0, got {s.weight_bucket_mb}"),
     ]
     for url_key in ("generation_url", "reference_url"):
         url = getattr(s, url_key)
