@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     from r1kit.data.sources import DataError
     from r1kit.hub import HubError
     from r1kit.rollout.http import ServiceError
-    from r1kit.rundir import NonFiniteError, RunStopped
+    from r1kit.rundir import NonFiniteError, RunCollapsed, RunStopped
 
     try:
         COMMANDS[argv[0]](argv[1:])
@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as e:  # SIGINT / SIGTERM: a checkpoint was written; say how to go on
         print(f"r1kit {argv[0]}: {e}", file=sys.stderr)
         return e.exit_code
-    except NonFiniteError as e:
+    except (NonFiniteError, RunCollapsed) as e:
         print(f"r1kit {argv[0]}: error: {e}", file=sys.stderr)
         return 1
     except (ConfigError, DataError, FileNotFoundError, FileExistsError, CheckpointError) as e:

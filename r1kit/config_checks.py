@@ -118,8 +118,10 @@ def _services_checks(cfg: Config) -> list[tuple[bool, str]]:
 # Anything else (model, data, rewards, algorithm, optimizer, sampling, seed) would not take effect, or only
 # in part (the optimizer state keeps the old learning rate), so a resume that changes it is refused.
 RESUMABLE_CHANGES = ("train.max_steps", "train.max_minutes", "train.save_every", "train.keep_checkpoints",
-                     "train.resume_from", "train.trust_checkpoint", "train.reward_on_error", "eval.", "log.",
+                     "train.reward_on_error", "train.collapse_steps", "train.on_collapse", "eval.", "log.",
                      "services.", "rollout.generation_batch_size", "rollout.vllm.", "model.device")
+# How this session starts, not how the run trains: never a change (every resume sets resume_from).
+SESSION_SETTINGS = ("train.resume_from", "train.trust_checkpoint")
 
 
 def changed_settings(saved: dict, cfg: Config) -> tuple[list[str], list[str]]:
@@ -128,6 +130,8 @@ def changed_settings(saved: dict, cfg: Config) -> tuple[list[str], list[str]]:
     current["algo"] = to_dict(cfg.algo.resolved())
     refused, allowed = [], []
     for key, old, new in differences(saved, current):
+        if key in SESSION_SETTINGS:
+            continue
         line = f"{key}: {old!r} -> {new!r}"
         (allowed if key.startswith(RESUMABLE_CHANGES) else refused).append(line)
     return refused, allowed

@@ -32,7 +32,7 @@ from r1kit.config import AlgoCfg, Config
 from r1kit.logging import PhaseTimer, console
 from r1kit.rewards import RewardState, combine, reward_inputs
 from r1kit.rewards.registry import RewardResult
-from r1kit.run import (Run, check_finite, finish_run, log_step, maybe_checkpoint, maybe_eval,
+from r1kit.run import (Run, check_collapse, check_finite, finish_run, log_step, maybe_checkpoint, maybe_eval,
                        sampling_params, setup_run, step_prompt_indices, stop_on_signal)
 from r1kit.rundir import StopSignals
 
@@ -87,7 +87,6 @@ def train(cfg: Config) -> dict:
             run.state.step = step
             metrics = dist.reduce_metrics(acc, {
                 **sampling, **updates[0], **_last_iteration(updates),
-                "lr": run.scheduler.get_last_lr()[0],
                 "update/kept_fraction": len(batch) / len(full),  # after the filters
                 "update/rows_fraction": updates[0]["update/backward_rows"] / len(full),  # rows that ran a backward
                 **full.length_metrics(), **timer.pop(), "time/step": time.perf_counter() - step_start,
@@ -95,6 +94,7 @@ def train(cfg: Config) -> dict:
             })
             metrics |= maybe_eval(run, step)
             log_step(run, step, metrics, rows, completions, scored, advantages)
+            check_collapse(run, rewards, metrics)  # every reward 0 for train.collapse_steps steps: warn or stop
             maybe_checkpoint(run, step)
             bar.update(task, completed=step, info=run.bar_info(metrics))
             signum = dist.all_max(acc, signals.signum)  # every process stops after the same step
@@ -172,6 +172,7 @@ def update_policy(run: Run, algo: AlgoCfg, batch: RolloutBatch, dummy: RolloutBa
     the same number of micro-batches; one with fewer rows runs `dummy` with weight 0.
     """
     cfg, model, acc = run.cfg, run.model, run.accelerator
+    lr = run.scheduler.get_last_lr()[0]  # the one this update uses
     model.train()
     rows = _rows_with_gradient(batch, algo, acc.num_processes)
     chunks = dist.synced_chunks(rows, cfg.train.micro_batch_size, acc)
@@ -207,9 +208,9 @@ def update_policy(run: Run, algo: AlgoCfg, batch: RolloutBatch, dummy: RolloutBa
         skipped = norm_value is not None and not math.isfinite(grad_norm)  # the same on every process
         if not skipped:
             run.optimizer.step()
+            run.scheduler.step()  # the schedule counts updates made, as transformers' Trainer does
         run.optimizer.zero_grad(set_to_none=True)
-    run.scheduler.step()
-    return {"loss": loss_sum, "grad_norm": grad_norm, "update/backward_rows": float(len(rows)), **_mean_stats(stats),
+    return {"lr": lr, "loss": loss_sum, "grad_norm": grad_norm, "update/backward_rows": float(len(rows)), **_mean_stats(stats),
             **_merge_gaps(gaps), "update/skipped_nonfinite": float(skipped)}
 
 
