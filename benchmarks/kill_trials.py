@@ -1,11 +1,15 @@
 """kill -9 trials: a run killed at a random moment, then resumed, must end with the weights of a run never killed.
 
     python benchmarks/kill_trials.py --trials 8
+    python benchmarks/kill_trials.py --trials 6 --prune --kill-resume   # pruning every step; the resume killed too
 
 Each trial starts `r1kit train` (a small random model, 6 steps, a checkpoint every 2), sends SIGKILL after a
-random delay (seeded), checks that every checkpoint left behind is complete, resumes with
-train.resume_from=latest, and compares final/ with an uninterrupted run bit for bit. A kill before the first
-checkpoint resumes from step 0. Prints a table and writes benchmarks/results/kill_trials.json.
+random delay (seeded), checks that every checkpoint left behind is complete (`list_checkpoints` counts it and
+its checksums verify), resumes with train.resume_from=latest, and compares final/ with an uninterrupted run bit
+for bit. A kill before the first checkpoint resumes from step 0. --prune checkpoints every step and keeps one,
+so the run prunes after every step and kills land in the middle of pruning too. --kill-resume also kills the
+first resume after a random share of its set-up (verifying checksums, loading state), then resumes again.
+Prints a table and writes benchmarks/results/kill_trials[-prune][-kill-resume].json.
 """
 
 from __future__ import annotations
@@ -42,15 +46,35 @@ def weights(run_dir: Path) -> dict:
 
 
 def complete(checkpoint: Path) -> bool:
+    from r1kit.checkpoint import CheckpointError, verify_checksums
+
+    try:
+        verify_checksums(checkpoint)
+    except CheckpointError:
+        return False
     return all((checkpoint / f).exists() for f in ("model.safetensors", "trainer_state.pt", "accelerator"))
+
+
+def kill_after(proc: subprocess.Popen, delay: float) -> bool:
+    """SIGKILL `proc` after `delay` seconds unless it ended; True when it was killed."""
+    time.sleep(delay)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return killed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prune", action="store_true", help="a checkpoint every step, keep 1: pruning every step")
+    parser.add_argument("--kill-resume", action="store_true", help="kill the first resume too, during its set-up")
     args = parser.parse_args()
+    extra = ["train.save_every=1", "train.keep_checkpoints=1"] if args.prune else []
     rng = random.Random(args.seed)
+    from r1kit.checkpoint import list_checkpoints
     from r1kit.models import build_tiny_model, build_tiny_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,7 +84,7 @@ def main() -> None:
                          num_attention_heads=4, num_key_value_heads=4).save_pretrained(tmp / "model")
         tok.save_pretrained(tmp / "model")
         start = time.time()
-        straight = train(tmp / "model", tmp / "straight")
+        straight = train(tmp / "model", tmp / "straight", *extra)
         assert straight.wait() == 0, straight.stderr.read()
         full_seconds = time.time() - start
         reference = weights(tmp / "straight" / "t")
@@ -68,19 +92,21 @@ def main() -> None:
         for trial in range(args.trials):
             out = tmp / f"trial-{trial}"
             delay = rng.uniform(0.4, 1.0) * full_seconds  # start-up is ~40% of a run this short
-            proc = train(tmp / "model", out)
-            time.sleep(delay)
-            killed = proc.poll() is None
-            if killed:
-                proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            left = sorted((out / "t" / "checkpoints").glob("step-*")) if (out / "t" / "checkpoints").exists() else []
+            proc = train(tmp / "model", out, *extra)
+            killed = kill_after(proc, delay)
+            ckpts = out / "t" / "checkpoints"
+            left = list_checkpoints(ckpts)  # what a resume may use: every one must be whole
             whole = all(complete(p) for p in left)  # before the resume prunes old checkpoints
-            resumed = train(tmp / "model", out, "train.resume_from=latest")
+            resume_killed = False
+            if args.kill_resume:  # the resume's set-up is about the first 40% of a run this short
+                resume_killed = kill_after(train(tmp / "model", out, *extra, "train.resume_from=latest"),
+                                           rng.uniform(0.1, 0.45) * full_seconds)
+                whole = whole and all(complete(p) for p in list_checkpoints(ckpts))
+            resumed = train(tmp / "model", out, *extra, "train.resume_from=latest")
             ok = resumed.wait() == 0
             result = weights(out / "t") if ok else {}
             identical = ok and all((result[k] == reference[k]).all().item() for k in reference)
-            rows.append({"trial": trial, "kill_after_s": round(delay, 1), "killed": killed,
+            rows.append({"trial": trial, "kill_after_s": round(delay, 1), "killed": killed, "resume_killed": resume_killed,
                          "checkpoints_left": [p.name for p in left], "all_complete": whole,
                          "resumed": ok, "identical": identical,
                          "error": None if ok else resumed.stderr.read().strip().splitlines()[-1][:200]})
@@ -90,9 +116,12 @@ def main() -> None:
               f" {str(r['resumed']):>7} {str(r['identical']):>9}")
     summary = {"trials": len(rows), "killed": sum(r["killed"] for r in rows),
                "identical": sum(r["identical"] for r in rows), "failed": sum(not r["resumed"] for r in rows),
-               "incomplete_checkpoints": sum(not r["all_complete"] for r in rows)}
+               "incomplete_checkpoints": sum(not r["all_complete"] for r in rows),
+               "resumes_killed": sum(r["resume_killed"] for r in rows), "prune_every_step": args.prune,
+               "machine": "2 CPU cores shared with 7 other engineers' jobs (busy)"}
     print(summary)
-    path = ROOT / "benchmarks" / "results" / "kill_trials.json"
+    name = "kill_trials" + ("-prune" if args.prune else "") + ("-kill-resume" if args.kill_resume else "")
+    path = ROOT / "benchmarks" / "results" / f"{name}.json"
     path.write_text(json.dumps({"summary": summary, "rows": rows, "straight_run_seconds": round(full_seconds)},
                                indent=2) + "\n")
     print(f"wrote {path}")

@@ -262,3 +262,19 @@ def test_a_collapsed_run_is_said_or_stopped(small_model_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.count("\n") == 0 and "every reward was 0 in steps 2-3" in err and "step-1" in err, err
     assert steps_logged(tmp_path / "stop" / "t") == [1, 2, 3]
+
+
+def test_a_skipped_update_leaves_the_schedule_where_it_was(small_model_dir, tmp_path):
+    """The schedule counts updates made: a step whose gradient was NaN/inf does not step it (torch warns
+    "lr_scheduler.step() before optimizer.step()" otherwise), and the logged lr is the one the step used."""
+    import warnings
+
+    cfg = cfg_for(small_model_dir, tmp_path, "rewards=[{name: reward_fixtures.huge_reward}]", "algo.scale_rewards=none",
+                  "train.max_steps=1", "train.save_every=0", "train.max_nonfinite_steps=1", "train.lr_scheduler=cosine",
+                  "eval.before=false", "eval.after=false")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg)
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
+    (line,) = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert line["update/skipped_nonfinite"] == 1.0 and line["lr"] == 1e-3
