@@ -11,9 +11,9 @@ half-written ``step-N``. A checkpoint holds:
 - ``trainer_state.pt``: scheduler, step and run bookkeeping, loaded with ``weights_only=True``;
 - ``checksums.json``: the size and SHA-256 of every other file, written last: a ``step-N`` without it
   is not a checkpoint (``list_checkpoints`` skips it), and a resume verifies every file against it, so
-  a torn or altered file is one error naming it. Measured: 0.56 s per 270 MB file (a SmolLM2-135M
-  bf16 model) on a busy 2-core CPU, ~0.5 GB/s; a checkpoint with fp32 weights and AdamW state is
-  about 4x the bf16 model's size.
+  a torn or altered file is one error naming it. Measured (benchmarks/checksums.py): verifying a
+  270 MB file (SmolLM2-135M's bf16 weights) takes 0.56 s on a shared 2-core CPU at load 4 (0.5 GB/s),
+  2.3 s at load 10; a checkpoint with fp32 weights and AdamW state is about 4x the bf16 model's size.
 
 Every process calls ``save_checkpoint`` (gathering sharded weights is collective); only the main
 process renames and prunes. Nothing is deleted in place: a checkpoint to prune, or to replace, is
