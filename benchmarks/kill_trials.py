@@ -4,7 +4,7 @@
     python benchmarks/kill_trials.py --trials 6 --prune --kill-resume   # pruning every step; the resume killed too
 
 Each trial starts `r1kit train` (a small random model, 6 steps, a checkpoint every 2), sends SIGKILL after a
-random delay (seeded), checks that every checkpoint left behind is complete (`list_checkpoints` counts it and
+random moment (seeded: a random time after a random step's metrics line), checks that every checkpoint left behind is complete (`list_checkpoints` counts it and
 its checksums verify), resumes with train.resume_from=latest, and compares final/ with an uninterrupted run bit
 for bit. A kill before the first checkpoint resumes from step 0. --prune checkpoints every step and keeps one,
 so the run prunes after every step and kills land in the middle of pruning too. --kill-resume also kills the
@@ -55,8 +55,12 @@ def complete(checkpoint: Path) -> bool:
     return all((checkpoint / f).exists() for f in ("model.safetensors", "trainer_state.pt", "accelerator"))
 
 
-def kill_after(proc: subprocess.Popen, delay: float) -> bool:
-    """SIGKILL `proc` after `delay` seconds unless it ended; True when it was killed."""
+def kill_after(proc: subprocess.Popen, delay: float, metrics: Path | None = None, steps: int = 0) -> bool:
+    """SIGKILL `proc` `delay` seconds after its metrics.jsonl holds `steps` lines (steps 0: after its start),
+    unless it ended; True when it was killed. Waiting for a step, not a wall time, lands kills inside the run
+    however busy the machine is."""
+    while steps and proc.poll() is None and not (metrics.exists() and len(metrics.read_text().splitlines()) >= steps):
+        time.sleep(0.05)
     time.sleep(delay)
     killed = proc.poll() is None
     if killed:
@@ -91,9 +95,9 @@ def main() -> None:
         rows = []
         for trial in range(args.trials):
             out = tmp / f"trial-{trial}"
-            delay = rng.uniform(0.4, 1.0) * full_seconds  # start-up is ~40% of a run this short
+            after_step, delay = rng.randrange(6), rng.uniform(0.0, 2.0)  # from the step's log line into the next
             proc = train(tmp / "model", out, *extra)
-            killed = kill_after(proc, delay)
+            killed = kill_after(proc, delay, out / "t" / "metrics.jsonl", after_step)
             ckpts = out / "t" / "checkpoints"
             left = list_checkpoints(ckpts)  # what a resume may use: every one must be whole
             whole = all(complete(p) for p in left)  # before the resume prunes old checkpoints
@@ -106,14 +110,17 @@ def main() -> None:
             ok = resumed.wait() == 0
             result = weights(out / "t") if ok else {}
             identical = ok and all((result[k] == reference[k]).all().item() for k in reference)
-            rows.append({"trial": trial, "kill_after_s": round(delay, 1), "killed": killed, "resume_killed": resume_killed,
+            rows.append({"trial": trial, "kill_after_step": after_step, "then_s": round(delay, 2), "killed": killed,
+                         "resume_killed": resume_killed,
                          "checkpoints_left": [p.name for p in left], "all_complete": whole,
                          "resumed": ok, "identical": identical,
                          "error": None if ok else resumed.stderr.read().strip().splitlines()[-1][:200]})
-    print(f"{'trial':>5} {'kill after s':>12} {'killed':>6} {'checkpoints left':<24} {'resumed':>7} {'identical':>9}")
+    print(f"{'trial':>5} {'after step':>10} {'then s':>6} {'killed':>6} {'resume killed':>13} {'checkpoints left':<18} "
+          f"{'resumed':>7} {'identical':>9}")
     for r in rows:
-        print(f"{r['trial']:>5} {r['kill_after_s']:>12} {str(r['killed']):>6} {','.join(r['checkpoints_left']) or '-':<24}"
-              f" {str(r['resumed']):>7} {str(r['identical']):>9}")
+        print(f"{r['trial']:>5} {r['kill_after_step']:>10} {r['then_s']:>6} {str(r['killed']):>6} "
+              f"{str(r['resume_killed']):>13} {','.join(r['checkpoints_left']) or '-':<18} {str(r['resumed']):>7} "
+              f"{str(r['identical']):>9}")
     summary = {"trials": len(rows), "killed": sum(r["killed"] for r in rows),
                "identical": sum(r["identical"] for r in rows), "failed": sum(not r["resumed"] for r in rows),
                "incomplete_checkpoints": sum(not r["all_complete"] for r in rows),
