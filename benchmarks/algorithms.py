@@ -3,6 +3,8 @@
     python benchmarks/algorithms.py                    # grpo, dr_grpo, dapo, gspo x filter off/on, 3 min each
     python benchmarks/algorithms.py --minutes 1 --presets grpo dapo --seeds 0 1
     python benchmarks/algorithms.py --minutes 0 --steps 60    # a step budget instead (deterministic accuracy)
+    python benchmarks/algorithms.py --minutes 0 --steps 30 --filters off --presets grpo cispo sapo luspo \
+        --tag=-mu2 algo.num_iterations=2    # the newer objectives (they differ from grpo only when mu > 1)
 
 "filter on" drops zero-variance groups: algo.min_group_std=0 (their completions leave the batch and
 its normaliser); for dapo it is the preset's dynamic sampling (redraw until the batch is full of

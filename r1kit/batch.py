@@ -1,6 +1,10 @@
 """One step's rollouts as padded tensors, and the policy forward that scores them.
 
 N = B*G completions, P = prompt width (left-padded), C = completion width (right-padded).
+
+A multi-turn completion (r1kit.rollout.multiturn) holds tokens r1kit inserted (tool results) between the
+policy's own: the forward attends to every real token (completion_attention), while completion_mask marks
+the policy's tokens only, so inserted tokens are never scored, trained on or counted in lengths.
 """
 
 from __future__ import annotations
@@ -41,23 +45,33 @@ class RolloutBatch:
     prompt_ids: torch.Tensor  # (N, P) left-padded, each prompt repeated G times
     prompt_mask: torch.Tensor  # (N, P) 1 on real prompt tokens
     completion_ids: torch.Tensor  # (N, C) right-padded
-    completion_mask: torch.Tensor  # (N, C) 1 on real completion tokens (EOS included)
+    completion_mask: torch.Tensor  # (N, C) 1 on the policy's own completion tokens (EOS included)
     engine_logprobs: torch.Tensor  # (N, C) the engine's logprob of each sampled token, 0 on padding
     advantages: torch.Tensor  # (N,)
     truncated: torch.Tensor  # (N,) bool: cut at max_completion_length without EOS
+    # (N, C) 1 on every real completion token, sampled or inserted; None: the same as completion_mask
+    completion_attention: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
 
+    def _map(self, fn) -> "RolloutBatch":
+        return RolloutBatch(*(None if getattr(self, f) is None else fn(getattr(self, f)) for f in self.__dataclass_fields__))
+
     def slice(self, start: int, end: int) -> "RolloutBatch":
-        return RolloutBatch(*(getattr(self, f)[start:end] for f in self.__dataclass_fields__))
+        return self._map(lambda t: t[start:end])
 
     def select(self, rows: torch.Tensor) -> "RolloutBatch":
         """The completions at `rows` (N',) indices."""
-        return RolloutBatch(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
+        return self._map(lambda t: t[rows])
 
     def to(self, device) -> "RolloutBatch":
-        return RolloutBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+        return self._map(lambda t: t.to(device))
+
+    @property
+    def real_tokens(self) -> torch.Tensor:
+        """(N, C) 1 on every real completion token: what the forward attends to."""
+        return self.completion_mask if self.completion_attention is None else self.completion_attention
 
     def weight(self, agg: str, norm: "Normaliser") -> float:
         """This micro-batch's share of the step's loss, so the accumulated gradient equals the whole
@@ -79,7 +93,8 @@ class RolloutBatch:
         ratio = torch.exp(old_logprobs.to(engine.device) - engine)[m]
         empty = not gap.numel()
         return {"sum": gap.sum().item(), "max": 0.0 if empty else gap.max().item(), "tokens": gap.numel(),
-                "ratio_sum": ratio.sum().item(), "ratio_max": 0.0 if empty else ratio.max().item()}
+                "ratio_sum": ratio.sum().item(), "ratio_max": 0.0 if empty else ratio.max().item(),
+                "ratio_min": float("inf") if empty else ratio.min().item()}
 
     def length_metrics(self) -> dict:
         lengths = self.completion_mask.sum(-1).float()
@@ -94,16 +109,19 @@ def make_batch(completions: list[Completion], rows: list[dict], advantages: torc
     n = len(completions)
     completion_ids = torch.full((n, width), pad_id, dtype=torch.long)
     completion_mask = torch.zeros((n, width), dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
     engine_logprobs = torch.zeros((n, width), dtype=torch.float32)
     for i, c in enumerate(completions):
         k = len(c.token_ids)
         completion_ids[i, :k] = torch.tensor(c.token_ids, dtype=torch.long)
-        completion_mask[i, :k] = 1
+        attention[i, :k] = 1
+        completion_mask[i, :k] = 1 if c.policy_mask is None else torch.tensor(c.policy_mask, dtype=torch.long)
         if c.logprobs:
             engine_logprobs[i, :k] = torch.tensor(c.logprobs, dtype=torch.float32)
     truncated = torch.tensor([c.finish_reason == "length" for c in completions])
+    inserted = any(c.policy_mask is not None for c in completions)
     return RolloutBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, engine_logprobs,
-                        advantages.float(), truncated)
+                        advantages.float(), truncated, attention if inserted else None)
 
 
 def completion_logprobs(model, batch: RolloutBatch, temperature: float = 1.0,
@@ -131,7 +149,7 @@ def completion_logprobs_and_entropy(model, batch: RolloutBatch, temperature: flo
     device = next(model.parameters()).device
     batch = batch.to(device)
     made = make_layout(layout or forward_layout(model), model, batch.prompt_ids, batch.prompt_mask,
-                       batch.completion_ids, batch.completion_mask)
+                       batch.completion_ids, batch.real_tokens)
     return score_completions(model, made, batch.completion_mask, temperature, with_entropy, entropy_grad)
 
 
@@ -150,10 +168,12 @@ def full_logits_logprobs_and_entropy(model, batch: RolloutBatch, temperature: fl
     device = next(model.parameters()).device
     batch = batch.to(device)
     input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)  # (N, P+C)
-    attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
+    attention_mask = torch.cat([batch.prompt_mask, batch.real_tokens], dim=1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     C = batch.completion_ids.shape[1]
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    use_cache=False, logits_to_keep=C + 1).logits  # (N, C+1, V)
     logits = logits[:, :-1, :] / temperature  # position t predicts completion token t
-    return logprobs_and_entropy(logits, batch.completion_ids, with_entropy, entropy_grad)
+    logprobs, entropy = logprobs_and_entropy(logits, batch.completion_ids, with_entropy, entropy_grad)
+    mask = batch.completion_mask.bool()  # scored: the policy's own tokens
+    return torch.where(mask, logprobs, 0.0), None if entropy is None else torch.where(mask, entropy, 0.0)

@@ -193,6 +193,8 @@ def load_chat(ns) -> Chat:
 
     quiet_library_progress()
     cfg = load_recipe(ns.recipe, ns.overrides)
+    if cfg.tools:
+        raise ConfigError("r1kit chat does not run tools yet: drop `tools` from the recipe (docs/tools.md)")
     model_path = ns.model or cfg.model.name_or_path
     cfg.model = dataclasses.replace(cfg.model, name_or_path=model_path)
     sampling = chat_sampling(ns, cfg)

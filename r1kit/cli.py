@@ -121,7 +121,7 @@ def cmd_eval(argv: list[str]) -> None:
     from r1kit.logging import console, quiet_library_progress
     from r1kit.model_files import context_overflow
     from r1kit.models import load_inference_model, load_tokenizer, pick_device
-    from r1kit.run import make_engine
+    from r1kit.run import check_tool_template, make_engine, prompt_tools
 
     quiet_library_progress()
 
@@ -139,10 +139,11 @@ def cmd_eval(argv: list[str]) -> None:
     model_path = ns.model or cfg.model.name_or_path
     cfg.model = dataclasses.replace(cfg.model, name_or_path=model_path)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code, cfg.model.gguf_file)
+    check_tool_template(cfg, tokenizer)  # with tools: the template reads the call format (before the model loads)
     model = load_inference_model(cfg.model, tokenizer, cfg.seed, ns.adapter).to(pick_device(cfg.model.device))
     max_new_tokens = _pick(ns.max_new_tokens, e.max_new_tokens)
     longest = max((len(prompt_ids(tokenizer, row["question"], d)) for row in rows), default=0)
-    overflow = context_overflow(model, longest, max_new_tokens, "--max-new-tokens (eval.max_new_tokens)")
+    overflow = context_overflow(model, longest, max_new_tokens, "--max-new-tokens (eval.max_new_tokens)", source)
     if overflow:  # evaluation still runs (positions past the context extrapolate), but the numbers may suffer
         console.print(f"[yellow]warning: {overflow}[/]")
     n = e.n_samples if ns.n is None else ns.n
@@ -152,7 +153,7 @@ def cmd_eval(argv: list[str]) -> None:
             engine, tokenizer, rows, system_prompt=d.system_prompt, instruction=d.instruction,
             prompt_format=d.prompt_format, n_samples=n, temperature=_pick(ns.temperature, e.temperature),
             top_p=_pick(ns.top_p, e.top_p), max_new_tokens=max_new_tokens,
-            seed=_pick(ns.seed, cfg.seed), extract=extract, checker=checker, ks=ns.k)
+            seed=_pick(ns.seed, cfg.seed), extract=extract, checker=checker, ks=ns.k, tools=prompt_tools(cfg))
     finally:
         engine.close()
     name = benchmark_name(ns.benchmark) if ns.benchmark else d.source.replace("/", "_")

@@ -26,7 +26,8 @@ import yaml
 
 from r1kit.presets import PRESETS
 
-AggMode = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm", "local_token_mean"]
+AggMode = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm", "local_token_mean",
+                  "seq_mean_token_sum"]
 PRESET_KNOBS = ("advantage_estimator", "scale_rewards", "loss_agg", "importance_sampling_level", "epsilon",
                 "epsilon_high", "dynamic_sampling")
 
@@ -109,6 +110,12 @@ class RewardCfg:
 
 
 @dataclass
+class ToolCfg:
+    name: str = "calculator"  # built-in (calculator, python) or a dotted path to your own function (docs/tools.md)
+    params: dict[str, Any] = field(default_factory=dict)  # a built-in's settings, e.g. python: {timeout_s: 5}
+
+
+@dataclass
 class VllmCfg:
     """vLLM in the training process (rollout.engine=vllm); the memory knobs also document serve-gen's flags."""
 
@@ -134,6 +141,13 @@ class RolloutCfg:
     # hf engine: generate under torch.autocast in bfloat16 (CPUs with AMX / avx512_bf16, GPUs): faster decoding, but
     # the samples come from a bf16-rounded policy; engine/logprob_gap_* shows the gap, algo.is_correction corrects it
     autocast: Literal["none", "bfloat16"] = "none"
+    # multi-turn rollouts, with `tools` listed (r1kit.rollout.multiturn, docs/tools.md); max_completion_length
+    # then counts every token of the completion, the inserted tool messages too
+    max_turns: int = 8  # assistant turns per completion at most; a completion still calling tools is cut (truncated)
+    max_tool_calls: int = 8  # tool calls per completion at most (TRL: max_tool_calling_iterations)
+    # template: the chat template's own tool-call format (Qwen2.5/Hermes <tool_call> JSON); plain: the documented
+    # <tool_call>name(args)</tool_call> for models whose template has none (the tiny char model)
+    tool_call_format: Literal["template", "plain"] = "template"
     vllm: VllmCfg = field(default_factory=VllmCfg)  # rollout.engine=vllm only
 
 
@@ -147,7 +161,10 @@ class ServicesCfg:
     timeout_s: float = 300.0  # one request's limit (a generation call of a whole batch included)
     retries: int = 4  # further tries after a failed request (connection refused, timeout, 5xx)
     backoff_s: float = 2.0  # wait before the first retry; doubles each time
-    weight_transfer: Literal["http", "path"] = "http"  # http: POST the weights; path: write them to shared_dir
+    # http: POST the weights; path: write them to shared_dir; collective: packed broadcasts in a process group of
+    # the trainer's main process and the server's workers (gloo), HTTP for control (docs/weight-sync.md)
+    weight_transfer: Literal["http", "path", "collective"] = "http"
+    transport_address: str | None = None  # collective: "host[:port]" the server reaches the trainer at (None: found)
     shared_dir: str | None = None  # weight_transfer=path: a directory both the trainer and the server can read
     weight_bucket_mb: float = 512.0  # a weight push is sent in parts of at most this size (whole decoder layers)
 
@@ -156,7 +173,8 @@ class ServicesCfg:
 class AlgoCfg:
     """The GRPO family. `loss_type` picks a preset (r1kit.presets); knobs left None take its values."""
 
-    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "gspo"] = "grpo"  # preset for the knobs set to None
+    # preset for the knobs set to None, and the policy objective (clip; cispo and sapo their own)
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "gspo", "cispo", "sapo", "luspo"] = "grpo"
     # --- knobs a preset fills when None
     advantage_estimator: Literal["grpo", "rloo"] | None = None  # baseline: group mean, or leave-one-out mean
     scale_rewards: Literal["group", "batch", "none"] | None = None  # divide by the group std, the batch std, or not
@@ -175,14 +193,33 @@ class AlgoCfg:
     drop_negative_advantages: bool = False  # train only on completions with advantage >= 0 (off by default)
     mask_truncated_completions: bool = False  # completions cut at max_completion_length get no loss
     entropy_coef: float = 0.0  # entropy bonus: loss -= entropy_coef * mean token entropy (entropy is always logged)
-    is_correction: bool = False  # truncated importance sampling: weight tokens by min(pi_trainer/pi_engine, is_cap)
-    is_cap: float = 2.0  # the truncation C of that weight
+    # --- off-policy corrections (r1kit.algo.offpolicy; docs/algorithms-offpolicy.md). TRL's names are aliases
+    # (TRL_ALGO_NAMES): vllm_importance_sampling_correction/_mode/_clip_max (_cap)/_clip_min
+    is_correction: bool | None = None  # weight each token's policy loss by pi_old/pi_engine; None: off, or on
+    # when generation runs asynchronously (AlgoCfg.resolved(asynchronous=True))
+    is_mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = "token_truncate"
+    is_cap: float | None = 2.0  # C_max: truncate above it, or (mask modes) weight 0 above it; null: no upper bound
+    is_min: float | None = None  # C_min: truncate below it, or (mask modes) weight 0 below it; null: none
+    off_policy_mask_threshold: float | None = None  # DeepSeek-V3.2: drop A < 0 sequences whose mean
+    # log(pi_engine/pi_theta) exceeds this (e.g. 0.5); null: off
+    top_entropy_quantile: float = 1.0  # rho: train only on the batch's top-rho highest-entropy tokens (1: all)
+    # --- objective knobs (loss_type=sapo)
+    sapo_temperature_pos: float = 1.0  # SAPO's tau for A > 0
+    sapo_temperature_neg: float = 1.05  # SAPO's tau for A <= 0
 
-    def resolved(self) -> "AlgoCfg":
-        """A copy with every None knob filled from the `loss_type` preset."""
+    @property
+    def objective(self) -> str:
+        """The per-token policy loss the loss_type uses (r1kit.algo.objectives)."""
+        return PRESETS[self.loss_type].objective
+
+    def resolved(self, asynchronous: bool = False) -> "AlgoCfg":
+        """A copy with every None knob filled from the `loss_type` preset; is_correction left None is
+        on when generation runs asynchronously (the samples come from an older policy), off otherwise."""
         preset = PRESETS[self.loss_type]
         filled = {f: getattr(preset, f) for f in PRESET_KNOBS if getattr(self, f) is None}
         out = dataclasses.replace(self, **filled)
+        if out.is_correction is None:
+            out.is_correction = asynchronous
         if out.epsilon_high is None:
             out.epsilon_high = out.epsilon
         return out
@@ -222,6 +259,7 @@ class SFTCfg:
     direct_fraction: float = 0.8  # tiny_arith: share of traces that answer directly (the rest show working)
     large_from: int = 15  # tiny_arith: problems whose first number is >= this use large_direct_fraction (0: off)
     large_direct_fraction: float = 0.1  # direct share on those problems: big numbers are mostly worked out
+    tool_fraction: float = 0.0  # tiny_arith: share of traces that ask the calculator tool (the tiny tool world)
     steps: int = 1250
     batch_size: int = 64
     learning_rate: float = 2e-3
@@ -229,7 +267,7 @@ class SFTCfg:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     eval_every: int = 500  # held-out check during SFT (0: only at the end)
-    # SFT at scale (r1kit.data.chat, README "SFT at scale"): chat datasets, packing, micro-batches, checkpoints
+    # --- SFT at scale (r1kit.data.chat; docs/sft.md): chat datasets, packing, micro-batches, checkpoints
     format: Literal["auto", "messages", "sharegpt", "prompt_completion"] = "auto"  # chat file/hub layout (auto: by columns)
     subset: str | None = None  # hub dataset configuration (sft.source=owner/name)
     split: str = "train"  # hub dataset split
@@ -297,6 +335,7 @@ class Config:
     model: ModelCfg = field(default_factory=ModelCfg)
     data: DataCfg = field(default_factory=DataCfg)
     rewards: list[RewardCfg] = field(default_factory=lambda: [RewardCfg("accuracy", 1.0)])
+    tools: list[ToolCfg] = field(default_factory=list)  # tools the policy may call: multi-turn rollouts (docs/tools.md)
     rollout: RolloutCfg = field(default_factory=RolloutCfg)
     services: ServicesCfg = field(default_factory=ServicesCfg)
     algo: AlgoCfg = field(default_factory=AlgoCfg)
@@ -373,6 +412,8 @@ def _build(cls, data: Any, prefix: str = ""):
         return data
     if cls is RewardCfg and isinstance(data, dict):
         data = _reward_entry(data, prefix)
+    if cls is ToolCfg:
+        data = _tool_entry(data, prefix)
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'recipe'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -391,6 +432,18 @@ def _reward_entry(entry: dict, key: str) -> dict:
         raise ConfigError(f"{key}: a reward entry needs a 'name', got {entry!r}")
     params = {k: v for k, v in entry.items() if k not in ("name", "weight", "params")}
     return {"name": entry["name"], "weight": entry.get("weight", 1.0), "params": {**entry.get("params", {}), **params}}
+
+
+def _tool_entry(entry: Any, key: str) -> Any:
+    """Recipe shorthand: a tool is a name, or a mapping whose extra keys are its parameters."""
+    if isinstance(entry, str):
+        return {"name": entry}
+    if isinstance(entry, dict):
+        if "name" not in entry:
+            raise ConfigError(f"{key}: a tool entry needs a 'name', got {entry!r}")
+        params = {k: v for k, v in entry.items() if k not in ("name", "params")}
+        return {"name": entry["name"], "params": {**entry.get("params", {}), **params}}
+    return entry
 
 
 def to_dict(cfg) -> dict:
@@ -430,6 +483,28 @@ def _looks_like_float(raw: str) -> bool:
         return False
 
 
+# TRL's GRPOConfig names a recipe or override may use for r1kit's (TRL's default clip_max is 3.0, r1kit's is_cap 2.0)
+TRL_ALGO_NAMES = {"vllm_importance_sampling_correction": "is_correction", "vllm_importance_sampling_mode": "is_mode",
+                  "vllm_importance_sampling_clip_max": "is_cap", "vllm_importance_sampling_cap": "is_cap",
+                  "vllm_importance_sampling_clip_min": "is_min"}
+
+
+def _rename_trl_names(recipe: dict, where: str) -> None:
+    """algo.<TRL name> -> algo.<r1kit name> in a recipe; both for one knob is an error."""
+    algo = recipe.get("algo")
+    for trl, ours in TRL_ALGO_NAMES.items():
+        if isinstance(algo, dict) and trl in algo:
+            if ours in algo:
+                raise ConfigError(f"{where}: algo.{trl} is TRL's name for algo.{ours}; set only one of them")
+            algo[ours] = algo.pop(trl)
+
+
+def _rename_trl_override(override: str) -> str:
+    key, sep, value = override.partition("=")
+    section, _, last = key.rpartition(".")
+    return f"algo.{TRL_ALGO_NAMES[last]}{sep}{value}" if section == "algo" and last in TRL_ALGO_NAMES else override
+
+
 def load_recipe(path: str | Path | None = None, overrides: list[str] = (), base: Config | None = None) -> Config:
     """Defaults <- recipe YAML (if any) <- overrides, then validate()."""
     tree = to_dict(base or Config())
@@ -443,9 +518,10 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] = (), base:
             raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {e}") from None
         if not isinstance(recipe, dict):
             raise ConfigError(f"recipe {str(path)!r} must be a mapping at the top level")
+        _rename_trl_names(recipe, str(path))
         _merge(tree, recipe)
     for override in overrides:
-        apply_override(tree, override)
+        apply_override(tree, _rename_trl_override(override))
     cfg = _build(Config, tree)
     from r1kit.config_checks import validate  # the checks import this module's dataclasses
 

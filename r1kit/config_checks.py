@@ -44,7 +44,7 @@ def validate(cfg: Config) -> None:
         (not cfg.data.task_config or cfg.data.source.startswith("reasoning_gym:"),
          f"data.task_config is only used by reasoning_gym:<task> sources, not {cfg.data.source!r}"),
     ]
-    for ok, message in checks + _algo_checks(cfg.algo.resolved()) + _services_checks(cfg):
+    for ok, message in checks + _algo_checks(cfg.algo.resolved()) + _services_checks(cfg) + _tool_checks(cfg):
         if not ok:
             raise ConfigError(message)
     if not cfg.name or cfg.name in (".", "..") or any(c in cfg.name for c in "/\\"):
@@ -72,6 +72,26 @@ def _algo_checks(a: AlgoCfg) -> list[tuple[bool, str]]:
         (a.dual_clip == 0 or a.dual_clip > 1, f"algo.dual_clip must be 0 (off) or > 1, got {a.dual_clip}"),
         (not a.dynamic_sampling or a.max_sampling_rounds >= 1,
          f"algo.dynamic_sampling needs a cap: algo.max_sampling_rounds must be >= 1, got {a.max_sampling_rounds}{src}"),
+        (not a.is_correction or a.is_cap is not None or a.is_min is not None,
+         "algo.is_correction needs a bound: algo.is_cap and algo.is_min are both null"),
+        (a.sapo_temperature_pos > 0 and a.sapo_temperature_neg > 0,
+         f"algo.sapo_temperature_pos and algo.sapo_temperature_neg must be > 0, got "
+         f"{a.sapo_temperature_pos} and {a.sapo_temperature_neg}"),
+        (a.dual_clip == 0 or a.objective == "clip",
+         f"algo.dual_clip applies to the clipped objective only; loss_type={a.loss_type} uses {a.objective}"),
+        (a.loss_type != "luspo" or a.importance_sampling_level == "sequence",
+         f"algo.loss_type=luspo scales sequence-level losses: algo.importance_sampling_level must be sequence, "
+         f"got {a.importance_sampling_level}"),
+    ]
+
+
+def _tool_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """Multi-turn rollouts run on the HF engine; the tools themselves are checked when they load."""
+    r = cfg.rollout
+    return [
+        (not cfg.tools or r.engine == "hf",
+         f"tools (multi-turn rollouts) run on rollout.engine=hf only; rollout.engine={r.engine} cannot take turns "
+         "with tools yet (docs/tools.md)"),
     ]
 
 
@@ -106,12 +126,21 @@ def _services_checks(cfg: Config) -> list[tuple[bool, str]]:
          "services.reference_url is set but algo.beta is 0, so no reference is used: set algo.beta or drop the URL"),
         (s.weight_transfer != "path" or bool(s.shared_dir),
          "services.weight_transfer=path needs services.shared_dir (a directory the server can read)"),
+        (s.transport_address is None or s.weight_transfer == "collective",
+         "services.transport_address is set but services.weight_transfer is not collective: drop it or set both"),
+        (s.transport_address is None or _host_port(s.transport_address),
+         f"services.transport_address must be 'host' or 'host:port', got {s.transport_address!r}"),
     ]
     for url_key in ("generation_url", "reference_url"):
         url = getattr(s, url_key)
         checks.append((not url or url.startswith(("http://", "https://")),
                        f"services.{url_key} must start with http:// or https://, got {url!r}"))
     return checks
+
+
+def _host_port(address: str) -> bool:
+    host, _, port = address.partition(":")
+    return bool(host) and (not port or (port.isdigit() and int(port) < 65536))
 
 
 # Settings a resumed run may change: when it stops, what it logs and evaluates, where its servers are.
@@ -125,16 +154,33 @@ SESSION_SETTINGS = ("train.resume_from", "train.trust_checkpoint")
 
 
 def changed_settings(saved: dict, cfg: Config) -> tuple[list[str], list[str]]:
-    """(refused, allowed) changes between a run's saved config.yaml and `cfg`, each as 'key: old -> new'."""
+    """(refused, allowed) changes between a run's saved config.yaml and `cfg`, each as 'key: old -> new'.
+
+    A key the saved file lacks (added to r1kit after the run started) that holds its default is no change:
+    a new key's default keeps what runs did before it existed."""
     current = to_dict(cfg)
     current["algo"] = to_dict(cfg.algo.resolved())
+    defaults = to_dict(Config())
+    defaults["algo"] = to_dict(Config().algo.resolved())
     refused, allowed = [], []
     for key, old, new in differences(saved, current):
-        if key in SESSION_SETTINGS:
+        if key in SESSION_SETTINGS or (_absent(saved, key) and new == _value(defaults, key)):
             continue
         line = f"{key}: {old!r} -> {new!r}"
         (allowed if key.startswith(RESUMABLE_CHANGES) else refused).append(line)
     return refused, allowed
+
+
+def _value(tree, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _absent(tree, dotted: str) -> bool:
+    *parents, last = dotted.split(".")
+    node = _value(tree, ".".join(parents)) if parents else tree
+    return not isinstance(node, dict) or last not in node
 
 
 def differences(old, new, prefix: str = ""):

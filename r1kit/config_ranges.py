@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 
 
@@ -80,6 +81,8 @@ RANGES: dict[str, Range] = {
     "rollout.top_p": TOP_P,
     "rollout.top_k": COUNT,
     "rollout.generation_batch_size": POSITIVE_COUNT,
+    "rollout.max_turns": POSITIVE_COUNT,
+    "rollout.max_tool_calls": POSITIVE_COUNT,
     "rollout.vllm.gpu_memory_utilization": TOP_P,
     "rollout.vllm.kv_cache_gb": NON_NEGATIVE,
     "rollout.vllm.max_model_len": POSITIVE_COUNT,
@@ -96,6 +99,12 @@ RANGES: dict[str, Range] = {
     "algo.min_group_std": NON_NEGATIVE,
     "algo.entropy_coef": NON_NEGATIVE,
     "algo.is_cap": Range(1),
+    "algo.is_min": PROBABILITY,
+    "algo.off_policy_mask_threshold": NON_NEGATIVE,
+    "algo.top_entropy_quantile": PROBABILITY,
+    # > 0 both: config_checks, in one message for the pair
+    "algo.sapo_temperature_pos": FINITE,
+    "algo.sapo_temperature_neg": FINITE,
     "train.batch_size": POSITIVE_COUNT,
     "train.micro_batch_size": POSITIVE_COUNT,
     "train.max_steps": COUNT,
@@ -113,6 +122,7 @@ RANGES: dict[str, Range] = {
     "sft.direct_fraction": PROBABILITY,
     "sft.large_from": COUNT,
     "sft.large_direct_fraction": PROBABILITY,
+    "sft.tool_fraction": PROBABILITY,
     "sft.steps": COUNT,
     "sft.batch_size": POSITIVE_COUNT,
     "sft.learning_rate": LEARNING_RATE,
@@ -140,15 +150,16 @@ RANGES: dict[str, Range] = {
 }
 
 
-def range_problem(key: str, value) -> str | None:
+def range_problem(key: str, value, nullable: bool = False) -> str | None:
     """What is wrong with `value` for the knob `key` (a RANGES key), or None when it is in range.
-    None values pass: whether a knob may be null is its type's business (r1kit.config)."""
+    None values pass: whether a knob may be null is its type's business (r1kit.config); `nullable`
+    only adds "or null" to the message."""
     if value is None:
         return None
-    rule = RANGES[key]
+    rule, null = RANGES[key], " or null" if nullable else ""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"{key} must be a number {rule.describe()}, got {value!r}"
-    return None if rule.holds(value) else f"{key} must be {rule.describe()}, got {value!r}"
+        return f"{key} must be a number {rule.describe()}{null}, got {value!r}"
+    return None if rule.holds(value) else f"{key} must be {rule.describe()}{null}, got {value!r}"
 
 
 def range_problems(cfg) -> list[str]:
@@ -162,9 +173,11 @@ def range_problems(cfg) -> list[str]:
                 if (message := range_problem(key, entry[name])) is not None:
                     problems.append(message.replace("rewards.", f"rewards[{i}].", 1))
             continue
-        node = tree
+        node, owner = tree, cfg
         for part in key.split("."):
             node = node[part]
-        if (message := range_problem(key, node)) is not None:
+            cls, owner = type(owner), getattr(owner, part)
+        nullable = type(None) in typing.get_args(typing.get_type_hints(cls)[name])
+        if (message := range_problem(key, node, nullable)) is not None:
             problems.append(message)
     return problems

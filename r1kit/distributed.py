@@ -152,6 +152,16 @@ def gather_lists(acc: Accelerator, items: list) -> list:
     return gather_object(list(items))
 
 
+def gather_values(acc: Accelerator, values: torch.Tensor) -> torch.Tensor:
+    """Every rank's 1-D tensor (lengths may differ), concatenated in rank order, on every rank, on the CPU."""
+    if acc.num_processes == 1:
+        return values
+    sizes = acc.gather(torch.tensor([values.numel()], device=acc.device)).cpu().tolist()
+    padded = acc.pad_across_processes(values.to(acc.device), dim=0)
+    rows = acc.gather(padded).cpu().view(acc.num_processes, -1)
+    return torch.cat([rows[r, :n] for r, n in enumerate(sizes)])
+
+
 def all_max(acc: Accelerator, value: int) -> int:
     if acc.num_processes == 1:
         return value
@@ -174,7 +184,8 @@ def _all_reduce(acc: Accelerator, t: torch.Tensor, op: str) -> torch.Tensor:
 
 
 def reduce_metrics(acc: Accelerator, metrics: dict) -> dict:
-    """Global metrics: the mean over ranks that have a value (NaN = none), the max for `*max*` keys.
+    """Global metrics: the mean over ranks that have a value (NaN = none), the max for `*max*` keys, the min
+    for keys ending in `_min`.
 
     Ranks hold equal shares of the step (local_share), so the mean of rank means is the global mean.
     """
@@ -183,9 +194,12 @@ def reduce_metrics(acc: Accelerator, metrics: dict) -> dict:
     keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
     values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
     present = ~torch.isnan(values)
-    is_max = torch.tensor(["max" in k for k in keys])
+    is_min = torch.tensor([k.endswith("_min") for k in keys])
+    is_max = torch.tensor(["max" in k for k in keys]) | is_min  # a minimum is minus the maximum of minus values
+    signed = torch.where(is_min, -values, values)
     sums = _all_reduce(acc, torch.cat([torch.where(present & ~is_max, values, 0.0), present.double()]), "sum")
-    maxima = _all_reduce(acc, torch.where(present & is_max, values, float("-inf")), "max")
+    maxima = _all_reduce(acc, torch.where(present & is_max, signed, float("-inf")), "max")
+    maxima = torch.where(is_min, -maxima, maxima)
     total, count = sums[:len(keys)], sums[len(keys):]
     out = dict(metrics)
     for i, k in enumerate(keys):

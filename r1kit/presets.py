@@ -22,6 +22,7 @@ class Preset:
     epsilon_high: float | None  # upper clip range: ratio <= 1 + epsilon_high (None: = epsilon)
     dynamic_sampling: bool  # DAPO: redraw until the batch is full of groups that carry signal
     paper: str  # where it comes from, and where r1kit deviates
+    objective: str = "clip"  # the per-token policy loss (r1kit.algo.objectives.OBJECTIVES)
 
 
 PRESETS: dict[str, Preset] = {
@@ -53,4 +54,22 @@ PRESETS: dict[str, Preset] = {
         "length-normalised sequence likelihood ratio exp(mean_t(log pi - log pi_old)), clipped at "
         "3e-4/4e-4 as in the paper. With num_iterations=1 the ratio is 1 and the gradient equals "
         "GRPO's with per-sequence token means."),
+    "cispo": Preset(
+        "grpo", "group", "token_mean", "token", 0.2, 4.0, False,
+        "MiniMax-M1 (arXiv:2506.13585): CISPO, REINFORCE weighted by the importance ratio clipped from "
+        "above and detached, so clipped tokens keep a gradient; token-level loss over the batch. The cap is "
+        "1 + epsilon_high = 5, ScaleRL's (arXiv:2510.13786) epsilon_max = 5 (TRL's epsilon_high=5.0 for "
+        "cispo); no lower bound, as in the paper. Differs from GRPO only with num_iterations > 1 or "
+        "asynchronous generation (the ratio is 1 otherwise).", objective="cispo"),
+    "sapo": Preset(
+        "grpo", "group", "seq_mean_token_mean", "token", 0.2, None, False,
+        "Gao et al. 2025, Soft Adaptive Policy Optimization (arXiv:2511.20347): the clip is replaced by the "
+        "gate (4/tau)*sigmoid(tau*(r-1)), tau = algo.sapo_temperature_pos (1.0) for A > 0 and "
+        "algo.sapo_temperature_neg (1.05) otherwise, with the paper's per-sequence token mean. epsilon is "
+        "unused. Differs from GRPO only with num_iterations > 1 or asynchronous generation.", objective="sapo"),
+    "luspo": Preset(
+        "grpo", "group", "seq_mean_token_sum", "sequence", 2e-3, 2.5e-3, False,
+        "LUSPO (arXiv:2602.05261): GSPO with each sequence's loss scaled by its length (token sums, then "
+        "the mean over sequences), which removes GSPO's bias against long responses; clip 2e-3/2.5e-3 as "
+        "in the paper's section 5.1 (TRL's paper index). As TRL's loss_type='luspo'."),
 }

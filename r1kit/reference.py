@@ -72,7 +72,7 @@ class RemoteReference:
                                f"(start it with `r1kit serve-ref {model_name}`, or --served-model-name)")
 
     def logprobs(self, batch: RolloutBatch) -> torch.Tensor:
-        prompt_mask, completion_mask = batch.prompt_mask.bool().cpu(), batch.completion_mask.bool().cpu()
+        prompt_mask, completion_mask = batch.prompt_mask.bool().cpu(), batch.real_tokens.bool().cpu()
         prompts = [row[m].tolist() for row, m in zip(batch.prompt_ids.cpu(), prompt_mask)]
         completions = [row[m].tolist() for row, m in zip(batch.completion_ids.cpu(), completion_mask)]
         answer = self.client.post("/v1/logprobs", {"model": self.model_name, "prompt_ids": prompts,
@@ -88,4 +88,4 @@ class RemoteReference:
                                    f"{len(ids)}-token completion")
             # serve-ref sends a logprob of -inf (probability 0) as null: strict JSON has no -Infinity
             out[i, :len(ids)] = torch.tensor([float("-inf") if v is None else v for v in values], dtype=torch.float32)
-        return out
+        return out * batch.completion_mask.cpu()  # inserted tokens (multi-turn) are not scored

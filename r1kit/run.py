@@ -22,7 +22,7 @@ from r1kit import distributed as dist
 from r1kit.checkpoint import ACCELERATOR_DIR, list_checkpoints, save_checkpoint, save_final
 from r1kit.config import Config, ConfigError, to_dict
 from r1kit.data.benchmarks import checker_for
-from r1kit.data.sources import load_rows
+from r1kit.data.sources import eval_target, load_rows
 from r1kit.data.templates import build_messages, encode_prompt
 from r1kit.evaluate import evaluate_across
 from r1kit.logging import (MetricsLogger, console, format_metrics, print_run_summary, progress_bar,
@@ -34,8 +34,11 @@ from r1kit.reference import AdapterDisabledReference, LocalReference, RemoteRefe
 from r1kit.report import phase_shares, read_run, write_report
 from r1kit.rollout.hf import HFEngine, eos_ids
 from r1kit.rollout.http import ServiceClient
+from r1kit.rollout.multiturn import MultiTurnEngine, ToolMessages
 from r1kit.rollout.remote import START_HINT, RemoteEngine
 from r1kit.rollout.weights import LOCAL
+from r1kit.tools.calls import check_call_format
+from r1kit.tools.registry import load_toolbox
 from r1kit.rundir import NonFiniteError, RunCollapsed, prepare_run_dir, resume_point, run_stopped
 from r1kit.types import SamplingParams
 
@@ -46,6 +49,7 @@ class RunState:
     accuracy_before: float | None = None
     reasoning_share_before: float | None = None  # share of greedy answers that show reasoning, at the start
     mean_length_before: float | None = None  # mean greedy completion length (tokens) on the held-out problems
+    tool_share_before: float | None = None  # share of greedy answers that call a tool (runs with tools)
     eval_history: list = field(default_factory=list)  # (step, greedy accuracy)
     wall_seconds: float = 0.0  # training wall time of earlier sessions of this run (resume)
     nonfinite_steps: int = 0  # optimizer steps skipped because the gradient was NaN/inf
@@ -104,6 +108,7 @@ def setup_run(cfg: Config) -> Run:
     dist.local_share(cfg.prompts_per_step, acc)
     _check_strategy(cfg, acc)
     reward_funcs = _build_rewards(cfg)
+    load_toolbox(cfg.tools)  # a tool that does not load is one line, before any model
     raw_train_rows = load_rows(cfg.data, cfg.data.split, size=None)
     eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size)
     pick_device(cfg.model.device)  # fails clearly on device=cuda without a GPU
@@ -146,6 +151,7 @@ def setup_run(cfg: Config) -> Run:
         state.accuracy_before = before["eval/greedy_accuracy"]
         state.reasoning_share_before = before["eval/reasoning_share"]
         state.mean_length_before = before["eval/mean_length"]
+        state.tool_share_before = before.get("eval/tool_share")
     return run
 
 
@@ -154,6 +160,7 @@ def _load_policy(cfg: Config):
     name = cfg.model.name_or_path
     try:
         tokenizer = load_tokenizer(name, cfg.model.trust_remote_code, cfg.model.gguf_file)
+        check_tool_template(cfg, tokenizer)
         return tokenizer, load_model(cfg.model, tokenizer)
     except (OSError, ValueError, SafetensorError) as e:  # missing, torn, or not a model (not our own errors)
         if isinstance(e, ConfigError):
@@ -161,6 +168,24 @@ def _load_policy(cfg: Config):
         where = "could not be read" if os.path.exists(name) else "is not a local directory, and the hub did not provide it"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise ConfigError(f"model.name_or_path={name!r} {where} ({first})") from None
+
+
+def check_tool_template(cfg: Config, tokenizer) -> None:
+    """With tools: the chat template reads the configured call format and can insert a tool message (before the model loads)."""
+    if not cfg.tools:
+        return
+    check_call_format(tokenizer, cfg.rollout.tool_call_format, cfg.model.name_or_path)
+    try:
+        ToolMessages(tokenizer, cfg.model.name_or_path)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def prompt_tools(cfg: Config) -> list[dict] | None:
+    """The tools' JSON schemas for the chat template to write into prompts (tool_call_format=template)."""
+    if not cfg.tools or cfg.rollout.tool_call_format != "template":
+        return None
+    return load_toolbox(cfg.tools).schemas
 
 
 def check_model_strategy(cfg: Config, acc) -> None:
@@ -205,11 +230,16 @@ def _check_strategy(cfg: Config, acc) -> None:
                           "rollout.engine=server (every rank samples from one `r1kit serve-gen`) or hf")
 
 
+_GRADED_REWARDS = ("accuracy", "length")  # built-ins that grade answers: they take the data source's checker
+
+
 def _build_rewards(cfg: Config) -> list:
     entries = [{"name": r.name, "weight": r.weight, **r.params} for r in cfg.rewards]
     for entry in entries:  # DAPO's overlong punishment is measured against the rollout's own length cap
         if entry["name"] == "soft_overlong":
             entry.setdefault("max_completion_length", cfg.rollout.max_completion_length)
+        if entry["name"] in _GRADED_REWARDS:  # grade by the source's answer type, as evaluation does
+            entry.setdefault("checker", checker_for(cfg.data.source, "auto"))
     try:
         return build_rewards(entries)
     except (ValueError, KeyError, ImportError, AttributeError) as e:
@@ -222,10 +252,11 @@ def _with_path(model_cfg, path: str):
 
 def _with_prompts(rows: list[dict], cfg: Config, tokenizer) -> list[dict]:
     """Rows plus their prompt text and token ids (encoded once, reused every step)."""
-    out = []
+    out, tools = [], prompt_tools(cfg)
     for row in rows:
         d = cfg.data
-        ids = encode_prompt(tokenizer, build_messages(row["question"], d.system_prompt, d.instruction), d.prompt_format)
+        ids = encode_prompt(tokenizer, build_messages(row["question"], d.system_prompt, d.instruction), d.prompt_format,
+                            tools)
         out.append({**row, "prompt_text": tokenizer.decode(ids), "prompt_ids": ids})
     return out
 
@@ -234,13 +265,24 @@ def _check_context(cfg: Config, model, tokenizer, train_rows: list[dict], eval_r
     """The longest prompt plus the longest completion fits the model's context, before any step runs."""
     def longest(rows):
         return max((len(r["prompt_ids"]) for r in rows), default=0)
-    check_context(model, longest(train_rows), cfg.rollout.max_completion_length, "rollout.max_completion_length")
+    check_context(model, longest(train_rows), cfg.rollout.max_completion_length, "rollout.max_completion_length",
+                  cfg.data.source)
     check_context(model, longest(_with_prompts(eval_rows, cfg, tokenizer)), cfg.eval.max_new_tokens,
-                  "eval.max_new_tokens")
+                  "eval.max_new_tokens", eval_target(cfg.data)[0])
 
 
 def make_engine(cfg: Config, model, tokenizer, acc=None):
-    """The rollout engine the recipe names; vLLM is imported only for the vllm and server engines.
+    """The rollout engine the recipe names, taking turns with tools when the recipe lists some."""
+    engine = _single_turn_engine(cfg, model, tokenizer, acc)
+    if not cfg.tools:
+        return engine
+    r = cfg.rollout
+    return MultiTurnEngine(engine, tokenizer, load_toolbox(cfg.tools), r.tool_call_format, r.max_turns,
+                           r.max_tool_calls, cfg.model.name_or_path)
+
+
+def _single_turn_engine(cfg: Config, model, tokenizer, acc=None):
+    """The rollout engine rollout.engine names; vLLM is imported only for the vllm and server engines.
 
     vllm and server engines start from the model's files, then receive the policy's current
     weights at once, so a resumed run samples from its checkpoint, not from the start model.
@@ -266,7 +308,8 @@ def make_engine(cfg: Config, model, tokenizer, acc=None):
         remote = RemoteEngine(client, cfg.model.name_or_path, tokenizer, s.weight_transfer, s.shared_dir,
                               stop_ids=eos_ids(getattr(model, "module", model), tokenizer),
                               pushes=acc is None or acc.is_main_process, barrier=acc.wait_for_everyone if acc else None,
-                              bucket_mb=s.weight_bucket_mb, gatherer=dist.weights_gatherer(acc) if acc else LOCAL)
+                              bucket_mb=s.weight_bucket_mb, gatherer=dist.weights_gatherer(acc) if acc else LOCAL,
+                              transport_address=s.transport_address)
         remote.update_weights(model)
         return remote
     raise ValueError(f"rollout.engine={engine!r} is not available; expected 'hf', 'vllm' or 'server'")
@@ -318,7 +361,7 @@ def run_eval(run: Run, when: str) -> dict:
     result = evaluate_across(run.accelerator, run.engine, run.tokenizer, run.eval_rows, system_prompt=d.system_prompt,
                              instruction=d.instruction, prompt_format=d.prompt_format, max_new_tokens=e.max_new_tokens,
                              n_samples=e.n_samples, temperature=e.temperature, top_p=e.top_p, seed=run.cfg.seed,
-                             extract=e.extract, checker=checker_for(d.source, e.checker))
+                             extract=e.extract, checker=checker_for(d.source, e.checker), tools=prompt_tools(run.cfg))
     metrics = {f"eval/{k}": v for k, v in result.summary().items()}
     run.state.eval_history.append((run.state.step, result.greedy_accuracy))
     console.print(f"eval ({when}, step {run.state.step}): " + format_metrics(metrics, sorted(metrics)))
@@ -354,6 +397,8 @@ def log_step(run: Run, step: int, metrics: dict, rows, completions, scored, adva
                 "step": step, "prompt": row["prompt_text"], "answer": row["answer"],
                 "completions": [completions[j].text for j in group],
                 "finish_reasons": [completions[j].finish_reason for j in group],
+                **({"turns": [completions[j].turns for j in group], "tool_calls": [completions[j].tool_calls for j in group]}
+                   if run.cfg.tools else {}),
                 "rewards": {k: [v[j] for j in group] for k, v in scored.per_func.items()},
                 "total": [scored.total[j] for j in group], "advantages": [advantages[j].item() for j in group]})
         run.logger.log_samples(step, records)
@@ -434,6 +479,8 @@ def finish_run(run: Run) -> dict:
                "reasoning_share_before": state.reasoning_share_before,
                "reasoning_share_after": after.get("eval/reasoning_share"),
                "mean_length_before": state.mean_length_before, "mean_length_after": after.get("eval/mean_length"),
+               **({"tool_share_before": state.tool_share_before, "tool_share_after": after.get("eval/tool_share")}
+                  if cfg.tools else {}),
                "wall_seconds": run.training_seconds(), "stopped_by_time_budget": state.step < cfg.train.max_steps,
                "eval_history": state.eval_history, "run_dir": str(cfg.run_dir), "final_model": str(final),
                "processes": run.accelerator.num_processes, "strategy": dist.strategy_name(run.accelerator),

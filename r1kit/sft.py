@@ -46,7 +46,10 @@ from r1kit.evaluate import evaluate_across, tiny_style_prefills
 from r1kit.logging import MetricsLogger, console, format_metrics, progress_bar, quiet_library_progress
 from r1kit.models import load_model, load_tokenizer, make_optimizer, pick_device
 from r1kit.rollout.hf import HFEngine
-from r1kit.run import check_model_strategy, check_saved_dtype
+from r1kit.rollout.multiturn import MultiTurnEngine, ToolMessages
+from r1kit.tools.calculator import calculator
+from r1kit.tools.registry import ToolResult, load_toolbox
+from r1kit.run import check_model_strategy, check_saved_dtype, prompt_tools
 from r1kit.rundir import StopSignals, prepare_run_dir, resume_point, run_stopped
 
 
@@ -65,6 +68,9 @@ def build_samples(cfg: Config, tokenizer) -> tuple[list[Sample], ChatStats]:
         for i, row in enumerate(rows):
             style = "direct" if rng.random() < direct_share(row, cfg.sft) else "working"
             prompt = encode_prompt(tokenizer, build_messages(row["question"], cfg.data.system_prompt))
+            if cfg.sft.tool_fraction and rng.random() < cfg.sft.tool_fraction:
+                samples.append(tool_sample(tokenizer, prompt, row, f"tiny_arith row {i}"))
+                continue
             target = encode(tasks.trace(row, style, cfg.data.answer_tag_style)) + eos
             samples.append(Sample(prompt + target, [chat.IGNORE] * len(prompt) + target, f"tiny_arith row {i}"))
         stats.conversations = len(samples)
@@ -80,6 +86,21 @@ def build_samples(cfg: Config, tokenizer) -> tuple[list[Sample], ChatStats]:
     samples = chat.fit_length(samples, cfg.sft.max_seq_length, cfg.sft.overlong, stats)
     stats.samples = len(samples)
     return samples, stats
+
+
+def tool_sample(tokenizer, prompt: list[int], row: dict, origin: str) -> Sample:
+    """A trace that asks the calculator: call turn, the tool message (inserted exactly as a multi-turn rollout
+    inserts it, r1kit.rollout.multiturn, and not trained on), answer turn. The answer is the tool's own."""
+    call, answer = tasks.tool_turns(row)
+    result = calculator(tasks.expression(row))
+    if result != row["answer"]:
+        raise ValueError(f"{origin}: the calculator says {result}, the row {row['answer']}")
+    eos = [tokenizer.eos_token_id]
+    first = tokenizer(call, add_special_tokens=False).input_ids + eos
+    inserted = ToolMessages(tokenizer).ids([ToolResult(result)])
+    second = tokenizer(answer, add_special_tokens=False).input_ids + eos
+    labels = [chat.IGNORE] * len(prompt) + first + [chat.IGNORE] * len(inserted) + second
+    return Sample(prompt + first + inserted + second, labels, origin)
 
 
 def _gsm8k_conversations(cfg: Config) -> list[tuple[list[dict], str]]:
@@ -286,11 +307,17 @@ def sft_eval(cfg: Config, model, tokenizer, rows: list[dict], acc=None) -> dict:
     else:
         engine = HFEngine(model, tokenizer, cfg.rollout.generation_batch_size,
                           gather=dist.gather_for_generation(acc, model), synced=dist.is_sharded(acc))
+    if cfg.tools:  # a cold start for tool use is evaluated taking turns with its tools, as GRPO will sample it
+        r = cfg.rollout
+        engine = MultiTurnEngine(engine, tokenizer, load_toolbox(cfg.tools), r.tool_call_format, r.max_turns,
+                                 r.max_tool_calls, cfg.model.name_or_path)
     kwargs = dict(system_prompt=cfg.data.system_prompt, instruction=cfg.data.instruction,
-                  prompt_format=cfg.data.prompt_format, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed)
+                  prompt_format=cfg.data.prompt_format, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed,
+                  tools=prompt_tools(cfg))
     result = evaluate_across(acc, engine, tokenizer, rows, **kwargs)
     metrics = {"eval/greedy_accuracy": result.greedy_accuracy, "eval/mean_length": result.mean_length,
-               "eval/reasoning_share": result.reasoning_share}
+               "eval/reasoning_share": result.reasoning_share,
+               **({"eval/tool_share": result.tool_share} if result.tool_share is not None else {})}
     if cfg.data.source == "tiny_arith":
         for style, prefill in tiny_style_prefills().items():
             forced = evaluate_across(acc, engine, tokenizer, rows, prefill=prefill, **kwargs)

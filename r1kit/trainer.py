@@ -25,13 +25,15 @@ import torch
 
 from r1kit.algo.advantages import compute_advantages, zero_variance_groups
 from r1kit.algo.filters import informative_groups, keep_rows
-from r1kit.algo.loss import policy_loss, truncated_is_weights
+from r1kit.algo.loss import policy_loss
+from r1kit.algo.offpolicy import corrections, high_entropy_mask, merge_statistics, quantile
 from r1kit import distributed as dist
 from r1kit.batch import Normaliser, RolloutBatch, completion_logprobs, completion_logprobs_and_entropy, make_batch
 from r1kit.config import AlgoCfg, Config
 from r1kit.logging import PhaseTimer, console
 from r1kit.rewards import RewardState, combine, reward_inputs
 from r1kit.rewards.registry import RewardResult
+from r1kit.rollout.multiturn import tool_metrics
 from r1kit.run import (Run, check_collapse, check_finite, finish_run, log_step, maybe_checkpoint, maybe_eval,
                        sampling_params, setup_run, step_prompt_indices, stop_on_signal)
 from r1kit.rundir import StopSignals
@@ -89,7 +91,7 @@ def train(cfg: Config) -> dict:
                 **sampling, **updates[0], **_last_iteration(updates),
                 "update/kept_fraction": len(batch) / len(full),  # after the filters
                 "update/rows_fraction": updates[0]["update/backward_rows"] / len(full),  # rows that ran a backward
-                **full.length_metrics(), **timer.pop(), "time/step": time.perf_counter() - step_start,
+                **full.length_metrics(), **(tool_metrics(completions) if cfg.tools else {}), **timer.pop(), "time/step": time.perf_counter() - step_start,
                 "memory/max_process_gb": dist.peak_memory_gb(acc),  # the largest of any process
             })
             metrics |= maybe_eval(run, step)
@@ -179,27 +181,32 @@ def update_policy(run: Run, algo: AlgoCfg, batch: RolloutBatch, dummy: RolloutBa
     real = sum(1 for c in chunks if len(c))
     norm = Normaliser(*(int(x) for x in dist.all_sum(acc, [len(batch), batch.completion_mask.sum().item(), real])),
                       processes=acc.num_processes)
-    loss_sum, stats, gaps = 0.0, [], []
+    high_entropy, threshold = _high_entropy_tokens(run, algo, batch, dummy)  # (N, C) bool, or None (rho = 1)
+    loss_sum, stats, gaps, offpolicy = 0.0, [], [], []
     for i, chunk in enumerate(chunks):
         part = batch.select(chunk) if len(chunk) else dummy
         logprobs, entropy = completion_logprobs_and_entropy(
             model, part, cfg.rollout.temperature, entropy_grad=algo.entropy_coef > 0)  # (mb, C) each
         old = logprobs.detach() if old_logprobs is None or not len(chunk) else old_logprobs[chunk].to(logprobs.device)
+        advantages, mask = part.advantages.to(logprobs.device), part.completion_mask.to(logprobs.device)
+        weights, corrected = corrections(  # importance weights and masks (r1kit.algo.offpolicy), None if all off
+            algo, logprobs.detach(), old, part.engine_logprobs.to(logprobs.device), advantages, mask,
+            None if high_entropy is None or not len(chunk) else high_entropy[chunk].to(logprobs.device))
         loss, st = policy_loss(
-            logprobs, old, part.advantages.to(logprobs.device), part.completion_mask.to(logprobs.device),
+            logprobs, old, advantages, mask, objective=algo.objective,
             epsilon=algo.epsilon, epsilon_high=algo.epsilon_high, dual_clip=algo.dual_clip,
+            sapo_temperatures=(algo.sapo_temperature_pos, algo.sapo_temperature_neg),
             level=algo.importance_sampling_level, agg=algo.loss_agg, max_len=cfg.rollout.max_completion_length,
             beta=algo.beta, kl_estimator=algo.kl_estimator,
             ref_logprobs=None if ref_logprobs is None or not len(chunk) else ref_logprobs[chunk].to(logprobs.device),
-            is_weights=(truncated_is_weights(old, part.engine_logprobs.to(logprobs.device), algo.is_cap)
-                        if algo.is_correction else None),
-            entropy=entropy, entropy_coef=algo.entropy_coef)
+            is_weights=weights, entropy=entropy, entropy_coef=algo.entropy_coef)
         weight = part.weight(algo.loss_agg, norm) if len(chunk) else 0.0  # share of the whole step's loss
         dist.backward(acc, model, loss * weight, last=i == len(chunks) - 1)
         if len(chunk):
             loss_sum += loss.item() * weight  # the mean over processes (reduce_metrics) is the step's loss
             stats.append(st)
             gaps.append(part.logprob_gap(logprobs.detach(), old))
+            offpolicy.append(corrected)
     grad_norm, skipped = float("nan"), False
     if chunks:  # a step without any learning signal anywhere makes no update
         # max_grad_norm 0: measure without clipping. DeepSpeed has already stepped (and clipped) in backward.
@@ -211,7 +218,8 @@ def update_policy(run: Run, algo: AlgoCfg, batch: RolloutBatch, dummy: RolloutBa
             run.scheduler.step()  # the schedule counts updates made, as transformers' Trainer does
         run.optimizer.zero_grad(set_to_none=True)
     return {"lr": lr, "loss": loss_sum, "grad_norm": grad_norm, "update/backward_rows": float(len(rows)), **_mean_stats(stats),
-            **_merge_gaps(gaps), "update/skipped_nonfinite": float(skipped)}
+            **_merge_gaps(gaps), **merge_statistics(offpolicy), "update/skipped_nonfinite": float(skipped),
+            **({} if threshold is None else {"entropy_mask/threshold": threshold})}
 
 
 def synced_logprobs(run: Run, batch: RolloutBatch, dummy: RolloutBatch) -> torch.Tensor:
@@ -223,6 +231,29 @@ def synced_logprobs(run: Run, batch: RolloutBatch, dummy: RolloutBatch) -> torch
         if len(chunk):
             out.append(logprobs)
     return torch.cat(out) if out else torch.zeros(0, batch.completion_ids.shape[1])
+
+
+def _high_entropy_tokens(run: Run, algo: AlgoCfg, batch: RolloutBatch,
+                         dummy: RolloutBatch) -> tuple[torch.Tensor | None, float | None]:
+    """top_entropy_quantile < 1 ("Beyond the 80/20 Rule"): the (N, C) bool of the tokens whose entropy under
+    the current policy is in the top rho of the whole step's batch (every process's tokens), and that
+    threshold; (None, None) when rho = 1. One extra forward without gradient: the quantile is over the
+    batch, as in the paper, not over a micro-batch (TRL), so the result does not depend on micro_batch_size.
+    """
+    if algo.top_entropy_quantile >= 1:
+        return None, None
+    cfg, acc = run.cfg, run.accelerator
+    parts = []
+    with torch.no_grad():
+        for chunk in dist.synced_chunks(torch.arange(len(batch)), cfg.train.micro_batch_size, acc):
+            _, entropy = completion_logprobs_and_entropy(run.model, batch.select(chunk) if len(chunk) else dummy,
+                                                         cfg.rollout.temperature)
+            if len(chunk):
+                parts.append(entropy.float().cpu())
+    entropy = torch.cat(parts) if parts else torch.zeros(0, batch.completion_ids.shape[1])  # (N, C)
+    local = entropy[batch.completion_mask.bool()]
+    threshold = quantile(dist.gather_values(acc, local), 1 - algo.top_entropy_quantile)
+    return high_entropy_mask(entropy, batch.completion_mask, threshold), threshold.item()
 
 
 def _rows_with_gradient(batch: RolloutBatch, algo: AlgoCfg, num_processes: int) -> torch.Tensor:
@@ -258,12 +289,13 @@ def _last_iteration(updates: list[dict]) -> dict:
 def _merge_gaps(parts: list[dict]) -> dict:
     """Combine per-micro-batch engine-vs-trainer statistics into batch mean and max.
 
-    engine/logprob_gap: |log pi_engine - log pi_trainer| per token; is/ratio: pi_old/pi_engine, the
-    importance weight the correction uses before truncation (1 when sampler and trainer agree).
+    engine/logprob_gap: |log pi_engine - log pi_trainer| per token; is/ratio: pi_old/pi_engine per token, the
+    importance ratio before truncation or masking (1 when sampler and trainer agree).
     """
     tokens = sum(p["tokens"] for p in parts)
     nan = float("nan")
     return {"engine/logprob_gap_mean": sum(p["sum"] for p in parts) / tokens if tokens else nan,
             "engine/logprob_gap_max": max(p["max"] for p in parts) if parts else nan,
             "is/ratio_mean": sum(p["ratio_sum"] for p in parts) / tokens if tokens else nan,
+            "is/ratio_min": min(p["ratio_min"] for p in parts) if parts else nan,
             "is/ratio_max": max(p["ratio_max"] for p in parts) if parts else nan}

@@ -112,6 +112,7 @@ def test_aggregations_by_hand():
     assert aggregate(values, mask, "token_mean").item() == pytest.approx(2.5)  # 10 / 4 tokens
     assert aggregate(values, mask, "local_token_mean").item() == pytest.approx(2.5)
     assert aggregate(values, mask, "seq_mean_token_sum_norm", max_len=4).item() == pytest.approx(1.25)  # (6/4+4/4)/2
+    assert aggregate(values, mask, "seq_mean_token_sum").item() == pytest.approx(5.0)  # (6 + 4) / 2 (LUSPO)
     with pytest.raises(ValueError, match="needs max_len"):
         aggregate(values, mask, "seq_mean_token_sum_norm")
     with pytest.raises(ValueError, match="unknown loss aggregation"):
@@ -124,6 +125,8 @@ def _loop_aggregate(values, mask, mode, max_len):
         return sum(sum(r) / max(len(r), 1) for r in rows) / len(rows)
     if mode in ("token_mean", "local_token_mean"):
         return sum(sum(r) for r in rows) / max(sum(len(r) for r in rows), 1)
+    if mode == "seq_mean_token_sum":
+        return sum(sum(r) for r in rows) / len(rows)
     return sum(sum(r) / max_len for r in rows) / len(rows)
 
 

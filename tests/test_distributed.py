@@ -208,3 +208,21 @@ def test_the_slurm_script_trains_on_two_nodes_with_a_reference_node(single, smal
     assert summary["processes"] == 2 and summary["steps"] == 3
     kl = [json.loads(x)["kl"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert kl[0] == pytest.approx(0.0, abs=1e-6) and kl[-1] > 0  # the reference server answered
+
+
+def test_offpolicy_corrections_and_the_entropy_quantile_do_not_depend_on_the_layout(small_model_dir, tmp_path):
+    """2 processes x B/2 = 1 process x B with the batch-wide entropy quantile (gathered over ranks), masked
+    sequence-level IS and the off-policy mask on, under CISPO: the same threshold, minimum ratio and weights.
+    The HF engine samples from the trainer's weights, so the bounds mask nothing here: a bound at a ratio of 1
+    would split on rounding noise, which differs between layouts."""
+    algo = {"algo": {"beta": 0.0, "loss_type": "cispo", "top_entropy_quantile": 0.3, "is_correction": True,
+                     "is_mode": "sequence_mask", "is_cap": 2.0, "off_policy_mask_threshold": 0.5},
+            "train": {"max_steps": 2, "save_every": 0}}
+    train(load_recipe(recipe(tmp_path, small_model_dir, **algo), ["name=one"]))
+    out = launch("ddp", recipe(tmp_path, small_model_dir, **algo), "name=two")
+    assert out.returncode == 0, out.stderr[-3000:]
+    one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
+    assert max_diff(final_weights(two), final_weights(one)) < LAYOUT_ATOL
+    m1, m2 = ([json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines()] for r in (one, two))
+    for key in ("entropy_mask/threshold", "is/ratio_min", "is/ratio_max"):
+        assert [m[key] for m in m2] == pytest.approx([m[key] for m in m1], rel=1e-5), key

@@ -432,6 +432,7 @@ def test_bad_reward_fails_before_the_model_loads(tmp_path, capsys):
 
     assert main(["train", "rewards=[{name: accuracy, checker: numerc}]", f"output_dir={tmp_path}",
                  "model.name_or_path=./no-such-model"]) == 2  # the reward is checked first
-    assert ("checker='numerc' is not a valid value; expected one of ['auto', 'math', 'numeric', 'multiple_choice']"
+    assert ("checker='numerc' is not a valid value; expected one of ['auto', 'math', 'numeric', 'multiple_choice', "
+            "'text', 'ordered_list', 'unordered_set', 'boolean']"
             in capsys.readouterr().err)
     assert not (tmp_path / "tiny-grpo").exists()

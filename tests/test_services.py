@@ -154,6 +154,12 @@ def test_trainer_uses_the_reference_server(small_model_dir, tmp_path):
     (["rollout.engine=server", "services.generation_url=x:8000"], "must start with http:// or https://"),
     (["rollout.engine=server", "services.generation_url=http://x", "services.weight_transfer=path"],
      "services.weight_transfer=path needs services.shared_dir"),
+    (["rollout.engine=server", "services.generation_url=http://x", "services.transport_address=10.0.0.1"],
+     "services.transport_address is set but services.weight_transfer is not collective"),
+    (["rollout.engine=server", "services.generation_url=http://x", "services.weight_transfer=collective",
+      "services.transport_address=10.0.0.1:http"], "services.transport_address must be 'host' or 'host:port'"),
+    (["rollout.engine=server", "services.generation_url=http://x", "services.weight_transfer=nccl"],
+     "services.weight_transfer: expected one of"),
     (["rollout.vllm.gpu_memory_utilization=1.5"], "rollout.vllm.gpu_memory_utilization must be in"),
     (["rollout.engine=sglang"], "rollout.engine: expected one of"),
 ])

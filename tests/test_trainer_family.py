@@ -18,7 +18,7 @@ def metrics(tmp_path):
 QUIET = ["eval.before=false", "eval.after=false"]
 
 
-@pytest.mark.parametrize("preset", ["grpo", "dr_grpo", "dapo", "bnpo", "gspo"])
+@pytest.mark.parametrize("preset", ["grpo", "dr_grpo", "dapo", "bnpo", "gspo", "luspo"])
 def test_every_preset_trains_and_changes_the_parameters(small_model_dir, tmp_path, preset):
     train(cfg_for(small_model_dir, tmp_path, "train.max_steps=2", f"algo.loss_type={preset}", *QUIET))
     before, after = weights(small_model_dir), weights(tmp_path / "t" / "final")

@@ -99,7 +99,7 @@ def rows_for(tok):
     return rows
 
 
-@pytest.mark.parametrize("transfer", ["http", "path"])
+@pytest.mark.parametrize("transfer", ["http", "path", "collective"])
 def test_remote_logprobs_equal_trainer_logprobs_after_pushes(server, tiny, tmp_path, transfer):
     path, tok, model = tiny
     model = type(model).from_pretrained(path)
@@ -124,6 +124,52 @@ def test_remote_logprobs_equal_trainer_logprobs_after_pushes(server, tiny, tmp_p
         a, b = (engine.generate(prompts, 16, SamplingParams(max_new_tokens=64, seed=5)) for _ in range(2))
         assert len(a) == 128 and [c.token_ids for c in a] == [c.token_ids for c in b]
     engine.update_weights(tiny[2])  # leave the server on the start model for the other tests
+
+
+def test_collective_server_killed_mid_broadcast_fails_in_time_then_the_group_reforms(tmp_path, tiny):
+    """The server dies between two buckets: one line naming it, within the timeout; restarted, the next update
+    forms a new group by itself and the server samples from the trainer's weights again."""
+    from r1kit.rollout.remote import RemoteEngine
+
+    path, tok, start_model = tiny
+    srv = GenServer("builtin:tiny-sft", free_port(), tmp_path / "serve-gen.log").start()
+    try:
+        client = ServiceClient("generation server", srv.url, token=TOKEN, timeout_s=30, retries=0)
+        engine = RemoteEngine(client, "builtin:tiny-sft", tok, weight_transfer="collective", bucket_mb=0.05)
+        engine.update_weights(start_model)
+        first_group = engine.sender.group.group_id
+        send = engine.sender.send
+
+        def send_then_die(bucket, part, parts):
+            if part == 2:
+                srv.stop()
+            send(bucket, part, parts)
+
+        engine.sender.send = send_then_die
+        began = time.time()
+        with pytest.raises(ServiceError) as err:
+            engine.update_weights(start_model)
+        assert time.time() - began < 30 + 15  # the timeout, not a hang
+        message = str(err.value)
+        assert message.startswith(f"generation server at {srv.url}") and "\n" not in message, message
+        assert engine.sender.group is None
+
+        srv.start()
+        engine.sender.send = send
+        model = type(start_model).from_pretrained(path)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+        engine.update_weights(model)
+        assert engine.sender.group.group_id != first_group
+        rows = rows_for(tok)
+        out = engine.generate([r["prompt_ids"] for r in rows], 2, SamplingParams(max_new_tokens=20, seed=1))
+        batch = make_batch(out, rows, torch.zeros(len(out)), tok.pad_token_id)
+        with torch.no_grad():
+            trainer = completion_logprobs(model, batch, 1.0)
+        assert (trainer - batch.engine_logprobs)[batch.completion_mask.bool()].abs().max().item() <= TOLERANCE
+    finally:
+        srv.stop()
 
 
 def test_wrong_token_model_and_push_fail_clearly(server, tiny):

@@ -1,5 +1,6 @@
 """The weight push to a vLLM server from sharded training (ZeRO-3, FSDP2): 2 processes over gloo train 3 GRPO
-steps with rollout.engine=server against one local `r1kit serve-gen`, the push split into one part per load unit.
+steps with rollout.engine=server against one local `r1kit serve-gen`, the push split into one part per load unit,
+POSTed (http) and, for ZeRO-3, also broadcast (services.weight_transfer=collective).
 
 What is checked: the server ends each run holding exactly the trainer's final weights (its greedy tokens and
 logprobs do not change when the final checkpoint is pushed whole over them); every update arrived in several
@@ -61,13 +62,15 @@ def runs(served, model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sharded-push")
     client = ServiceClient("generation server", served.url, token=TOKEN, timeout_s=120, retries=0)
     out = {}
-    for strategy in ("zero2", "zero3", "fsdp2"):
+    for name in ("zero2", "zero3", "fsdp2", "zero3-collective"):
+        strategy, _, transfer = name.partition("-")
         before = client.get("/r1kit/info")
-        done = launch(strategy, recipe(tmp, model_dir), f"name={strategy}", "rollout.engine=server",
-                      f"services.generation_url={served.url}", "services.weight_bucket_mb=0.01", timeout=900)
+        done = launch(strategy, recipe(tmp, model_dir), f"name={name}", "rollout.engine=server",
+                      f"services.generation_url={served.url}", "services.weight_bucket_mb=0.01",
+                      f"services.weight_transfer={transfer or 'http'}", timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         after = client.get("/r1kit/info")
-        out[strategy] = {"run": tmp / "runs" / strategy, "before": before, "after": after,
+        out[name] = {"run": tmp / "runs" / name, "before": before, "after": after,
                          "greedy": greedy(served, model_dir)}
     return out
 
@@ -108,7 +111,21 @@ def test_sharded_runs_push_in_parts_and_match_zero2(runs, strategy):
     assert not mine["after"]["update_in_progress"]
 
 
-@pytest.mark.parametrize("strategy", ["zero2", "zero3", "fsdp2"])
+def test_zero3_over_the_collective_transport_matches_zero2_over_http(runs):
+    """The same run, its weights broadcast in the same 0.01 MB parts instead of POSTed: same samples, same
+    weights; the server counts one version per update and no file parts."""
+    mine, reference = runs["zero3-collective"], runs["zero2"]
+    assert weights_diff(final_weights(mine["run"]), final_weights(reference["run"])) < LAYOUT_ATOL
+    lines = metrics(mine["run"])
+    for key in ("reward", "completion/mean_length"):
+        assert [m[key] for m in lines] == pytest.approx([m[key] for m in metrics(reference["run"])], abs=1e-6), key
+    assert max(m["engine/logprob_gap_max"] for m in lines) < GAP
+    assert mine["after"]["weights_version"] - mine["before"]["weights_version"] == STEPS + 1
+    assert mine["after"]["parts_applied"] == mine["before"]["parts_applied"]
+    assert mine["after"]["transport_group"] is not None
+
+
+@pytest.mark.parametrize("strategy", ["zero2", "zero3", "fsdp2", "zero3-collective"])
 def test_the_server_holds_the_final_weights(runs, served, model_dir, strategy):
     """Push the run's final/ (gathered by save_pretrained) whole over what the parts left: nothing changes."""
     from transformers import AutoModelForCausalLM

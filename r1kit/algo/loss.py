@@ -5,7 +5,9 @@ Tensors in, tensors out, no model inside. Vocabulary: N completions, T completio
 
     pg    = -min(r*A, clip(r, 1-eps_low, 1+eps_high)*A)          PPO/GRPO clipped surrogate
             (dual clip, A < 0: min(pg, -c*A) caps the loss)      Ye et al. 2020, used by verl
-    pg   *= w = min(pi_old/pi_engine, C)  (if given)             truncated importance sampling
+            or another registered objective (CISPO, SAPO: r1kit.algo.objectives)
+    pg   *= w  (if given)                                         off-policy corrections (r1kit.algo.offpolicy):
+                                                                  importance weights pi_old/pi_engine, masks
     loss  = aggregate(pg + beta*kl - entropy_coef*entropy)
 The ratio is per token, or per sequence (GSPO): exp(mean_t log r_t), shared by all its tokens.
 """
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from r1kit.algo.objectives import ObjectiveKnobs, clipped_surrogate, get_objective  # noqa: F401 (re-exported)
 
 
 # ---------------------------------------------------------------- log-probabilities and entropy
@@ -92,10 +96,18 @@ def seq_mean_token_sum_norm(values: torch.Tensor, mask: torch.Tensor, max_len: i
     return ((values * mask).sum(-1) / max_len).mean()
 
 
+def seq_mean_token_sum(values: torch.Tensor, mask: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
+    """Token sums, then the mean over sequences: each sequence weighs by its length (LUSPO,
+    arXiv:2602.05261, with sequence-level ratios; TRL's loss_type="luspo"). It is
+    seq_mean_token_sum_norm times max_len."""
+    return (values * mask).sum(-1).mean()
+
+
 AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "seq_mean_token_mean": seq_mean_token_mean,
     "token_mean": token_mean,
     "seq_mean_token_sum_norm": seq_mean_token_sum_norm,
+    "seq_mean_token_sum": seq_mean_token_sum,
     # TRL's "bnpo": a token mean over each micro-batch; the trainer averages micro-batches.
     "local_token_mean": token_mean,
 }
@@ -125,28 +137,6 @@ def importance_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: t
     raise ValueError(f"unknown importance_sampling_level {level!r}; expected 'token' or 'sequence'")
 
 
-def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float,
-                      dual_clip: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ratio (N, T), advantages (N,) -> per-token loss (N, T), clipped (N, T) bool, dual-clipped (N, T) bool.
-
-    loss = -min(r*A, clip(r, 1-eps_low, 1+eps_high)*A). Where the clipped branch is the smaller
-    objective the loss is constant in r, so the gradient stops: r > 1+eps_high with A > 0, or
-    r < 1-eps_low with A < 0. Dual clip (c > 1) additionally caps the loss of A < 0 tokens at -c*A,
-    which stops the gradient where r > c.
-    """
-    adv = advantages.unsqueeze(-1)  # (N, 1)
-    unclipped = ratio * adv
-    clipped_obj = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv
-    loss = -torch.min(unclipped, clipped_obj)
-    was_clipped = clipped_obj < unclipped
-    was_dual = torch.zeros_like(was_clipped)
-    if dual_clip:
-        cap = -dual_clip * adv  # (N, 1), > 0 where A < 0
-        was_dual = (adv < 0) & (loss > cap)
-        loss = torch.where(adv < 0, torch.min(loss, cap), loss)
-    return loss, was_clipped, was_dual
-
-
 def truncated_is_weights(old_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
     """Truncated importance sampling (Yao et al. 2025, "off-policy RL from a mismatched sampler"):
     min(pi_old / pi_engine, cap) per token, detached. (N, T) -> (N, T)."""
@@ -170,16 +160,20 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
                 level: str = "token", agg: str = "seq_mean_token_mean", max_len: int | None = None,
                 beta: float = 0.0, ref_logprobs: torch.Tensor | None = None, kl_estimator: str = "k3",
                 is_weights: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
-                entropy_coef: float = 0.0) -> tuple[torch.Tensor, LossStats]:
+                entropy_coef: float = 0.0, objective: str = "clip",
+                sapo_temperatures: tuple[float, float] = (1.0, 1.05)) -> tuple[torch.Tensor, LossStats]:
     """The GRPO-family loss (module docstring). logprobs, old_logprobs, mask, ref_logprobs, is_weights,
     entropy: (N, T); advantages: (N,). Returns the scalar loss and detached statistics.
+
+    objective names the per-token policy loss (r1kit.algo.objectives.OBJECTIVES); is_weights (detached)
+    multiplies it, the KL and entropy terms are added after.
 
     With one update per batch, old_logprobs = logprobs.detach(): the ratio is 1, nothing is clipped,
     and the gradient is exactly the policy gradient A * grad(logprobs), aggregated by `agg`.
     """
     ratio = importance_ratio(logprobs, old_logprobs, mask, level)
-    per_token, was_clipped, was_dual = clipped_surrogate(
-        ratio, advantages, epsilon, epsilon if epsilon_high is None else epsilon_high, dual_clip)
+    knobs = ObjectiveKnobs(epsilon, epsilon if epsilon_high is None else epsilon_high, dual_clip, *sapo_temperatures)
+    per_token, was_clipped, was_dual = get_objective(objective)(ratio, logprobs, advantages, knobs)
     if is_weights is not None:
         per_token = per_token * is_weights
     kl = torch.zeros_like(per_token)

@@ -5,10 +5,12 @@ Two halves:
     convention (``<answer>`` tag, ``\\boxed{}``, GSM8K ``####``, last number); ``extract_answer``
     chains them by mode. When a convention appears several times the LAST one wins, because
     models restate and correct themselves and the final statement is the committed answer.
-  - checking: ``parse_exact`` / ``numbers_match`` for plain numbers (exact rational values, so
-    1,000,001 is not 1,000,000), then ``answers_match`` which falls back to string equality and
-    finally math-verify for LaTeX. ``check_answer`` picks a checker; none of them evaluates the
-    policy's arithmetic for a numeric gold (``math_match``).
+  - checking, by answer type (``CHECKERS``; the data source picks one, r1kit.data.benchmarks.checker_for):
+    numbers exactly (r1kit.data.numerals: 1,000,001 is not 1,000,000), mathematics through
+    ``answers_match`` (numbers, string equality, then math-verify for LaTeX), option letters, and
+    text, ordered lists, unordered sets and booleans (r1kit.data.answer_types), which never reach
+    math-verify. ``judge_answer`` returns None when the gold is not an answer of the checker's type;
+    none of the checkers evaluates the policy's arithmetic for a numeric gold (``math_match``).
   - multiple choice: ``extract_choice`` finds the option letter a completion commits to
     (``<answer>B</answer>``, ``\\boxed{B}``, "The answer is (B)", "Answer: B"); the
     ``multiple_choice`` checker compares letters (r1kit.data.choices builds the lettered questions).
@@ -19,12 +21,18 @@ so importing this module stays cheap.
 
 from __future__ import annotations
 
-import math
 import re
-from fractions import Fraction
 from typing import Callable, Literal
 
+from r1kit.data.answer_types import TYPED_CHECKERS, infer_answer_type, is_words, text_match
 from r1kit.data.latex import latex_equal
+from r1kit.data.numerals import (  # noqa: F401  (MAX_NUMBER_CHARS, parse_number: re-exported for callers)
+    MAX_NUMBER_CHARS,
+    MINUS_SIGNS,
+    numbers_match,
+    parse_exact,
+    parse_number,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Extraction
@@ -240,95 +248,6 @@ def extract_answer(text: str, mode: str = "auto") -> str | None:
 # Checking
 # ---------------------------------------------------------------------------------------------
 
-_PLAIN_RE = re.compile(r"[+-]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)")
-_NUM = r"\s*([+-]?(?:\d+(?:\.\d+)?|\.\d+))\s*"  # one fraction part, commas already resolved
-_LATEX_FRAC_RE = re.compile(rf"([+-]?)\\[dt]?frac\{{{_NUM}\}}\{{{_NUM}\}}")
-_SLASH_FRAC_RE = re.compile(rf"{_NUM}/{_NUM}")
-MAX_NUMBER_CHARS = 1000
-MINUS_SIGNS = ("\u2212", "\u2013", "\ufe63", "\uff0d")  # minus sign, en dash, small and full-width hyphen-minus
-
-
-def _clean_number_text(s: str) -> str:
-    """Drop currency/percent signs and LaTeX spacing so only the number's own characters stay."""
-    t = s.strip()
-    for minus in MINUS_SIGNS:
-        t = t.replace(minus, "-")
-    for junk in ("\\$", "$", "\\%", "%", "\\!", "\\,"):
-        t = t.replace(junk, "")
-    t = t.replace("{,}", ",")  # LaTeX thousands separator: 1{,}080
-    t = t.strip()
-    if t.endswith("."):
-        t = t[:-1].rstrip()  # sentence-final period: "42."
-    return t
-
-
-def _fraction(num: str, den: str, sign: str = "") -> Fraction | None:
-    """``sign * num / den`` exactly, None on a zero denominator."""
-    d = Fraction(den)
-    if d == 0:
-        return None
-    value = Fraction(num) / d
-    return -value if sign == "-" else value
-
-
-def parse_exact(s: str) -> Fraction | None:
-    """The exact value of a plain numeric answer, or None when it is not a plain number.
-
-    Accepts surrounding whitespace, ``$``, ``%``, a trailing ``.``, thousands commas only in
-    correct groups (``"1,080"`` -> 1080, but ``"1,08"`` -> None, since a comma there is more
-    likely a list or a decimal comma), leading zeros (``"025"`` -> 25), signs (the unicode minus
-    too), and simple fractions ``3/4``, ``-3/4``, ``\\frac{3}{4}``, ``-\\dfrac{3}{4}``. Anything
-    with units, variables, operators or other LaTeX returns None: ``17+11`` is not a number; so
-    does a "number" over MAX_NUMBER_CHARS characters (Python refuses to parse one of 4,300 digits).
-    """
-    if s is None:
-        return None
-    t = _clean_number_text(str(s))
-    if not t or len(t) > MAX_NUMBER_CHARS:
-        return None
-    if _PLAIN_RE.fullmatch(t):
-        return Fraction(t.replace(",", ""))
-    if (m := _LATEX_FRAC_RE.fullmatch(t)) is not None:
-        return _fraction(m.group(2), m.group(3), m.group(1))
-    if (m := _SLASH_FRAC_RE.fullmatch(t)) is not None:
-        return _fraction(m.group(1), m.group(2))
-    return None
-
-
-def parse_number(s: str) -> float | None:
-    """``parse_exact`` as a float (see there for what counts as a number), or None."""
-    exact = parse_exact(s)
-    return None if exact is None else float(exact)
-
-
-def _terminates(x: Fraction) -> bool:
-    """True when x has a finite decimal expansion (its reduced denominator is 2^a 5^b)."""
-    d = x.denominator
-    for p in (2, 5):
-        while d % p == 0:
-            d //= p
-    return d == 1
-
-
-def numbers_match(pred: str, gold: str, rel_tol: float = 1e-6) -> bool:
-    """True when both parse as numbers (``parse_exact``) with the same value.
-
-    The comparison is exact: integers and decimals must be equal (1,000,001 is not 1,000,000;
-    ``27.0`` is 27; ``0.5`` is ``1/2``). The one tolerance: when exactly one side is a fraction
-    with no finite decimal expansion (``1/3``) and the other a decimal, no decimal can equal it,
-    so the decimal counts when it is within ``rel_tol`` (default 1e-6, about seven significant
-    digits: ``0.3333333`` is 1/3, ``0.333`` is not).
-    """
-    p, g = parse_exact(pred), parse_exact(gold)
-    if p is None or g is None:
-        return False
-    if p == g:
-        return True
-    if _terminates(p) != _terminates(g):
-        return math.isclose(p, g, rel_tol=rel_tol)
-    return False
-
-
 def _normalise_ws(s: str) -> str:
     """Collapse whitespace runs to one space and strip."""
     return " ".join(s.split())
@@ -368,51 +287,82 @@ def answers_match(pred: str, gold: str) -> bool:
     return latex_equal(pred, gold)
 
 
-def math_match(pred: str, gold: str) -> bool:
-    """The ``auto`` and ``math`` checker: a numeric gold needs a number, any other gold ``answers_match``.
+def math_match(pred: str, gold: str) -> bool | None:
+    """The ``math`` checker: a numeric gold needs a number, a gold of words needs the same words
+    (``text_match``), any other gold ``answers_match``.
 
     When the gold is a plain number (integer, decimal, fraction: every GSM8K, AIME, AMC and tiny
     world gold and most of MATH-500's) the prediction must be a number too (``x = 28`` allowed),
     compared exactly: an unevaluated ``17+11`` or ``\\sqrt{784}`` scores 0, since a policy that
-    hands its arithmetic to the checker is reward hacking. A symbolic gold (``\\frac{\\sqrt3}{2}``,
-    an interval, a matrix) accepts any form math-verify proves equal, unsimplified ones included,
-    as MATH's graders do: equivalence cannot be told from simplification left undone.
+    hands its arithmetic to the checker is reward hacking. A gold of words (MATH-500's
+    ``\\text{Evelyn}``) is compared as text, since math-verify reads words as products of symbols
+    ("silent" would be "listen"). A symbolic gold (``\\frac{\\sqrt3}{2}``, an interval, a matrix)
+    accepts any form math-verify proves equal, unsimplified ones included, as MATH's graders do:
+    equivalence cannot be told from simplification left undone. An empty gold: None.
     """
+    if not gold.strip():
+        return None
     if parse_exact(gold) is not None:
         return numeric_match(pred, gold)
+    if is_words(gold):
+        return text_match(pred, gold)
     return answers_match(pred, gold)
 
 
-def numeric_match(pred: str, gold: str) -> bool:
+def numeric_match(pred: str, gold: str) -> bool | None:
     """The ``numeric`` checker: ``pred`` is a number (or ``variable = number``) equal to ``gold``
-    (``numbers_match``); an expression is never evaluated."""
+    (``numbers_match``); an expression is never evaluated. A gold that is no number: None."""
+    if parse_exact(gold) is None:
+        return None
     assigned = _ASSIGNED_RE.fullmatch(pred)
     return numbers_match(assigned.group("value") if assigned else pred, gold)
 
 
-def choice_match(pred: str, gold: str) -> bool:
+def choice_match(pred: str, gold: str) -> bool | None:
     """The ``multiple_choice`` checker: both name the same option letter (``choice_letter``), so
-    ``"(b)"`` and ``"B) 42"`` answer gold ``"B"``; an option's text without its letter does not."""
-    letter = choice_letter(pred)
-    return letter is not None and letter == choice_letter(gold)
+    ``"(b)"`` and ``"B) 42"`` answer gold ``"B"``; an option's text without its letter does not.
+    A gold that names no letter: None."""
+    gold_letter = choice_letter(gold)
+    if gold_letter is None:
+        return None
+    return choice_letter(pred) == gold_letter
 
 
-# How a benchmark compares answers: "numeric" (GSM8K, AIME, AMC) accepts only numbers that agree,
-# "math" (MATH-500) and "auto" accept numbers for numeric golds and math-verify equivalence for others,
-# "multiple_choice" (GPQA) compares option letters.
-CheckerName = Literal["auto", "math", "numeric", "multiple_choice"]  # = CHECKERS' keys (tested)
-CHECKERS: dict[str, Callable[[str, str], bool]] = {
-    "auto": math_match,
+def auto_match(pred: str, gold: str) -> bool | None:
+    """The ``auto`` checker: the checker of the gold's type (``infer_answer_type``), for data whose
+    source names none. Words, lists of words and booleans never reach math-verify."""
+    return CHECKERS[infer_answer_type(gold)](pred, gold)
+
+
+# How answers compare, by answer type. The data source decides (r1kit.data.benchmarks.checker_for):
+# "numeric" (GSM8K, AIME, AMC, tiny_arith) accepts only numbers that agree, "math" (MATH-500) numbers
+# for numeric golds, text for word golds and math-verify equivalence for the rest, "multiple_choice"
+# (GPQA) option letters; text, ordered_list, unordered_set and boolean are r1kit.data.answer_types';
+# "auto" picks one from the gold. Each returns None when the gold is not an answer of its type.
+CheckerName = Literal["auto", "math", "numeric", "multiple_choice", "text", "ordered_list", "unordered_set",
+                      "boolean"]  # = CHECKERS' keys (tested)
+CHECKERS: dict[str, Callable[[str, str], bool | None]] = {
+    "auto": auto_match,
     "math": math_match,
     "numeric": numeric_match,
     "multiple_choice": choice_match,
+    **TYPED_CHECKERS,
 }
 
 
-def check_answer(pred: str | None, gold: str | None, checker: str = "auto") -> bool:
-    """True when the extracted ``pred`` is the ``gold`` answer under ``checker`` (see CHECKERS)."""
+def judge_answer(pred: str | None, gold: str | None, checker: str = "auto") -> bool | None:
+    """Whether the extracted ``pred`` is the ``gold`` answer under ``checker`` (see CHECKERS): True or
+    False, or None when there is no gold or the gold is not an answer of the checker's type (the
+    reward does not apply). No extracted answer against a usable gold is False."""
     if checker not in CHECKERS:
         raise ValueError(f"unknown answer checker {checker!r}; expected one of {list(CHECKERS)}")
-    if pred is None or gold is None:
-        return False
-    return CHECKERS[checker](str(pred), str(gold))
+    if gold is None:
+        return None
+    verdict = CHECKERS[checker]("" if pred is None else str(pred), str(gold))
+    return None if verdict is None else pred is not None and verdict
+
+
+def check_answer(pred: str | None, gold: str | None, checker: str = "auto") -> bool:
+    """True when the extracted ``pred`` is the ``gold`` answer under ``checker`` (``judge_answer``;
+    a gold that does not apply counts as not correct)."""
+    return judge_answer(pred, gold, checker) is True

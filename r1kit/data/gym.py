@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 
+from r1kit.data.errors import DataError
+
 HELDOUT_SEED_OFFSET = 1_000_003
 HELDOUT_GUARD = 1000  # held-out questions kept out of the train split
 
 
 def _create(task: str, size: int, seed: int, task_config: dict):
-    from r1kit.data.sources import DataError
-
     try:
         import reasoning_gym
     except ImportError:
@@ -33,13 +33,32 @@ def _create(task: str, size: int, seed: int, task_config: dict):
 
 
 def _row(entry: dict) -> dict:
-    return {"question": entry["question"], "answer": str(entry["answer"]), "metadata": entry["metadata"]}
+    """A task entry as a row. A task with several valid answers (graph_color, boxnet, rush_hour, ...) has
+    answer None: the row keeps None, never the string "None", which the policy could simply write."""
+    answer = entry["answer"]
+    return {"question": entry["question"], "answer": None if answer is None else str(answer),
+            "metadata": entry["metadata"]}
+
+
+def is_gym_row(row: dict) -> bool:
+    """Whether a row came from a reasoning-gym task (its metadata names the task)."""
+    meta = row.get("metadata")
+    return isinstance(meta, dict) and "source_dataset" in meta
+
+
+def gym_score(pred: str | None, row: dict) -> float:
+    """The task's own ``score_answer`` of an extracted answer (0..1; no answer scores 0.0), given the row
+    as the task generated it: question, answer (None when several are valid) and metadata."""
+    import reasoning_gym  # the data source already required it
+
+    if pred is None:
+        return 0.0
+    entry = {"question": row.get("question", ""), "answer": row.get("answer"), "metadata": row["metadata"]}
+    return float(reasoning_gym.get_score_answer_fn(row["metadata"]["source_dataset"])(pred, entry))
 
 
 def gym_rows(task: str, split: str, size: int, seed: int = 0, task_config: dict | None = None) -> list[dict]:
     """`size` rows of a reasoning-gym task's split (deterministic in all arguments)."""
-    from r1kit.data.sources import DataError
-
     if split not in ("train", "heldout", "test"):
         raise DataError(f"reasoning_gym:{task} has splits train and heldout (or test), not {split!r}")
     config = dict(task_config or {})

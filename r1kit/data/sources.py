@@ -31,14 +31,12 @@ from pathlib import Path
 
 from r1kit.data import benchmarks, tasks
 from r1kit.data.answers import extract_boxed, extract_hash_answer
+from r1kit.data.errors import DataError  # noqa: F401  (re-exported: callers import it from here)
+from r1kit.data.gym import gym_rows
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 REASONING_GYM = "reasoning_gym:"
 log = logging.getLogger("r1kit.data")
-
-
-class DataError(ValueError):
-    """A dataset is missing, malformed, or lacks a column; the message says where."""
 
 
 @dataclass
@@ -109,8 +107,6 @@ def load_data(data_cfg, split: str, size: int | None = None) -> tuple[list[dict]
     if source in benchmarks.BENCHMARKS:
         return _load_benchmark(source, split, size, data_cfg.skip_invalid)
     if source.startswith(REASONING_GYM):
-        from r1kit.data.gym import gym_rows
-
         n = size if size is not None else data_cfg.train_size
         rows = gym_rows(source[len(REASONING_GYM):], split, n, data_cfg.task.seed, data_cfg.task_config)
         return rows, DataReport(f"{source}[{split}]", read=len(rows), kept=len(rows))

@@ -118,6 +118,19 @@ def first_number(row: dict) -> int:
     return int(row["working"].split("+")[0].split("-")[0])
 
 
+def expression(row: dict) -> str:
+    """The problem as one arithmetic expression, read from its working: ``"17+11=28. 28-3=25."`` -> ``"17+11-3"``."""
+    steps = [eq.split("=")[0] for eq in row["working"].rstrip(".").split(". ")]
+    first = steps[0]
+    return first + "".join(step[len(str(int(step.replace("-", "+").split("+")[0]))):] for step in steps[1:])
+
+
+def tool_turns(row: dict) -> tuple[str, str]:
+    """The two assistant turns of a trace that asks the calculator (plain tool-call format, r1kit.tools.calls):
+    the call, then, after the tool's answer, the answer. r1kit.sft inserts the tool message between them."""
+    return f'<tool_call>calculator("{expression(row)}")</tool_call>', f"<answer>{row['answer']}</answer>"
+
+
 def trace(row: dict, style: str, think_tag: str = "think") -> str:
     """The assistant's target text for SFT in the given style (`working` or `direct`)."""
     if style not in ("working", "direct"):

@@ -69,8 +69,9 @@ def render_plain(messages: list[dict]) -> str:
     return "".join(parts) + "Assistant:"
 
 
-def render_prompt(tokenizer, messages: list[dict], prompt_format: str = "chat") -> str:
-    """The prompt text ending where the assistant's answer starts."""
+def render_prompt(tokenizer, messages: list[dict], prompt_format: str = "chat", tools: list[dict] | None = None) -> str:
+    """The prompt text ending where the assistant's answer starts; `tools` (JSON schemas) go to the chat
+    template, which writes them into the prompt (Qwen2.5: its system turn)."""
     if prompt_format == "plain":
         return render_plain(messages)
     if prompt_format != "chat":
@@ -79,16 +80,16 @@ def render_prompt(tokenizer, messages: list[dict], prompt_format: str = "chat") 
         raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; use a "
                          "chat/instruct model, or set data.prompt_format=plain (r1kit eval: --prompt-format plain) "
                          "for the plain-text 'User: ...\\nAssistant:' format")
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, tools=tools or None)
 
 
-def encode_prompt(tokenizer, messages: list[dict], prompt_format: str = "chat") -> list[int]:
+def encode_prompt(tokenizer, messages: list[dict], prompt_format: str = "chat", tools: list[dict] | None = None) -> list[int]:
     """Prompt token ids ending with the assistant turn's opening.
 
     The chat template writes its own BOS, so its text is encoded without special tokens; plain text
     gets the tokenizer's usual special tokens (a base model's BOS).
     """
-    text = render_prompt(tokenizer, messages, prompt_format)
+    text = render_prompt(tokenizer, messages, prompt_format, tools)
     return tokenizer(text, add_special_tokens=prompt_format == "plain").input_ids
 
 

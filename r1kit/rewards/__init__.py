@@ -1,11 +1,14 @@
-"""Rewards: plain functions ``fn(completions, **columns) -> list[float | None]`` chosen by name.
+"""Rewards: plain or async functions called as TRL calls them, ``fn(prompts=..., completions=..., **columns)
+-> list[float | None]``, chosen by name.
 
-Importing this package registers the built-in catalog. No torch, no model.
+Importing this package registers the built-in rewards: it imports the catalog and the shaping rewards,
+which register themselves with the registry (the registry imports neither). No torch, no model.
 """
 
-from r1kit.rewards import catalog  # noqa: F401  (registers the built-in rewards)
+from r1kit.rewards import catalog, shaping  # noqa: F401  (registers the built-in rewards)
 from r1kit.rewards.catalog import accuracy_reward, completion_text, format_reward, gold_answer
-from r1kit.rewards.contract import RewardState, reward_inputs
+from r1kit.rewards.contract import RewardState, call_rewards, reward_inputs
+from r1kit.rewards.errors import UnknownRewardError
 from r1kit.rewards.shaping import (
     cosine_length_reward,
     repetition_reward,
@@ -17,7 +20,6 @@ from r1kit.rewards.shaping import (
 from r1kit.rewards.registry import (
     RewardFn,
     RewardResult,
-    UnknownRewardError,
     accepted_params,
     available_rewards,
     bind,
@@ -37,6 +39,7 @@ __all__ = [
     "available_rewards",
     "bind",
     "build_rewards",
+    "call_rewards",
     "combine",
     "completion_text",
     "cosine_length_reward",

@@ -1,8 +1,10 @@
-"""Built-in rewards. Each is a plain function registered by name; see registry.py for the contract.
+"""Built-in rewards: correctness and format. Each is a plain function registered by name; see registry.py
+for the contract. The shaping rewards are in shaping.py; the package's ``__init__`` imports both.
 
 To add one: write ``fn(completions, <columns you need>, <params with defaults>, **kwargs)``
-returning one float (or None) per completion, decorate it with ``@register("name")``, give it a
-docstring saying what it rewards, and add rows to tests/test_rewards.py.
+returning one float (or None) per completion, decorate it with ``@register("name")`` (with
+``check=`` when a parameter has a range), give it a docstring saying what it rewards, and add rows
+to tests/test_rewards.py.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from r1kit.data.answers import CheckerName, ExtractMode, check_answer, extract_answer, extract_hash_answer
+from r1kit.data.answers import CheckerName, ExtractMode, extract_answer
+from r1kit.data.grading import gold_answer, grade  # noqa: F401  (gold_answer: re-exported, r1kit.rewards has it)
 from r1kit.rewards.registry import register
 
 
@@ -39,14 +42,15 @@ def content_text(content: Any) -> str:
     return str(content)
 
 
-def gold_answer(gold: Any) -> str | None:
-    """Normalise gold: None when missing or empty; a GSM8K ``... #### 18`` solution -> ``"18"``."""
-    if gold is None:
-        return None
-    text = str(gold).strip()
-    if "####" in text:
-        return extract_hash_answer(text)
-    return text or None
+def row_of(i: int, answer: list, columns: dict[str, Any]) -> dict:
+    """Completion i's row, as the grader reads it: its gold ``answer`` and, where the data has them, its
+    ``question``, reasoning-gym ``metadata`` and ``answer_type`` (TRL passes every column as a list)."""
+    row = {"answer": answer[i]}
+    for key in ("question", "metadata", "answer_type"):
+        values = columns.get(key)
+        if isinstance(values, (list, tuple)) and len(values) == len(answer):
+            row[key] = values[i]
+    return row
 
 
 @register("accuracy")
@@ -54,23 +58,24 @@ def accuracy_reward(
     completions: list, answer: list, extract: ExtractMode = "auto", checker: CheckerName = "auto",
     **kwargs: Any
 ) -> list[float | None]:
-    """1.0 when the completion's final answer equals the gold ``answer`` column, else 0.0.
+    """1.0 when the completion's final answer is the gold ``answer``, else 0.0; None where it does not apply.
 
     The answer is taken with ``extract_answer(text, extract)`` (default: ``<answer>`` tag, else
-    ``\\boxed{}``, else ``####``) and compared with ``check_answer(pred, gold, checker)``:
-    ``"auto"``/``"math"`` try numbers, strings, then math-verify; ``"numeric"`` accepts only equal
-    numbers (GSM8K, AIME, AMC). No extracted answer scores 0.0; a row without gold scores None. Use
-    ``extract="tag"`` to credit only answers given inside ``<answer>``, never ones left in the
-    reasoning.
+    ``\\boxed{}``, else ``####``) and graded by r1kit.data.grading for its answer type: ``checker``
+    (the trainer sets the data source's own, as evaluation does: ``numeric`` for GSM8K, AIME, AMC;
+    ``math`` for MATH-500; ``multiple_choice`` for lettered rows), or under ``auto`` a reasoning-gym
+    row's own ``score_answer`` (0..1), a row's ``answer_type`` column, or the type the gold's form
+    says (numbers, math, text, lists, booleans: never words through math-verify). No extracted answer
+    scores 0.0; a row without gold, or whose gold is not an answer of the checker's type, scores None.
+    Use ``extract="tag"`` to credit only answers given inside ``<answer>``.
     """
+    if len(answer) != len(completions):
+        raise ValueError(f"accuracy: {len(answer)} answers for {len(completions)} completions")
     rewards: list[float | None] = []
-    for completion, gold in zip(completions, answer, strict=True):
-        target = gold_answer(gold)
-        if target is None:
-            rewards.append(None)
-            continue
+    for i, completion in enumerate(completions):
+        row = row_of(i, answer, kwargs)
         pred = extract_answer(completion_text(completion), mode=extract)
-        rewards.append(1.0 if check_answer(pred, target, checker) else 0.0)
+        rewards.append(grade(pred, row, checker))
     return rewards
 
 
@@ -115,8 +120,3 @@ def format_reward(
         raise ValueError(f"format style must be one of {list(FORMAT_STYLES)}, got {style!r}")
     check, think = _FORMAT_CHECKS[mode], FORMAT_STYLES[style]
     return [1.0 if check(completion_text(c), think) else 0.0 for c in completions]
-
-
-# The shaping rewards (tag_count, think_tags, unique_chars, length, repetition, soft_overlong) live in
-# their own module; importing it here registers them whenever the catalog is loaded.
-from r1kit.rewards import shaping  # noqa: E402, F401

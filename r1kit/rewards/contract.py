@@ -20,14 +20,25 @@ with one entry per completion (B*G) in every list, and the shapes depending on t
   log_extra, log_metric   TRL's callables; r1kit keeps what they receive on the RewardResult
                    (``extra_columns``, ``logged``; logged scalars are reported with the metrics)
 
-``reward_inputs`` builds the first four from r1kit's rows; ``combine(..., state=...)`` adds the rest.
+``reward_inputs`` builds the first four from r1kit's rows; ``combine(..., state=...)`` adds the rest, and
+``call_rewards`` calls each function as TRL does: keyword arguments only (so a function may name its
+parameters in any order, take ``completion_ids`` by name, or take everything as ``**kwargs``). An
+``async def`` reward (or any callable returning an awaitable) is awaited: TRL first runs the plain
+functions in order, then every async one concurrently (``asyncio.gather``) on one event loop that lives in
+a daemon thread for the whole run, so a client an async reward opens stays bound to a live loop. r1kit
+does the same, and bounds the wait (ASYNC_REWARD_TIMEOUT_S).
 No torch here: rows and completions are plain Python.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import inspect
+import os
+import threading
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from r1kit.data.templates import build_messages
 
@@ -62,3 +73,60 @@ def reward_inputs(rows: Sequence[dict], completions: Sequence[Any], data_cfg) ->
     columns["prompts"] = [prompts[c.prompt_index] for c in completions]
     columns["completion_ids"] = [list(c.token_ids) for c in completions]
     return texts, columns
+
+
+ASYNC_REWARD_TIMEOUT_S = 600.0  # how long one batch's async rewards may run together before they count as failed
+
+
+def call_rewards(funcs: Sequence[tuple[str, Callable[..., Any]]], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """label -> what each ``fn(**kwargs)`` returned, or the exception it raised (the caller decides).
+
+    Plain functions run in order; the awaitables returned by async ones then run concurrently on the
+    shared event loop, and one still running after ASYNC_REWARD_TIMEOUT_S seconds gets a TimeoutError.
+    """
+    outputs: dict[str, Any] = {}
+    pending: dict[str, Any] = {}
+    for label, fn in funcs:
+        try:
+            out = fn(**kwargs)
+        except Exception as e:  # reported per function: on_error decides whether it stops the run
+            outputs[label] = e
+            continue
+        if inspect.isawaitable(out):
+            pending[label] = out
+        else:
+            outputs[label] = out
+    if pending:
+        outputs.update(_await_all(pending))
+    return {label: outputs[label] for label, _ in funcs}
+
+
+def _await_all(pending: dict[str, Any]) -> dict[str, Any]:
+    """Await every pending reward at once on the shared loop; label -> result or exception."""
+    async def gather() -> list:
+        return await asyncio.gather(*pending.values(), return_exceptions=True)
+
+    future = asyncio.run_coroutine_threadsafe(gather(), _reward_loop())
+    try:
+        results = future.result(timeout=ASYNC_REWARD_TIMEOUT_S)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        late = TimeoutError(f"async reward still running after {ASYNC_REWARD_TIMEOUT_S:.0f} s "
+                            "(r1kit.rewards.contract.ASYNC_REWARD_TIMEOUT_S)")
+        return {label: late for label in pending}
+    return dict(zip(pending, results))
+
+
+_LOOP: tuple[int, asyncio.AbstractEventLoop] | None = None  # (pid that started it, loop): a fork needs its own
+_LOOP_LOCK = threading.Lock()
+
+
+def _reward_loop() -> asyncio.AbstractEventLoop:
+    """The event loop async rewards run on: started once per process in a daemon thread (as TRL's)."""
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None or _LOOP[0] != os.getpid():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="r1kit-async-rewards", daemon=True).start()
+            _LOOP = (os.getpid(), loop)
+        return _LOOP[1]

@@ -1,21 +1,25 @@
 """Reward registry and combination: name -> function, parameter binding, weighted sum.
 
-The contract is TRL's, so users can bring their TRL rewards unchanged:
+The contract is TRL's (r1kit.rewards.contract says exactly what is passed), so users bring their TRL
+and open-r1 rewards unchanged. Every function is called with keyword arguments only::
 
-    fn(completions: list, **columns) -> list[float | None]
+    fn(prompts=..., completions=..., completion_ids=..., **dataset_columns, [trainer_state=..., ...])
+        -> list[float | None]
 
 ``completions`` has one entry per sampled completion (B*G of them): its text, or with chat
-prompts ``[{"role": "assistant", "content": text}]`` as TRL passes it (contract.py says what the
-trainer passes, ``prompts``, ``completion_ids`` and ``trainer_state`` included). Every dataset
-column (``answer``, ``question``, ...) arrives as a keyword list of the same length, one entry per
-completion. Functions must accept ``**kwargs`` and ignore columns they do not use. ``None`` means
-"does not apply" (e.g. no gold answer for this row) and contributes 0 to the total.
+prompts ``[{"role": "assistant", "content": text}]`` as TRL passes it. Every dataset column
+(``answer``, ``question``, ...) arrives as a keyword list of the same length. Functions must accept
+``**kwargs`` and ignore what they do not use; they may be ``async def``. ``None`` means "does not
+apply" (e.g. no gold answer for this row) and contributes 0 to the total.
 
 A recipe chooses rewards by name with a weight and parameters::
 
     rewards: [{name: accuracy, weight: 1.0}, {name: format, weight: 0.2, mode: strict}]
 
-``build_rewards`` turns that list into ``(label, bound_fn, weight)`` triples for ``combine``.
+``build_rewards`` turns that list into ``(label, bound_fn, weight)`` triples for ``combine``; a built-in's
+parameters out of range fail there, at load (``register(name, check=...)``).
+The built-ins register themselves when the package is imported (its ``__init__`` imports the catalog),
+so this module imports none of them.
 """
 
 from __future__ import annotations
@@ -32,27 +36,22 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 from r1kit.config import FLOAT_TEXT
+from r1kit.rewards.contract import call_rewards
+from r1kit.rewards.errors import UnknownRewardError
 
-RewardFn = Callable[..., list]  # fn(completions: list[str], **columns) -> list[float | None]
+RewardFn = Callable[..., list]  # fn(*, completions, **columns) -> list[float | None], or a coroutine of it
+ParamCheck = Callable[..., None]  # check(**the reward's parameters) raises ValueError naming one out of range
 
 _REGISTRY: dict[str, RewardFn] = {}
+_PARAM_CHECKS: dict[str, ParamCheck] = {}  # the function's qualified name -> its parameters' check
 
 
-class UnknownRewardError(KeyError, ValueError):
-    """A reward name that is neither registered nor an importable dotted path.
-
-    Both a KeyError (it is a failed lookup) and a ValueError (it is a bad config value), so
-    callers may catch either.
-    """
-
-    def __str__(self) -> str:
-        # KeyError.__str__ would repr() the message, wrapping it in quotes.
-        return str(self.args[0]) if self.args else ""
-
-
-def register(name: str) -> Callable[[RewardFn], RewardFn]:
+def register(name: str, check: ParamCheck | None = None) -> Callable[[RewardFn], RewardFn]:
     """Decorator: register a reward function under ``name`` and return it unchanged.
 
+    ``check``, when given, is called by ``bind`` with every parameter of the function that has a default
+    (the recipe's values over the defaults) and raises ValueError for one out of range, so a bad value fails
+    at load; the function calls it too, for callers that skip ``bind``.
     Registering a different function under a taken name raises ValueError, so two rewards cannot
     silently shadow each other. Re-registering the same function (a module reload) is allowed.
     """
@@ -62,6 +61,8 @@ def register(name: str) -> Callable[[RewardFn], RewardFn]:
         if old is not None and _qualname(old) != _qualname(fn):
             raise ValueError(f"reward {name!r} is already registered to {_qualname(old)}")
         _REGISTRY[name] = fn
+        if check is not None:
+            _PARAM_CHECKS[_qualname(fn)] = check
         return fn
 
     return decorator
@@ -72,14 +73,8 @@ def _qualname(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
-def _ensure_builtins() -> None:
-    """Import the catalog so built-ins are registered even when only this module was imported."""
-    importlib.import_module("r1kit.rewards.catalog")
-
-
 def available_rewards() -> list[str]:
     """Sorted names of all registered rewards."""
-    _ensure_builtins()
     return sorted(_REGISTRY)
 
 
@@ -111,11 +106,10 @@ def get_reward(name_or_path: str) -> RewardFn:
     Dotted paths name a user's function: ``"mypkg.rewards:my_fn"`` or ``"mypkg.rewards.my_fn"``,
     importable from the installed packages or, after them, the current working directory (so
     ``myrewards.fn`` finds ``./myrewards.py`` without PYTHONPATH). Importing runs the module's code:
-    a recipe is code (README, "Recipes are code").
+    a recipe is code (docs/recipes.md, "Recipes are code").
     Raises UnknownRewardError (a KeyError and a ValueError) naming the bad name and listing the
     registered ones.
     """
-    _ensure_builtins()
     if name_or_path in _REGISTRY:
         return _REGISTRY[name_or_path]
     if "." in name_or_path or ":" in name_or_path:
@@ -162,9 +156,24 @@ def bind(fn: RewardFn, params: Mapping[str, Any], name: str | None = None) -> Re
             params = {**params, key: float(value)}  # PyYAML reads 5e-5 as a string
         elif key in choices and value not in choices[key]:
             raise ValueError(f"reward {label!r}: {key}={value!r} is not a valid value; expected one of {choices[key]}")
+    _check_params(fn, params, label)
     bound = functools.partial(fn, **params)
     functools.update_wrapper(bound, fn)
     return bound
+
+
+def _check_params(fn: RewardFn, params: Mapping[str, Any], label: str) -> None:
+    """Run the registered range check of ``fn`` (``register(check=...)``) on its defaults overridden by
+    ``params``; a ValueError (or the TypeError of a value of the wrong kind) names the reward."""
+    check = _PARAM_CHECKS.get(_qualname(fn))
+    if check is None:
+        return
+    defaults = {p.name: p.default for p in inspect.signature(fn).parameters.values()
+                if p.default is not inspect.Parameter.empty}
+    try:
+        check(**{**defaults, **params})
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"reward {label!r}: {e}") from None
 
 
 def _hints(fn: RewardFn) -> dict[str, Any]:
@@ -314,8 +323,15 @@ def _validate_output(label: str, out: Any, n: int) -> list[float | None]:
     return values
 
 
+_PASSED_BY_COMBINE = ("completions", "trainer_state", "log_metric", "log_extra")
+
+
 def _check_columns(columns: Mapping[str, Sequence], n: int) -> None:
-    """Every column must have one entry per completion."""
+    """Every column must have one entry per completion, and none may take the name of an argument
+    ``combine`` passes itself."""
+    clash = [key for key in _PASSED_BY_COMBINE if key in columns]
+    if clash:
+        raise ValueError(f"column {clash[0]!r} has the name of an argument every reward is given; rename it")
     for key, col in columns.items():
         if len(col) != n:
             raise ValueError(
@@ -330,7 +346,8 @@ def combine(
     on_error: str = "raise",
     state: Any = None,
 ) -> RewardResult:
-    """Apply each ``(label, fn, weight)`` to the batch and sum the weighted outputs.
+    """Call each ``(label, fn, weight)`` on the batch as TRL does (keyword arguments only, async ones
+    concurrently: r1kit.rewards.contract.call_rewards) and sum the weighted outputs.
 
     completions: (N,) texts or chat messages; columns: name -> (N,) list (e.g. ``answer``,
     ``prompts``; r1kit.rewards.contract.reward_inputs builds both as TRL does).
@@ -354,12 +371,12 @@ def combine(
         "trainer_state": state,
         "log_metric": lambda name, value: result.logged.setdefault(str(name), []).append(float(value)),
         "log_extra": lambda column, values: result.extra_columns.__setitem__(str(column), list(values))}
-    for label, fn, weight in funcs:
-        try:
-            out = fn(completions, **columns, **extras)
-        except Exception as e:
+    outputs = call_rewards([(label, fn) for label, fn, _ in funcs], {"completions": completions, **columns, **extras})
+    for label, _, weight in funcs:
+        out = outputs[label]
+        if isinstance(out, BaseException):
             if on_error == "raise":
-                raise RuntimeError(f"reward {label!r} raised {type(e).__name__}: {e}") from e
+                raise RuntimeError(f"reward {label!r} raised {type(out).__name__}: {out}") from out
             result.errors[label] += 1
             out = [None] * n
         values = _validate_output(label, out, n)

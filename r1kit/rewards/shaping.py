@@ -20,8 +20,10 @@ import math
 import re
 from typing import Any, Literal
 
-from r1kit.data.answers import CheckerName, ExtractMode, check_answer, extract_answer
-from r1kit.rewards.catalog import FORMAT_STYLES, FormatStyle, completion_text, gold_answer
+from r1kit.data.answers import CheckerName, ExtractMode, extract_answer
+from r1kit.data.grading import grade, is_correct
+from r1kit.data.gym import gym_score, is_gym_row
+from r1kit.rewards.catalog import FORMAT_STYLES, FormatStyle, completion_text, row_of
 from r1kit.rewards.registry import register
 
 
@@ -90,7 +92,18 @@ def _lengths(completions: list, completion_ids: list | None, unit: str, reward: 
     return [len(ids) for ids in completion_ids]
 
 
-@register("length")
+def check_length_params(max_len: Any, min_value_wrong: Any, max_value_wrong: Any, min_value_correct: Any,
+                        max_value_correct: Any, **_: Any) -> None:
+    """``length``'s ranges: max_len >= 1, and each min_value_* <= its max_value_*."""
+    if not isinstance(max_len, int) or max_len < 1:
+        raise ValueError(f"needs an integer max_len >= 1, got max_len={max_len!r}")
+    ranges = ((min_value_wrong, max_value_wrong, "wrong"), (min_value_correct, max_value_correct, "correct"))
+    for lo, hi, which in ranges:
+        if not lo <= hi:
+            raise ValueError(f"needs min_value_{which} <= max_value_{which}, got {lo!r} > {hi!r}")
+
+
+@register("length", check=check_length_params)
 def cosine_length_reward(completions: list, answer: list, completion_ids: list | None = None,
                          max_len: int = 1000, unit: Literal["tokens", "chars"] = "tokens", min_value_wrong: float = -1.0,
                          max_value_wrong: float = -0.5, min_value_correct: float = 0.5,
@@ -103,31 +116,42 @@ def cosine_length_reward(completions: list, answer: list, completion_ids: list |
                (shortest earns max_value_correct, max_len earns min_value_correct)
       wrong:   the same formula with the wrong range swapped, so a short wrong answer earns
                min_value_wrong and a long one max_value_wrong: think longer when you are wrong.
-    L counts tokens (``completion_ids``, required) or characters with unit="chars". No gold: None.
+    L counts tokens (``completion_ids``, required) or characters with unit="chars". Correct means full
+    credit from the grader the accuracy reward uses (r1kit.data.grading). No gold, or one that does not
+    apply: None.
     """
+    check_length_params(max_len, min_value_wrong, max_value_wrong, min_value_correct, max_value_correct)
     lengths = _lengths(completions, completion_ids, unit, "length")
+    if len(answer) != len(completions):
+        raise ValueError(f"length: {len(answer)} answers for {len(completions)} completions")
     rewards: list[float | None] = []
-    for c, gold, length in zip(completions, answer, lengths, strict=True):
-        target = gold_answer(gold)
-        if target is None:
+    for i, (c, length) in enumerate(zip(completions, lengths, strict=True)):
+        score = grade(extract_answer(completion_text(c), extract), row_of(i, answer, kwargs), checker)
+        if score is None:
             rewards.append(None)
             continue
-        correct = check_answer(extract_answer(completion_text(c), extract), target, checker)
         cos_p = math.cos(math.pi * min(length, max_len) / max_len)
-        lo, hi = (min_value_correct, max_value_correct) if correct else (max_value_wrong, min_value_wrong)
+        lo, hi = (min_value_correct, max_value_correct) if is_correct(score) else (max_value_wrong, min_value_wrong)
         rewards.append(lo + (hi - lo) * (1.0 + cos_p) / 2)
     return rewards
 
 
-@register("repetition")
+def check_repetition_params(ngram_size: Any, max_penalty: Any, **_: Any) -> None:
+    """``repetition``'s ranges: ngram_size an integer >= 1, max_penalty <= 0 (a penalty)."""
+    if not isinstance(ngram_size, int) or ngram_size < 1:
+        raise ValueError(f"needs an integer ngram_size >= 1, got ngram_size={ngram_size!r}")
+    if not max_penalty <= 0:
+        raise ValueError(f"needs max_penalty <= 0 (it is a penalty), got max_penalty={max_penalty!r}")
+
+
+@register("repetition", check=check_repetition_params)
 def repetition_reward(completions: list, ngram_size: int = 3, max_penalty: float = -1.0,
                       **kwargs: Any) -> list[float]:
     """N-gram repetition penalty over whitespace-separated words, in [max_penalty, 0].
 
     penalty = (1 - distinct n-grams / n-grams) * max_penalty; completions shorter than one n-gram score 0.
     """
-    if ngram_size < 1 or max_penalty > 0:
-        raise ValueError(f"repetition needs ngram_size >= 1 and max_penalty <= 0, got {ngram_size}, {max_penalty}")
+    check_repetition_params(ngram_size, max_penalty)
     rewards = []
     for c in completions:
         words = completion_text(c).lower().split()
@@ -136,7 +160,15 @@ def repetition_reward(completions: list, ngram_size: int = 3, max_penalty: float
     return [r + 0.0 for r in rewards]  # + 0.0 turns -0.0 into 0.0
 
 
-@register("soft_overlong")
+def check_soft_overlong_params(max_completion_length: Any, overlong_buffer: Any, **_: Any) -> None:
+    """``soft_overlong``'s ranges: integers with 0 < overlong_buffer <= max_completion_length."""
+    if not all(isinstance(v, int) for v in (max_completion_length, overlong_buffer)) \
+            or not 0 < overlong_buffer <= max_completion_length:
+        raise ValueError(f"needs integers with 0 < overlong_buffer <= max_completion_length, got overlong_buffer="
+                         f"{overlong_buffer!r}, max_completion_length={max_completion_length!r}")
+
+
+@register("soft_overlong", check=check_soft_overlong_params)
 def soft_overlong_reward(completions: list, completion_ids: list | None = None, max_completion_length: int = 64,
                          overlong_buffer: int = 16, **kwargs: Any) -> list[float]:
     """DAPO's soft overlong punishment on the completion's token count L = len(completion_ids[i]).
@@ -145,9 +177,7 @@ def soft_overlong_reward(completions: list, completion_ids: list | None = None, 
     max_completion_length, and -1 beyond. Set max_completion_length to rollout.max_completion_length.
     Raises if completion_ids is missing: counting characters instead would punish the wrong lengths.
     """
-    if not 0 < overlong_buffer <= max_completion_length:
-        raise ValueError(f"soft_overlong needs 0 < overlong_buffer <= max_completion_length, "
-                         f"got {overlong_buffer}, {max_completion_length}")
+    check_soft_overlong_params(max_completion_length, overlong_buffer)
     expected = max_completion_length - overlong_buffer
     rewards = []
     for length in _lengths(completions, completion_ids, "tokens", "soft_overlong"):
@@ -166,15 +196,8 @@ def reasoning_gym_reward(completions: list, metadata: list, question: list | Non
     Needs the reasoning-gym extra and rows from a ``reasoning_gym:<task>`` source, whose ``metadata``
     column names the task. Answers are extracted with ``extract`` (default: the ``<answer>`` tag).
     """
-    import reasoning_gym  # the data source already required it
-
     rewards: list[float | None] = []
     for i, (c, meta) in enumerate(zip(completions, metadata, strict=True)):
-        if not isinstance(meta, dict) or "source_dataset" not in meta:
-            rewards.append(None)
-            continue
-        entry = {"question": question[i] if question else "", "answer": answer[i] if answer else None, "metadata": meta}
-        pred = extract_answer(completion_text(c), extract)
-        score = reasoning_gym.get_score_answer_fn(meta["source_dataset"])(pred, entry) if pred is not None else 0.0
-        rewards.append(float(score))
+        row = {"question": question[i] if question else "", "answer": answer[i] if answer else None, "metadata": meta}
+        rewards.append(gym_score(extract_answer(completion_text(c), extract), row) if is_gym_row(row) else None)
     return rewards

@@ -8,8 +8,10 @@ Per step:
   ``sampling.prompt_seed(i)``, as the colocated engine does.
 - ``update_weights``: the new weights go to the server (``services.weight_transfer``): ``http`` POSTs
   the safetensors bytes (works across nodes, no shared disk), ``path`` writes them to
-  ``services.shared_dir`` and sends the path (a shared filesystem: one copy less). The server
-  reloads them in place and resets its prefix cache.
+  ``services.shared_dir`` and sends the path (a shared filesystem: one copy less), ``collective``
+  broadcasts them in a process group of this process and the server's workers, HTTP keeping the
+  control (r1kit.rollout.transport; docs/weight-sync.md). The server reloads them in place and
+  resets its prefix cache.
 
 A push goes in parts of at most ``services.weight_bucket_mb`` (whole decoder layers each, see
 r1kit.rollout.weights): every part is a POST with ``?update=ID&part=I&parts=N``, the server
@@ -31,20 +33,23 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from r1kit.rollout.http import ServiceClient, ServiceError
+from r1kit.rollout.transport import CollectiveSender
 from r1kit.rollout.weights import LOCAL, Gatherer, export_buckets, save_weights, weights_bytes
 from r1kit.types import Completion, SamplingParams
 
-START_HINT = "Start it with `r1kit serve-gen MODEL` (see README, 'Generation and reference servers')."
+START_HINT = "Start it with `r1kit serve-gen MODEL` (see docs/engines.md, 'Generation and reference servers')."
 
 
 class RemoteEngine:
     def __init__(self, client: ServiceClient, model_name: str, tokenizer, weight_transfer: str = "http",
                  shared_dir: str | None = None, stop_ids: set[int] | None = None, max_concurrency: int = 64,
-                 pushes: bool = True, barrier=None, bucket_mb: float = 512.0, gatherer: Gatherer = LOCAL):
+                 pushes: bool = True, barrier=None, bucket_mb: float = 512.0, gatherer: Gatherer = LOCAL,
+                 transport_address: str | None = None):
         """pushes: this process sends the weights (with several training processes, only the main one
         does); barrier: called after a push so no process samples from the old weights; bucket_mb: the
         largest part of a push; gatherer: how sharded weights are made whole (collective: every process
-        exports, see r1kit.distributed.weights_gatherer)."""
+        exports, see r1kit.distributed.weights_gatherer); transport_address: weight_transfer=collective,
+        "host[:port]" the server's workers reach this process at (None: found, free port)."""
         self.client = client
         self.model_name = model_name
         self.tokenizer = tokenizer
@@ -55,6 +60,8 @@ class RemoteEngine:
         self.pushes, self.barrier = pushes, barrier
         self.bucket_bytes, self.gatherer = int(bucket_mb * 2**20), gatherer
         self.sync_seconds: list[float] = []
+        self.sender = CollectiveSender(client, transport_address, client.timeout_s) \
+            if weight_transfer == "collective" and pushes else None
         info = client.get("/r1kit/info")
         if info.get("model") != model_name:
             raise ServiceError(f"generation server at {client.url} serves model {info.get('model')!r}, not "
@@ -104,11 +111,18 @@ class RemoteEngine:
     def update_weights(self, model) -> None:
         """Push `model`'s weights in parts; the server reloads each in place and resets its prefix cache once."""
         start = time.perf_counter()
+        if self.sender is not None:
+            self.sender.begin()
         if self.pushes or self.gatherer.collective:
             update = uuid.uuid4().hex
             for part, parts, bucket in export_buckets(model, self.bucket_bytes, self.gatherer, keep=self.pushes):
-                if self.pushes:
+                if self.sender is not None:  # every rank has finished this bucket's gathers: nothing interleaves
+                    self.sender.send(bucket, part, parts)
+                elif self.pushes:
                     self._push(bucket, f"?update={update}&part={part}&parts={parts}" if parts > 1 else "")
+        if self.sender is not None and "weights_version" not in self.sender.end():
+            raise ServiceError(f"collective weight update of the generation server at {self.client.url} "
+                               "ended without a version")
         if self.barrier is not None:
             self.barrier()
         self.sync_seconds.append(time.perf_counter() - start)

