@@ -444,9 +444,9 @@ def _one_line_errors() -> list[tuple[tuple[type, ...], int]]:
     from r1kit.hub import HubError
     from r1kit.rewards.registry import RewardError
     from r1kit.rollout.http import ServiceError
-    from r1kit.rundir import NonFiniteError
+    from r1kit.rundir import NonFiniteError, RunCollapsed
 
-    return [((NonFiniteError,), 1),
+    return [((NonFiniteError, RunCollapsed), 1),  # training stopped: the gradient blew up, or the learning signal is gone
             ((ConfigError, DataError, FileNotFoundError, FileExistsError, CheckpointError), 2),
             ((OSError,), 1),  # read-only or full disk, permissions: the environment, not a bug; the line says which
             ((ServiceError, ImportError), 1),  # a server that stopped answering; an engine that is not installed

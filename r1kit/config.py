@@ -264,6 +264,10 @@ class TrainCfg:
     trust_checkpoint: bool = False  # resume: skip the check that every pickle in the checkpoint is plain data
     max_nonfinite_steps: int = 3  # steps skipped for a non-finite gradient before the run stops with an error
     reward_on_error: Literal["raise", "none"] = "raise"  # a reward that raises: stop the run, or score it None (counted)
+    # a collapsed run: after some step had a group whose rewards varied, this many steps in a row in which every
+    # reward was 0 (no learning signal left: a learning rate that wrecked the policy?); 0: never checked
+    collapse_steps: int = 20
+    on_collapse: Literal["warn", "stop"] = "warn"  # say so once per collapse, or stop the run with an error
 
 
 @dataclass

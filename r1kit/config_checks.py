@@ -8,40 +8,28 @@ import math
 
 from r1kit.config import AlgoCfg, Config, ConfigError, GenerateCfg, to_dict
 from r1kit.types import config_names, sampling_problems
+from r1kit.config_ranges import range_problems
 
 
 def validate(cfg: Config) -> None:
-    """Checks that involve more than one field, or ranges; each error names the keys."""
+    """Every numeric knob's range (r1kit.config_ranges), then the checks that involve more than one field;
+    each error names the keys."""
     t, r = cfg.train, cfg.rollout
-    if r.num_generations < 2:  # before the checks below divide by it
-        raise ConfigError(f"rollout.num_generations must be >= 2 for group-relative advantages, got {r.num_generations}")
+    problems = range_problems(cfg)
+    if problems:
+        raise ConfigError(problems[0] + (f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})"
+                                         if len(problems) > 1 else ""))
     checks = [
         (t.batch_size % r.num_generations == 0,
          f"train.batch_size ({t.batch_size}) must be divisible by rollout.num_generations ({r.num_generations})"),
-        (t.micro_batch_size >= 1 and t.batch_size % t.micro_batch_size == 0,
+        (t.batch_size % t.micro_batch_size == 0,
          f"train.batch_size ({t.batch_size}) must be divisible by train.micro_batch_size ({t.micro_batch_size})"),
-        (r.max_completion_length >= 1, f"rollout.max_completion_length must be >= 1, got {r.max_completion_length}"),
-        (r.generation_batch_size >= 1, f"rollout.generation_batch_size must be >= 1, got {r.generation_batch_size}"),
-        (t.save_every >= 0, f"train.save_every must be >= 0 (0: only the final model), got {t.save_every}"),
-        (t.max_steps >= 0, f"train.max_steps must be >= 0, got {t.max_steps}"),
-        (t.max_minutes >= 0, f"train.max_minutes must be >= 0, got {t.max_minutes}"),
-        (t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}"),
-        (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
-        (t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}"),
-        (t.max_nonfinite_steps >= 0, f"train.max_nonfinite_steps must be >= 0, got {t.max_nonfinite_steps}"),
         (len(cfg.rewards) > 0, "rewards must list at least one reward function"),
-        (cfg.data.eval_size >= 1, f"data.eval_size must be >= 1, got {cfg.data.eval_size}"),
         (cfg.data.eval_split != cfg.data.split and cfg.data.split != "auto",
          f"data.eval_split ({cfg.data.eval_split!r}) must differ from data.split: evaluation would read the training "
          "rows; leave data.eval_split=auto (the source's held-out split), name another split, or set data.eval_source"),
-        (0 <= cfg.sft.direct_fraction <= 1 and 0 <= cfg.sft.large_direct_fraction <= 1 and 0 <= cfg.sft.tool_fraction <= 1,
-         "sft.direct_fraction, sft.large_direct_fraction and sft.tool_fraction must be in [0, 1]"),
-        (cfg.sft.batch_size >= 1 and cfg.sft.steps >= 0, "sft.batch_size must be >= 1 and sft.steps >= 0"),
-        (cfg.sft.max_seq_length >= 0 and cfg.sft.micro_batch_size >= 0 and cfg.sft.save_every >= 0,
-         "sft.max_seq_length, sft.micro_batch_size and sft.save_every must be >= 0"),
         (not cfg.sft.packing or cfg.sft.max_seq_length > 0,
          "sft.packing needs sft.max_seq_length > 0 (the length of a packed row)"),
-        (cfg.eval.n_samples >= 0 and cfg.eval.every >= 0, "eval.n_samples and eval.every must be >= 0"),
         (bool(cfg.data.source.strip()), "data.source must name a dataset (tiny_arith, gsm8k, a file, ...)"),
         (not isinstance(cfg.model.lora.target_modules, str) or cfg.model.lora.target_modules == "all-linear",
          f"model.lora.target_modules must be a list of module names or 'all-linear', got "
@@ -67,8 +55,6 @@ def validate(cfg: Config) -> None:
     for i, reward in enumerate(cfg.rewards):
         if not isinstance(reward.name, str) or not reward.name:
             raise ConfigError(f"rewards[{i}].name must be a non-empty string")
-        if not math.isfinite(reward.weight):
-            raise ConfigError(f"rewards[{i}].weight must be a finite number, got {reward.weight}")
         cap = reward.params.get("max_completion_length", cfg.rollout.max_completion_length)
         if reward.name == "soft_overlong" and cap != cfg.rollout.max_completion_length:
             raise ConfigError(f"rewards[{i}] (soft_overlong).max_completion_length ({cap}) must equal "
@@ -92,24 +78,13 @@ def _algo_checks(a: AlgoCfg) -> list[tuple[bool, str]]:
     """Range and consistency checks on the resolved algorithm knobs (preset values included)."""
     src = f" (loss_type={a.loss_type} preset and recipe combined)"
     return [
-        (a.epsilon > 0, f"algo.epsilon must be > 0, got {a.epsilon}"),
         (a.epsilon_high >= a.epsilon,
          f"algo.epsilon_high ({a.epsilon_high}) must be >= algo.epsilon ({a.epsilon}){src}"),
         (a.dual_clip == 0 or a.dual_clip > 1, f"algo.dual_clip must be 0 (off) or > 1, got {a.dual_clip}"),
-        (a.num_iterations >= 1, f"algo.num_iterations must be >= 1, got {a.num_iterations}"),
-        (a.beta >= 0, f"algo.beta must be >= 0, got {a.beta}"),
-        (a.min_group_std is None or a.min_group_std >= 0,
-         f"algo.min_group_std must be >= 0 or null, got {a.min_group_std}"),
         (not a.dynamic_sampling or a.max_sampling_rounds >= 1,
          f"algo.dynamic_sampling needs a cap: algo.max_sampling_rounds must be >= 1, got {a.max_sampling_rounds}{src}"),
-        (a.entropy_coef >= 0, f"algo.entropy_coef must be >= 0, got {a.entropy_coef}"),
-        (a.is_cap is None or a.is_cap >= 1, f"algo.is_cap must be >= 1 or null, got {a.is_cap}"),
-        (a.is_min is None or 0 <= a.is_min <= 1, f"algo.is_min must be in [0, 1] or null, got {a.is_min}"),
         (not a.is_correction or a.is_cap is not None or a.is_min is not None,
          "algo.is_correction needs a bound: algo.is_cap and algo.is_min are both null"),
-        (a.off_policy_mask_threshold is None or a.off_policy_mask_threshold >= 0,
-         f"algo.off_policy_mask_threshold must be >= 0 or null (off), got {a.off_policy_mask_threshold}"),
-        (0 <= a.top_entropy_quantile <= 1, f"algo.top_entropy_quantile must be in [0, 1], got {a.top_entropy_quantile}"),
         (a.sapo_temperature_pos > 0 and a.sapo_temperature_neg > 0,
          f"algo.sapo_temperature_pos and algo.sapo_temperature_neg must be > 0, got "
          f"{a.sapo_temperature_pos} and {a.sapo_temperature_neg}"),
@@ -125,8 +100,6 @@ def _tool_checks(cfg: Config) -> list[tuple[bool, str]]:
     """Multi-turn rollouts run on the HF engine; the tools themselves are checked when they load."""
     r = cfg.rollout
     return [
-        (r.max_turns >= 1 and r.max_tool_calls >= 1,
-         f"rollout.max_turns and rollout.max_tool_calls must be >= 1, got {r.max_turns} and {r.max_tool_calls}"),
         (not cfg.tools or r.engine == "hf",
          f"tools (multi-turn rollouts) run on rollout.engine=hf only; rollout.engine={r.engine} cannot take turns "
          "with tools yet (docs/tools.md)"),
@@ -177,19 +150,14 @@ def _services_checks(cfg: Config) -> list[tuple[bool, str]]:
     """rollout.vllm and services: URLs where they are needed, and nowhere they would be ignored."""
     r, v, s = cfg.rollout, cfg.rollout.vllm, cfg.services
     checks = [
-        (0 < v.gpu_memory_utilization <= 1, f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {v.gpu_memory_utilization}"),
-        (v.kv_cache_gb >= 0, f"rollout.vllm.kv_cache_gb must be >= 0, got {v.kv_cache_gb}"),
         (r.engine != "server" or bool(s.generation_url),
          "rollout.engine=server needs services.generation_url (the URL of `r1kit serve-gen`)"),
         (r.engine == "server" or not s.generation_url,
          f"services.generation_url is set but rollout.engine={r.engine!r}: set rollout.engine=server or drop the URL"),
         (not s.reference_url or cfg.algo.beta > 0,
          "services.reference_url is set but algo.beta is 0, so no reference is used: set algo.beta or drop the URL"),
-        (s.timeout_s > 0 and s.retries >= 0 and s.backoff_s >= 0,
-         "services.timeout_s must be > 0, services.retries and services.backoff_s >= 0"),
         (s.weight_transfer != "path" or bool(s.shared_dir),
          "services.weight_transfer=path needs services.shared_dir (a directory the server can read)"),
-        (s.weight_bucket_mb > 0, f"services.weight_bucket_mb must be > 0, got {s.weight_bucket_mb}"),
         (s.transport_address is None or s.weight_transfer == "collective",
          "services.transport_address is set but services.weight_transfer is not collective: drop it or set both"),
         (s.transport_address is None or _host_port(s.transport_address),
@@ -211,10 +179,12 @@ def _host_port(address: str) -> bool:
 # Anything else (model, data, rewards, algorithm, optimizer, sampling, seed) would not take effect, or only
 # in part (the optimizer state keeps the old learning rate), so a resume that changes it is refused.
 RESUMABLE_CHANGES = ("train.max_steps", "train.max_minutes", "train.save_every", "train.keep_checkpoints",
-                     "train.resume_from", "train.trust_checkpoint", "train.reward_on_error", "eval.", "log.",
+                     "train.reward_on_error", "train.collapse_steps", "train.on_collapse", "eval.", "log.",
                      "services.", "rollout.generation_batch_size", "rollout.vllm.", "model.device",
                      "rollout.asynchronous.generator_", "rollout.asynchronous.trainer_cores",
                      "rollout.asynchronous.timeout_s", "rollout.asynchronous.max_staleness")
+# How this session starts, not how the run trains: never a change (every resume sets resume_from).
+SESSION_SETTINGS = ("train.resume_from", "train.trust_checkpoint")
 
 
 def changed_settings(saved: dict, cfg: Config) -> tuple[list[str], list[str]]:
@@ -228,7 +198,7 @@ def changed_settings(saved: dict, cfg: Config) -> tuple[list[str], list[str]]:
     defaults["algo"] = to_dict(Config().algo.resolved())
     refused, allowed = [], []
     for key, old, new in differences(saved, current):
-        if _absent(saved, key) and new == _value(defaults, key):
+        if key in SESSION_SETTINGS or (_absent(saved, key) and new == _value(defaults, key)):
             continue
         line = f"{key}: {old!r} -> {new!r}"
         (allowed if key.startswith(RESUMABLE_CHANGES) else refused).append(line)

@@ -39,7 +39,7 @@ from r1kit.rollout.remote import START_HINT, RemoteEngine
 from r1kit.rollout.weights import LOCAL
 from r1kit.tools.calls import check_call_format
 from r1kit.tools.registry import load_toolbox
-from r1kit.rundir import NonFiniteError, prepare_run_dir, resume_point, run_stopped
+from r1kit.rundir import NonFiniteError, RunCollapsed, prepare_run_dir, resume_point, run_stopped
 from r1kit.types import SamplingParams
 
 
@@ -54,6 +54,8 @@ class RunState:
     wall_seconds: float = 0.0  # training wall time of earlier sessions of this run (resume)
     nonfinite_steps: int = 0  # optimizer steps skipped because the gradient was NaN/inf
     in_flight: dict = field(default_factory=dict)  # asynchronous generation: batches generated, not yet trained
+    signal_seen: bool = False  # some step had a group whose rewards varied (collapse is judged only after)
+    collapsed_steps: int = 0  # steps in a row, up to now, in which every reward was 0
 
 
 @dataclass
@@ -111,9 +113,6 @@ def setup_run(cfg: Config) -> Run:
     load_toolbox(cfg.tools)  # a tool that does not load is one line, before any model
     raw_train_rows = load_rows(cfg.data, cfg.data.split, size=None)
     eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size)
-    acc.wait_for_everyone()  # every process has checked the run directory before the main one writes to it
-    if acc.is_main_process:
-        prepare_run_dir(cfg, resume)
     pick_device(cfg.model.device)  # fails clearly on device=cuda without a GPU
     quiet_library_progress()
     torch.manual_seed(cfg.seed)
@@ -135,8 +134,15 @@ def setup_run(cfg: Config) -> Run:
 
     train_rows = _with_prompts(raw_train_rows, cfg, tokenizer)
     _check_context(cfg, model, tokenizer, train_rows, eval_rows)
+    check_saved_dtype(cfg, acc, model)
+    engine = make_engine(cfg, model, tokenizer, acc)
+    # the run directory changes only now: a resume that fails above (a torn optimizer state, a model that does
+    # not fit) leaves config.yaml and the logs as they were; every process has checked it before
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        prepare_run_dir(cfg, resume)
     logger = MetricsLogger(run_dir, cfg.log, to_dict(cfg), resume=resume_dir is not None) if acc.is_main_process else None
-    run = Run(cfg, acc, model, reference, tokenizer, make_engine(cfg, model, tokenizer, acc), reward_funcs,
+    run = Run(cfg, acc, model, reference, tokenizer, engine, reward_funcs,
               train_rows, eval_rows, optimizer, scheduler, logger, progress_bar(cfg.log.progress and acc.is_main_process),
               state)
     if acc.num_processes > 1:
@@ -197,6 +203,21 @@ def check_model_strategy(cfg: Config, acc) -> None:
         raise ConfigError(f"model.lora.enabled with {dist.strategy_name(acc)} is not supported: the adapters are "
                           "small, so shard the frozen base with zero2 (recipes/accelerate/zero2.yaml) or train "
                           "without LoRA")
+
+
+def check_saved_dtype(cfg: Config, acc, model) -> None:
+    """The recipe's model.dtype holds under every strategy (GRPO and SFT). DeepSpeed casts the weights to its
+    own precision, float32 unless the launch config's mixed_precision says bf16/fp16, so a bf16 recipe under
+    zero3.yaml would train and save in float32: refused here, after prepare, before anything is written."""
+    if cfg.model.load_in_4bit:
+        return  # 4-bit weights are packed integers; the compute dtype is bitsandbytes'
+    largest = max(acc.unwrap_model(model).parameters(), key=lambda p: getattr(p, "ds_numel", p.numel()))
+    held = getattr(largest, "ds_tensor", largest).dtype  # ZeRO-3: the partition's
+    if held != getattr(torch, cfg.model.dtype):
+        raise ConfigError(f"model.dtype={cfg.model.dtype}, but {dist.strategy_name(acc)} holds the weights in "
+                          f"{str(held).removeprefix('torch.')} (the launch config's mixed_precision is "
+                          f"{acc.mixed_precision!r}): set mixed_precision to match in the accelerate config, or "
+                          f"model.dtype={str(held).removeprefix('torch.')}")
 
 
 def _check_strategy(cfg: Config, acc) -> None:
@@ -424,6 +445,29 @@ def check_finite(run: Run, skipped: bool) -> None:
         if state.nonfinite_steps > cfg.train.max_nonfinite_steps:
             raise NonFiniteError(f"{state.nonfinite_steps} steps had a NaN/inf gradient (train.max_nonfinite_steps="
                                  f"{cfg.train.max_nonfinite_steps}): check the rewards and train.learning_rate; {intact}")
+
+
+def check_collapse(run: Run, rewards: torch.Tensor, metrics: dict) -> None:
+    """A collapsed run: its learning signal was there (some group's rewards varied) and is gone, every reward
+    of every process 0 for train.collapse_steps steps in a row (a learning rate or update that wrecked the
+    policy, a reward that stopped matching). Said once per collapse (on_collapse=warn), or the run stops with
+    RunCollapsed (stop); the checkpoints from before the collapse are named. Every process calls this."""
+    cfg, state = run.cfg, run.state
+    if not cfg.train.collapse_steps:
+        return
+    all_zero = not dist.all_max(run.accelerator, int(bool((rewards != 0).any())))  # rewards: (B*G,) this process's
+    state.collapsed_steps = state.collapsed_steps + 1 if all_zero and state.signal_seen else 0
+    state.signal_seen |= metrics["groups/zero_variance_fraction"] < 1
+    if state.collapsed_steps != cfg.train.collapse_steps:
+        return
+    first = state.step - state.collapsed_steps + 1
+    earlier = [p.name for p in list_checkpoints(cfg.run_dir / "checkpoints") if int(p.name.split("-")[1]) < first]
+    message = (f"the run collapsed: every reward was 0 in steps {first}-{state.step} ({state.collapsed_steps} steps, "
+               f"train.collapse_steps) after earlier steps had a learning signal; checkpoints from before: "
+               f"{', '.join(earlier) or 'none'}. A learning rate too large? (train.on_collapse={cfg.train.on_collapse})")
+    if cfg.train.on_collapse == "stop":
+        raise RunCollapsed(message)
+    console.print(f"[yellow]{message}[/]")
 
 
 def stop_on_signal(run: Run, signum: int) -> None:

@@ -49,7 +49,7 @@ from r1kit.rollout.hf import HFEngine
 from r1kit.rollout.multiturn import MultiTurnEngine, ToolMessages
 from r1kit.tools.calculator import calculator
 from r1kit.tools.registry import ToolResult, load_toolbox
-from r1kit.run import check_model_strategy, prompt_tools
+from r1kit.run import check_model_strategy, check_saved_dtype, prompt_tools
 from r1kit.rundir import StopSignals, prepare_run_dir, resume_point, run_stopped
 
 
@@ -185,9 +185,6 @@ def run_sft(cfg: Config) -> dict:
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code, cfg.model.gguf_file)
     samples, stats = build_samples(cfg, tokenizer)  # bad data fails here, before anything is written
     eval_rows = load_rows(cfg.data, cfg.data.eval_split, size=cfg.data.eval_size)
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        prepare_run_dir(cfg, resume)
     model = load_model(cfg.model, tokenizer, seed=cfg.seed)
     s = cfg.sft
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.train, lr=s.learning_rate,
@@ -204,6 +201,10 @@ def run_sft(cfg: Config) -> dict:
         for _ in range(state.step):  # replay the draws of the steps done
             torch.randint(len(samples), (s.batch_size,), generator=order)
         console.print(f"resumed from {resume.directory} at step {state.step}")
+    check_saved_dtype(cfg, acc, model)
+    acc.wait_for_everyone()  # every process has checked the run directory and resumed: only now does it change
+    if acc.is_main_process:
+        prepare_run_dir(cfg, resume)
     console.print(f"[bold]r1kit sft[/] {cfg.name}: {s.steps} steps of {s.batch_size} samples from {s.source} "
                   f"({_describe(stats)}), {acc.num_processes} process(es), strategy {dist.strategy_name(acc)} "
                   f"-> {cfg.run_dir}")
@@ -219,15 +220,19 @@ def run_sft(cfg: Config) -> dict:
             step = state.step + 1
             indices = torch.randint(len(samples), (s.batch_size,), generator=order).tolist()
             mine = [samples[indices[i]] for i in dist.local_share(s.batch_size, acc)]
+            lr = scheduler.get_last_lr()[0]  # the one this step's update uses
             metrics = dist.reduce_metrics(acc, train_step(cfg, acc, model, optimizer, mine, tokenizer.pad_token_id))
-            scheduler.step()
-            metrics["train/lr"] = scheduler.get_last_lr()[0]
+            metrics["train/lr"] = lr
+            if not metrics["train/skipped_nonfinite"]:  # the schedule counts updates made (as transformers' Trainer)
+                scheduler.step()
             state.step = step
             state.target_tokens += int(metrics["train/target_tokens"])
             state.skipped_nonfinite += int(metrics.pop("train/skipped_nonfinite"))
             if (s.eval_every and step % s.eval_every == 0) or (step == s.steps and cfg.eval.after):
                 metrics |= sft_eval(cfg, model, tokenizer, eval_rows, acc)
                 console.print(f"step {step}: " + format_metrics(metrics, sorted(metrics)))
+            if logger is not None:  # before the checkpoint: a kill between the two leaves a line the resume rewrites
+                logger.log(step, metrics)
             signum = dist.all_max(acc, signals.signum)  # SIGINT/SIGTERM: every process stops after this step
             if (s.save_every and step % s.save_every == 0) or step == s.steps or signum:
                 state.wall_seconds += time.time() - started
@@ -235,8 +240,6 @@ def run_sft(cfg: Config) -> dict:
                 save_checkpoint(cfg.run_dir / "checkpoints", step, acc, model, tokenizer,
                                 {"scheduler": scheduler.state_dict(), "run_state": dataclasses.asdict(state)},
                                 keep=cfg.train.keep_checkpoints, lora_save=cfg.model.lora.save)
-            if logger is not None:
-                logger.log(step, metrics)
             bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.3f}  "
                                                   f"tok/s {metrics['train/tokens_per_second']:.0f}")
             if signum and step < s.steps:

@@ -33,7 +33,8 @@ from r1kit.config import AlgoCfg, Config
 from r1kit.logging import PhaseTimer, console
 from r1kit.producer import make_batches
 from r1kit.rollout.multiturn import tool_metrics
-from r1kit.run import Run, check_finite, finish_run, log_step, maybe_checkpoint, maybe_eval, setup_run, stop_on_signal
+from r1kit.run import (Run, check_collapse, check_finite, finish_run, log_step, maybe_checkpoint, maybe_eval, setup_run,
+                       stop_on_signal)
 from r1kit.rundir import StopSignals
 
 
@@ -89,7 +90,6 @@ def train(cfg: Config) -> dict:
             run.state.step = step
             metrics = dist.reduce_metrics(acc, {
                 **sampling, **updates[0], **_last_iteration(updates),
-                "lr": run.scheduler.get_last_lr()[0],
                 "update/kept_fraction": len(batch) / len(full),  # after the filters
                 "update/rows_fraction": updates[0]["update/backward_rows"] / len(full),  # rows that ran a backward
                 **full.length_metrics(), **(tool_metrics(completions) if cfg.tools else {}), **timer.pop(), "time/step": time.perf_counter() - step_start,
@@ -97,6 +97,7 @@ def train(cfg: Config) -> dict:
             })
             metrics |= maybe_eval(run, step)
             log_step(run, step, metrics, rows, completions, scored, advantages)
+            check_collapse(run, rewards, metrics)  # every reward 0 for train.collapse_steps steps: warn or stop
             maybe_checkpoint(run, step)
             bar.update(task, completed=step, info=run.bar_info(metrics))
             signum = dist.all_max(acc, signals.signum)  # every process stops after the same step
@@ -117,6 +118,7 @@ def update_policy(run: Run, algo: AlgoCfg, batch: RolloutBatch, dummy: RolloutBa
     the same number of micro-batches; one with fewer rows runs `dummy` with weight 0.
     """
     cfg, model, acc = run.cfg, run.model, run.accelerator
+    lr = run.scheduler.get_last_lr()[0]  # the one this update uses
     model.train()
     rows = _rows_with_gradient(batch, algo, acc.num_processes)
     chunks = dist.synced_chunks(rows, cfg.train.micro_batch_size, acc)
@@ -157,9 +159,9 @@ def update_policy(run: Run, algo: AlgoCfg, batch: RolloutBatch, dummy: RolloutBa
         skipped = norm_value is not None and not math.isfinite(grad_norm)  # the same on every process
         if not skipped:
             run.optimizer.step()
+            run.scheduler.step()  # the schedule counts updates made, as transformers' Trainer does
         run.optimizer.zero_grad(set_to_none=True)
-    run.scheduler.step()
-    return {"loss": loss_sum, "grad_norm": grad_norm, "update/backward_rows": float(len(rows)), **_mean_stats(stats),
+    return {"lr": lr, "loss": loss_sum, "grad_norm": grad_norm, "update/backward_rows": float(len(rows)), **_mean_stats(stats),
             **_merge_gaps(gaps), **merge_statistics(offpolicy), "update/skipped_nonfinite": float(skipped),
             **({} if threshold is None else {"entropy_mask/threshold": threshold})}
 

@@ -38,3 +38,10 @@ def fail_on_rank_one_at_step_two(completions, **kwargs):
 def huge_reward(completions, **kwargs):
     """1e38 per character: with scale_rewards=none the advantages overflow the loss (a non-finite gradient)."""
     return [1e38 * len(c) for c in completions]
+
+
+def signal_then_zero(completions, trainer_state=None, **kwargs):
+    """Step 1 rewards length (groups vary), every later step scores 0: a run whose learning signal is gone."""
+    if trainer_state is not None and trainer_state.global_step == 0:
+        return [len(c[0]["content"]) / 10 for c in completions]
+    return [0.0 for _ in completions]

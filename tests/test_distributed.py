@@ -145,6 +145,16 @@ def test_prompts_that_do_not_split_evenly_fail_before_anything_is_written(small_
     assert not (tmp_path / "runs" / "t").exists()
 
 
+def test_a_launch_that_would_change_the_recipes_dtype_is_refused(small_model_dir, tmp_path):
+    """zero3.yaml (mixed_precision 'no') makes DeepSpeed hold the weights in float32: a bf16 recipe would train
+    and save in float32, so it is refused on one line, after the strategy is set up, before anything is written."""
+    out = launch("zero3", recipe(tmp_path, small_model_dir, model={"dtype": "bfloat16"}), "name=t")
+    assert out.returncode != 0
+    lines = [x for x in out.stderr.splitlines() if "r1kit train: error:" in x]
+    assert lines and "model.dtype=bfloat16, but zero3 holds the weights in float32" in lines[0], out.stderr[-3000:]
+    assert not (tmp_path / "runs" / "t" / "config.yaml").exists()
+
+
 def test_a_rank_that_dies_stops_the_others(small_model_dir, tmp_path):
     path = recipe(tmp_path, small_model_dir, rewards=[{"name": "reward_fixtures.fail_on_rank_one_at_step_two"}],
                   train={"save_every": 1})

@@ -122,7 +122,10 @@ def test_a_non_finite_gradient_is_skipped_then_stops_the_run(small_model_dir, tm
     assert not (tmp_path / "t" / "final").exists()
 
 
-def test_weights_that_blow_up_stop_the_run_without_saving_them(small_model_dir, tmp_path, capsys):
+def test_weights_that_blow_up_stop_the_run_without_saving_them(small_model_dir, tmp_path, capsys, monkeypatch):
+    from r1kit.config_ranges import RANGES, Range
+
+    monkeypatch.setitem(RANGES, "train.learning_rate", Range(0, low_open=True))  # 1e20 is refused at load otherwise
     code = main(["train", f"model.name_or_path={small_model_dir}", f"output_dir={tmp_path}", "name=t", *FAST,
                  "train.learning_rate=1e20", "train.max_grad_norm=0", "train.max_steps=6", "train.save_every=1",
                  "train.max_nonfinite_steps=1", "eval.before=false", "rewards=[{name: unique_chars}]"])
@@ -188,3 +191,90 @@ def test_environment_errors_are_one_line(small_model_dir, tmp_path, capsys, monk
     assert main(["train", f"model.name_or_path={torn}", f"output_dir={tmp_path}", "name=v", *FAST]) == 2
     err = capsys.readouterr().err.strip()
     assert f"model.name_or_path='{torn}' could not be read" in err and err.count("\n") == 0
+
+
+def run_files(run_dir: Path) -> dict:
+    return {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_a_resume_that_fails_changes_nothing(small_model_dir, tmp_path, capsys):
+    """A flipped byte, a torn file, or a failure after every checkpoint check (here: eval.max_new_tokens past the
+    model's context) leaves config.yaml, the logs and the checkpoints byte for byte; each is one line."""
+    base = [f"model.name_or_path={small_model_dir}", f"output_dir={tmp_path}", "name=t", *FAST, "train.max_steps=2",
+            "train.save_every=1", "eval.before=false", "eval.after=false"]
+    assert main(["train", *base]) == 0
+    run = tmp_path / "t"
+    before = run_files(run)
+    model = run / "checkpoints" / "step-2" / "model.safetensors"
+    original = model.read_bytes()
+    flipped = bytearray(original)
+    flipped[-5] ^= 0x10
+    resume = ["train", *base, "train.max_steps=3", "train.resume_from=latest"]
+    for damaged, message in [(bytes(flipped), f"{model} does not match its checksum"),
+                             (original[:-7], f"{model} is torn: {len(original) - 7} bytes")]:
+        model.write_bytes(damaged)
+        assert main(resume) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "train.resume_from=" in err and "step-1" in err and err.count("\n") == 0, err
+        model.write_bytes(original)
+        assert run_files(run) == before
+    assert main([*resume, "eval.max_new_tokens=100000"]) == 2  # fails after load_state, before the run dir changes
+    assert "eval.max_new_tokens" in capsys.readouterr().err
+    assert run_files(run) == before
+    assert main(resume) == 0 and steps_logged(run) == [1, 2, 3]
+    assert [p.name for p in run.glob("config.before-*")] == ["config.before-step-2.yaml"]  # max_steps: 2 -> 3
+    assert main(resume) == 0  # the same settings again: resume_from is never a change, nothing to record
+    assert [p.name for p in run.glob("config.before-*")] == ["config.before-step-2.yaml"]
+
+
+def test_symlinks_and_foreign_files_are_refused_before_training(small_model_dir, tmp_path, capsys):
+    outside = tmp_path / "outside"
+    (outside / "final").mkdir(parents=True)
+    (outside / "final" / "precious.txt").write_text("not r1kit's")
+    out = tmp_path / "runs"
+    out.mkdir()
+    args = [f"model.name_or_path={small_model_dir}", f"output_dir={out}", *FAST, "train.max_steps=1", "eval.before=false"]
+    (out / "linked").symlink_to(outside)  # a run directory that leads out of output_dir
+    (out / "own").mkdir()
+    (out / "own" / "final").symlink_to(outside / "final")  # final/ through a link
+    (out / "foreign").mkdir()
+    (out / "foreign" / "final").mkdir()  # a final/ no r1kit run wrote
+    cases = [("name=linked", [], "is a symlink to"), ("name=own", [], "final is a symlink"),
+             ("name=foreign", [], "already holds a run (final)"),
+             ("name=foreign", ["train.resume_from=latest"], "holds final but no config.yaml")]
+    for name, extra, message in cases:
+        assert main(["train", name, *args, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and err.count("\n") == 0, err
+    assert (outside / "final" / "precious.txt").read_text() == "not r1kit's"
+    assert sorted(p.name for p in outside.rglob("*")) == ["final", "precious.txt"]
+
+
+def test_a_collapsed_run_is_said_or_stopped(small_model_dir, tmp_path, capsys):
+    collapsing = ["rewards=[{name: reward_fixtures.signal_then_zero}]", "train.max_steps=4", "train.save_every=1",
+                  "eval.before=false", "eval.after=false", "train.collapse_steps=2"]
+    train(cfg_for(small_model_dir, tmp_path / "warn", *collapsing))  # warn: the run goes on to its end, said once
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.count("the run collapsed") == 1 and "every reward was 0 in steps 2-3" in out
+    assert steps_logged(tmp_path / "warn" / "t") == [1, 2, 3, 4]
+    code = main(["train", f"model.name_or_path={small_model_dir}", f"output_dir={tmp_path / 'stop'}", "name=t", *FAST,
+                 *collapsing, "train.on_collapse=stop"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.count("\n") == 0 and "every reward was 0 in steps 2-3" in err and "step-1" in err, err
+    assert steps_logged(tmp_path / "stop" / "t") == [1, 2, 3]
+
+
+def test_a_skipped_update_leaves_the_schedule_where_it_was(small_model_dir, tmp_path):
+    """The schedule counts updates made: a step whose gradient was NaN/inf does not step it (torch warns
+    "lr_scheduler.step() before optimizer.step()" otherwise), and the logged lr is the one the step used."""
+    import warnings
+
+    cfg = cfg_for(small_model_dir, tmp_path, "rewards=[{name: reward_fixtures.huge_reward}]", "algo.scale_rewards=none",
+                  "train.max_steps=1", "train.save_every=0", "train.max_nonfinite_steps=1", "train.lr_scheduler=cosine",
+                  "eval.before=false", "eval.after=false")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg)
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
+    (line,) = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert line["update/skipped_nonfinite"] == 1.0 and line["lr"] == 1e-3

@@ -442,6 +442,30 @@ def test_a_crashed_run_resumes_exactly(small_model_dir, tmp_path, monkeypatch):
     assert steps == [1, 2, 3, 4]
 
 
+def test_a_step_is_logged_before_its_checkpoint(small_model_dir, tmp_path, monkeypatch):
+    """A crash (or kill) between a step's metrics line and its checkpoint: the line is there, and the resume
+    from the checkpoint before rewrites it, so every step is logged once (checkpoint first lost the line)."""
+    from r1kit import sft
+
+    common = ["sft.steps=3", "sft.batch_size=4", "sft.learning_rate=1e-3", "sft.save_every=1", "eval.before=false",
+              "eval.after=false", f"sft.source={chat_file(tmp_path)}"]
+    save = sft.save_checkpoint
+
+    def crash_saving_step_two(root, step, *args, **kwargs):
+        if step == 2:
+            raise Crash("simulated kill")
+        return save(root, step, *args, **kwargs)
+
+    monkeypatch.setattr(sft, "save_checkpoint", crash_saving_step_two)
+    with pytest.raises(Crash):
+        run_sft(load_recipe(None, run_overrides(small_model_dir, tmp_path, "t", *common)))
+    monkeypatch.undo()
+    metrics = tmp_path / "t" / "metrics.jsonl"
+    assert [json.loads(x)["step"] for x in metrics.read_text().splitlines()] == [1, 2]
+    run_sft(load_recipe(None, run_overrides(small_model_dir, tmp_path, "t", *common, "train.resume_from=latest")))
+    assert [json.loads(x)["step"] for x in metrics.read_text().splitlines()] == [1, 2, 3]
+
+
 def test_a_stop_signal_checkpoints_the_step_and_the_run_resumes_exactly(small_model_dir, tmp_path, monkeypatch):
     """SIGINT after step 1's stop check (raised from its metrics logger): the run stops after the next step,
     checkpoints it though sft.save_every would not, exits with 130, and a resume ends at the straight run's weights."""

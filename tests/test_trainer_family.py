@@ -1,6 +1,7 @@
 """Every GRPO-family preset and option, wired into the trainer, on a small random model."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -47,8 +48,10 @@ def test_several_updates_per_batch_use_old_logprobs(small_model_dir, tmp_path):
     assert m[0]["update/last_ratio_mean"] != pytest.approx(1.0, abs=1e-4)  # later updates moved the policy
     assert m[0]["update/last_clip_fraction"] > 0
     assert "time/old_logprobs" in m[0]
-    # the scheduler counts optimizer steps: 2 steps x 3 updates = the whole cosine schedule
-    assert m[1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    # the scheduler counts optimizer steps: 2 steps x 3 updates = the whole cosine schedule; the logged lr is the
+    # one the step's first update used: step 1 the full lr, step 2 cosine at 3 of 6 updates
+    assert m[0]["lr"] == pytest.approx(1e-2, rel=1e-9)
+    assert m[1]["lr"] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 3 / 6)), rel=1e-9)
 
 
 def test_dynamic_sampling_fills_the_batch_with_informative_groups(small_model_dir, tmp_path):
