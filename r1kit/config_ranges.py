@@ -20,6 +20,8 @@ import math
 import typing
 from dataclasses import dataclass
 
+from r1kit.types import MIN_TEMPERATURE
+
 
 @dataclass(frozen=True)
 class Range:
@@ -58,7 +60,7 @@ PROBABILITY = Range(0, 1)
 POSITIVE = Range(0, low_open=True)
 NON_NEGATIVE = Range(0)
 FINITE = Range()
-TEMPERATURE = Range(1e-5)  # below it logits / temperature overflow, and vLLM samples greedily (its _SAMPLING_EPS)
+TEMPERATURE = Range(MIN_TEMPERATURE)  # the floor every command shares (r1kit.types): below it vLLM samples greedily
 TOP_P = Range(0, 1, low_open=True)
 # AdamW moves every weight by up to about lr per step: above 1 no model survives a single update
 LEARNING_RATE = Range(0, 1, low_open=True)
@@ -83,6 +85,10 @@ RANGES: dict[str, Range] = {
     "rollout.generation_batch_size": POSITIVE_COUNT,
     "rollout.max_turns": POSITIVE_COUNT,
     "rollout.max_tool_calls": POSITIVE_COUNT,
+    "rollout.asynchronous.lag": COUNT,  # 0: the synchronous run, generated in the worker
+    "rollout.asynchronous.max_staleness": COUNT,
+    "rollout.asynchronous.generator_threads": COUNT,  # 0: one per generator core
+    "rollout.asynchronous.timeout_s": POSITIVE,
     "rollout.vllm.gpu_memory_utilization": TOP_P,
     "rollout.vllm.kv_cache_gb": NON_NEGATIVE,
     "rollout.vllm.max_model_len": POSITIVE_COUNT,

@@ -47,9 +47,9 @@ CASES = [
     (["sft", "{d}/dup_nested.yaml"], 2, "key 'max_steps' appears twice"),
     (["train", "rewards=[{name: badimport.fn}]", "output_dir={d}/runs"], 2,
      "cannot load reward 'badimport.fn': importing 'badimport' raised RuntimeError: no GPU here ("),
-    (["train", "rollout.temperature=1e-300", "output_dir={d}/runs"], 2, "rollout.temperature must be a finite number >= 0.01"),
+    (["train", "rollout.temperature=1e-300", "output_dir={d}/runs"], 2, "rollout.temperature must be >= 0.01, got 1e-300"),
     (["train", "rollout.top_p=1.5"], 2, "rollout.top_p must be in (0, 1], got 1.5"),
-    (["train", "eval.temperature=-1"], 2, "eval.temperature must be a finite number >= 0.01, got -1"),
+    (["train", "eval.temperature=-1"], 2, "eval.temperature must be >= 0.01, got -1.0"),
     (["eval", "--limit", "-1"], 2, "--limit must be >= 1 (the first N problems), got -1"),
     (["eval", "--limit", "0"], 2, "--limit must be >= 1"),
     (["eval", "--temperature", "-0.5"], 2, "--temperature must be a finite number >= 0.01, got -0.5"),
@@ -65,7 +65,7 @@ CASES = [
     (["chat", "--prompt", "hi", "--top-p", "1.5"], 2, "--top-p must be in (0, 1], got 1.5"),
     (["chat", "--prompt", "hi", "--max-new-tokens", "0"], 2, "--max-new-tokens must be >= 1, got 0"),
     (["generate", "--limit", "-1"], 2, "generate.limit must be >= 1 or null, got -1"),
-    (["generate", "generate.temperature=0"], 2, "generate.temperature must be a finite number >= 0.01, got 0"),
+    (["generate", "generate.temperature=0"], 2, "generate.temperature must be >= 0.01, got 0.0"),
     (["generate", "generate.top_p=1.01"], 2, "generate.top_p must be in (0, 1], got 1.01"),
     (["report", "{d}/a_dir"], 2, "a_dir is not a run directory"),
 ]
@@ -142,11 +142,13 @@ def test_a_torn_checkpoint_is_one_line_on_resume(small_model_dir, tmp_path, caps
     assert main([*args, "train.max_steps=1"]) == 0
     capsys.readouterr()
     state = tmp_path / "t" / "checkpoints" / "step-1" / "accelerator"
-    for name, words in (("model.safetensors", "accelerator cannot be read (SafetensorError"),
-                        ("optimizer.bin", "optimizer.bin is torn (")):
+    # found by the checkpoint's checksums or its pickle check, before anything loads it
+    for name, words in (("model.safetensors", "model.safetensors is torn"), ("optimizer.bin", "optimizer.bin is torn")):
         original = (state / name).read_bytes()
         (state / name).write_bytes(original[:len(original) // 2])  # a kill mid-copy, a full disk
         assert main([*args, "train.max_steps=2", "train.resume_from=latest"]) == 2
         err = capsys.readouterr().err
-        assert words in err and "resume from an earlier" in err and "Traceback" not in err
+        assert words in err and "Traceback" not in err
+        assert "no other checkpoint is left" in err or "resume from an earlier" in err
+        assert len(err.strip().splitlines()) == 1
         (state / name).write_bytes(original)

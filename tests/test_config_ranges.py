@@ -74,7 +74,7 @@ def test_the_bounds_that_are_allowed_pass(key):
     ("train.learning_rate=0", "train.learning_rate must be in (0, 1], got 0.0"),
     ("sft.learning_rate=2", "sft.learning_rate must be in (0, 1], got 2.0"),
     ("rollout.top_p=1.5", "rollout.top_p must be in (0, 1], got 1.5"),
-    ("rollout.temperature=1e-300", "rollout.temperature must be >= 1e-05, got 1e-300"),
+    ("rollout.temperature=1e-300", "rollout.temperature must be >= 0.01, got 1e-300"),
     ("train.adam_beta2=1", "train.adam_beta2 must be in [0, 1), got 1.0"),
     ("model.lora.dropout=1", "model.lora.dropout must be in [0, 1), got 1.0"),
     ("seed=-1", "seed must be in [0, 4294967295], got -1"),
@@ -96,6 +96,6 @@ def test_every_problem_is_named_on_one_line():
 
 def test_range_problem_is_what_other_commands_check_their_flags_with():
     assert range_problem("generate.top_p", 0.9) is None
-    assert range_problem("generate.temperature", -1.0) == "generate.temperature must be >= 1e-05, got -1.0"
+    assert range_problem("generate.temperature", -1.0) == "generate.temperature must be >= 0.01, got -1.0"
     assert range_problem("generate.limit", None) is None  # nullable knobs: their type says so
     assert range_problem("generate.n", True) == "generate.n must be a number >= 1, got True"
