@@ -136,7 +136,8 @@ def qwen_model(ctx) -> Path:
 
     directory = ctx.workdir / "qwen0.5b-shape"
     if not (directory / "config.json").is_file():
-        shape = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2) if ctx.quick else {}
+        small = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
+        shape = small if ctx.quick else {}
         build_model(directory, 2 if ctx.quick else 24, "bfloat16", **shape)
     return directory
 
@@ -262,8 +263,9 @@ def main() -> int:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and 2 steps (the CPU rehearsal)")
     parser.add_argument("--only", nargs="+", choices=list(CHECKS), help="these checks only")
-    parser.add_argument("--block", default=None, help=f"modules made absent (default with --device cpu: {','.join(BLOCKED)}; "
-                                                      "with cuda: none); '' blocks none")
+    parser.add_argument("--block", default=None,
+                        help=f"modules made absent (default with --device cpu: {','.join(BLOCKED)}; with cuda: none); "
+                             "'' blocks none")
     parser.add_argument("--timeout", type=int, default=None, help="seconds per command (default 300; --quick 600)")
     parser.add_argument("--workdir", default=None, help="where runs and logs go (default: a new temporary directory)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_smoke.json"))

