@@ -52,7 +52,8 @@ LAYOUTS = [  # (name, accelerate config or None for one plain process, processes
 ]
 
 
-def build_model(directory: Path, layers: int, dtype: str, vocab: int = QWEN_05B["vocab_size"]) -> int:
+def build_model(directory: Path, layers: int, dtype: str, vocab: int = QWEN_05B["vocab_size"], **shape) -> int:
+    """Qwen2.5-0.5B's shape with `layers` layers (and any of QWEN_05B's entries replaced by `shape`), random."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -60,7 +61,7 @@ def build_model(directory: Path, layers: int, dtype: str, vocab: int = QWEN_05B[
 
     tok = build_tiny_tokenizer()
     config = Qwen2Config(num_hidden_layers=layers, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                         bos_token_id=None, **{**QWEN_05B, "vocab_size": vocab})
+                         bos_token_id=None, **{**QWEN_05B, "vocab_size": vocab, **shape})
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config).to(getattr(torch, dtype))
     model.save_pretrained(directory)

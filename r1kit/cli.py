@@ -36,6 +36,7 @@ USAGE = """examples:
   r1kit generate MODEL_RECIPE.yaml --benchmark math500 generate.output=math.parquet --push-to-hub you/math-traces
   r1kit train|sft ... --push-to-hub you/model [--private]    upload final/ to the hub when the run ends
   R1KIT_TRACEBACK=1 r1kit ...                   an error's whole traceback instead of its one line
+  r1kit doctor [--json]                         versions, devices, and which engines/strategies/features run here
 """
 
 
@@ -364,6 +365,12 @@ def cmd_generate(argv: list[str]) -> None:
     _push_result((ns.push_to_hub, ns.private), Path(summary["output"]), "dataset")
 
 
+def cmd_doctor(argv: list[str]) -> None:
+    from r1kit.doctor import main as doctor
+
+    doctor(argv)
+
+
 def _push_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help=f"upload {what} (huggingface_hub)")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
@@ -406,15 +413,19 @@ COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "data": cmd_da
             "serve-gen": cmd_serve_gen, "serve-ref": cmd_serve_ref}
 COMMANDS["chat"] = cmd_chat
 COMMANDS["generate"] = cmd_generate
+COMMANDS["doctor"] = cmd_doctor
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: r1kit {train,sft,eval,data,generate} [RECIPE] [a.b=c ...] | r1kit report RUN_DIR [RUN_DIR ...] | "
-              "r1kit {serve-gen,serve-ref,chat} MODEL [options]\n\n"
+              "r1kit {serve-gen,serve-ref,chat} MODEL [options] | r1kit doctor [--json]\n\n"
               + USAGE)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    if argv[0] == "doctor":  # before the imports below: it reports a torch that fails to import, it does not die of it
+        cmd_doctor(argv[1:])
+        return 0
     from r1kit.rundir import RunStopped
 
     try:

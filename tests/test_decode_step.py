@@ -9,7 +9,7 @@ from transformers.models.llama import modeling_llama
 import r1kit.rollout.decode as decode_module
 import r1kit.rollout.decode_step as decode_step
 from r1kit.rollout.decode import decode
-from r1kit.rollout.kv_cache import new_cache
+from r1kit.rollout.kv_cache import new_cache, with_cache
 
 SHAPE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, vocab_size=40,
              max_position_embeddings=128, pad_token_id=0, eos_token_id=1)
@@ -85,14 +85,14 @@ def test_logits_and_cache_writes_are_bitwise_the_forwards():
     with torch.inference_mode():
         for lean in (False, True):
             cache = new_cache(model, 8)
-            model(input_ids=torch.tensor([[4, 5, 6]] * 2), past_key_values=cache, use_cache=True)
+            model(input_ids=torch.tensor([[4, 5, 6]] * 2), use_cache=True, **with_cache(model, cache))
             ids, position = torch.tensor([[7], [9]]), torch.tensor([[3]] * 2)
             mask = torch.ones(2, 1, 1, 4, dtype=torch.bool)
             if lean:
                 logits.append(decode_step.decode_step_for(model, cache)(ids, mask, position, cache))
             else:
-                logits.append(model(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=cache,
-                                    use_cache=True, logits_to_keep=1).logits[:, -1].float())
+                logits.append(model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True,
+                                    logits_to_keep=1, **with_cache(model, cache)).logits[:, -1].float())
             caches.append(cache)
     assert torch.equal(logits[0], logits[1])
     for a, b in zip(caches[0].layers, caches[1].layers):

@@ -117,7 +117,9 @@ def test_a_missing_package_names_its_extra_before_training(monkeypatch, capsys, 
     from r1kit.cli import main
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == absent else real(name, *a))
+    present = {"tensorboard", "wandb", "matplotlib"} - {absent}  # installed or not here: only `absent` is missing
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == absent else object() if name in present else real(name, *a))
     with pytest.raises(ImportError, match=message):
         require_log_packages(load_recipe(None, overrides).log)
     assert main(["train", *overrides, "model.name_or_path=/nonexistent"]) == 1  # fails before loading the model

