@@ -10,7 +10,7 @@ from r1kit.data.grading import grade
 from r1kit.data.sources import load_rows
 from r1kit.rewards import accuracy_reward, get_reward
 
-gym = pytest.importorskip("reasoning_gym")  # CI installs the extra (.ci/run), so this runs there
+gym = pytest.importorskip("reasoning_gym", reason="reasoning-gym tasks need the extra: pip install -e '.[reasoning-gym]'")
 
 SLOW = pytest.mark.slow  # these tasks' scorers load word lists: 15-40 s each on 2 busy cores
 TASKS = ("word_sorting", "letter_jumble", "caesar_cipher", "number_sorting", "chain_sum", "family_relationships",
