@@ -8,7 +8,9 @@ import pytest
 PACKAGE = Path(__file__).parent.parent / "r1kit"
 # Lower number = lower layer; a module may import only from its own layer or lower ones.
 LAYERS = {
-    "r1kit.config": 0, "r1kit.config_checks": 0, "r1kit.presets": 0, "r1kit.types": 0,
+    "r1kit.config": 0, "r1kit.config_checks": 0, "r1kit.config_ranges": 0, "r1kit.presets": 0, "r1kit.types": 0,
+    "r1kit.tools": 2, "r1kit.producer": 8,
+    "r1kit.rollout.worker": 5,  # a generation process's entry point: it sets the CPU kernel caches as models.load_model does
     "r1kit.data": 1, "r1kit.rewards": 2, "r1kit.rollout": 3, "r1kit.algo": 4, "r1kit.models": 5, "r1kit.model_files": 5,
     "r1kit.logging": 5, "r1kit.distributed": 5, "r1kit.report": 5, "r1kit.trackers": 5, "r1kit.checkpoint": 6,
     "r1kit.forward": 5, "r1kit.prompt_attention": 5, "r1kit.hub": 5, "r1kit.batch": 6, "r1kit.reference": 7, "r1kit.chat": 8, "r1kit.generate": 9,
