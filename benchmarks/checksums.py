@@ -40,7 +40,7 @@ def main() -> None:
     result = {"megabytes": args.mb, "write_seconds_best": round(min(write_seconds), 3),
               "verify_seconds_best": round(min(verify_seconds), 3),
               "verify_gb_per_second": round(args.mb / 1000 / min(verify_seconds), 2), "cpu_count": os.cpu_count(),
-              "machine": "a shared 2-core CPU, busy with other jobs (timings are upper bounds)"}
+              "machine": {"cpus": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()]}}
     print(f"{'MB':>6} {'write s':>8} {'verify s':>9} {'GB/s':>6}")
     print(f"{args.mb:>6} {result['write_seconds_best']:>8} {result['verify_seconds_best']:>9} "
           f"{result['verify_gb_per_second']:>6}")

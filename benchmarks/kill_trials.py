@@ -131,7 +131,7 @@ def main() -> None:
                "identical": sum(r["identical"] for r in rows), "failed": sum(not r["resumed"] for r in rows),
                "incomplete_checkpoints": sum(not r["all_complete"] for r in rows),
                "resumes_killed": sum(r["resume_killed"] for r in rows), "prune_every_step": args.prune,
-               "machine": "2 CPU cores shared with 7 other engineers' jobs (busy)"}
+               "machine": {"cpus": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()]}}
     print(summary)
     name = "kill_trials" + ("-prune" if args.prune else "") + ("-kill-resume" if args.kill_resume else "")
     path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{name}.json"

@@ -184,13 +184,24 @@ def algorithms(data: dict) -> str:
 
 def kill_trials(data: dict) -> str:
     s = data["summary"]
-    rows = [[r["trial"], r["kill_after_s"], ", ".join(r["checkpoints_left"]) or "none",
+    rows = [[r["trial"], r["kill_after_s"] if "kill_after_s" in r else f"step {r['kill_after_step']} + {r['then_s']} s",
+             "yes" if r.get("resume_killed") else "no", ", ".join(r["checkpoints_left"]) or "none",
              "yes" if r["all_complete"] else "no", "yes" if r["identical"] else "no", r["error"]] for r in data["rows"]]
-    return (f"{s['trials']} trials, {s['killed']} killed, {s['identical']} resumed to bit-identical final weights, "
-            f"{s['failed']} failed, {s['incomplete_checkpoints']} incomplete checkpoints "
-            f"(an uninterrupted run took {data['straight_run_seconds']} s).\n\n"
-            + table(["trial", "SIGKILL after (s)", "checkpoints left", "all complete", "final weights identical",
-                     "error"], rows))
+    pruning = " A checkpoint every step, keeping one: kills land in pruning too." if s.get("prune_every_step") else ""
+    return (f"{s['trials']} trials, {s['killed']} killed, {s.get('resumes_killed', 0)} resumes killed during set-up, "
+            f"{s['identical']} resumed to bit-identical final weights, {s['failed']} failed, "
+            f"{s['incomplete_checkpoints']} incomplete checkpoints counted (an uninterrupted run took "
+            f"{data['straight_run_seconds']} s).{pruning}\n\n"
+            + table(["trial", "SIGKILL after", "resume killed too", "checkpoints left", "all complete",
+                     "final weights identical", "error"], rows))
+
+
+def checksums(data: dict) -> str:
+    return ("What a checkpoint's checksums cost (SHA-256 of every file, written with it and verified on resume), "
+            f"for a {data['megabytes']} MB file (SmolLM2-135M's bf16 weights).\n\n"
+            + table(["MB", "write (s)", "verify (s)", "verify GB/s"],
+                    [[data["megabytes"], data["write_seconds_best"], data["verify_seconds_best"],
+                      data["verify_gb_per_second"]]]))
 
 
 def serve_ref_load(data: dict) -> str:
@@ -247,7 +258,7 @@ RENDERERS = {"vs_trl": vs_trl, "learning": learning, "generation": generation, "
              "weight_sync": weight_sync, "weight_transport": weight_transport, "algorithms": algorithms, "kill_trials": kill_trials,
              "serve_ref_load": serve_ref_load, "real_model": real_model, "update_memory": update_memory,
              "packing": packing, "sft_packing": sft_packing,
-             "answer_grading_vs_peers": answer_grading_vs_peers}
+             "answer_grading_vs_peers": answer_grading_vs_peers, "checksums": checksums}
 
 SCRIPTS = {"weight_transport": "weight_sync.py --transports"}  # kinds written by another kind's script
 
