@@ -242,8 +242,9 @@ signal.signal(signal.SIGALRM, stop)
 signal.setitimer(signal.ITIMER_REAL, cfg["timeout_s"])
 _, status = os.waitpid(child, 0)
 signal.setitimer(signal.ITIMER_REAL, 0)
-if os.WIFSIGNALED(status):
-    signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+if os.WIFSIGNALED(status):  # end as the code ended; SIGKILL (the CPU limit's hard end) takes no handler
+    if os.WTERMSIG(status) not in (signal.SIGKILL, signal.SIGSTOP):
+        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
     os.kill(os.getpid(), os.WTERMSIG(status))
 os._exit(os.WEXITSTATUS(status))
 '''
