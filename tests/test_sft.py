@@ -467,8 +467,9 @@ def test_a_step_is_logged_before_its_checkpoint(small_model_dir, tmp_path, monke
 
 
 def test_a_stop_signal_checkpoints_the_step_and_the_run_resumes_exactly(small_model_dir, tmp_path, monkeypatch):
-    """SIGINT after step 1's stop check (raised from its metrics logger): the run stops after the next step,
-    checkpoints it though sft.save_every would not, exits with 130, and a resume ends at the straight run's weights."""
+    """SIGINT raised while step 1 logs its metrics (a step logs, then checks for a stop, then checkpoints): the run
+    stops after step 1, checkpoints it though sft.save_every would not, exits with 130, and a resume ends at the
+    straight run's weights."""
     import signal
 
     from r1kit.logging import MetricsLogger
@@ -486,7 +487,7 @@ def test_a_stop_signal_checkpoints_the_step_and_the_run_resumes_exactly(small_mo
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(MetricsLogger, "log", interrupt_at_step_one)
-    with pytest.raises(RunStopped, match="stopped by SIGINT after step 2; checkpoint .*step-2. Resume with:") as stop:
+    with pytest.raises(RunStopped, match="stopped by SIGINT after step 1; checkpoint .*step-1. Resume with:") as stop:
         run_sft(load_recipe(None, run_overrides(small_model_dir, tmp_path, "t", *common)))
     assert stop.value.exit_code == 130
     monkeypatch.setattr(MetricsLogger, "log", log)
