@@ -183,7 +183,7 @@ RESUMABLE_CHANGES = ("train.max_steps", "train.max_minutes", "train.save_every",
                      "services.", "rollout.generation_batch_size", "rollout.vllm.", "model.device",
                      "rollout.asynchronous.generator_", "rollout.asynchronous.trainer_cores",
                      "rollout.asynchronous.timeout_s", "rollout.asynchronous.max_staleness")
-# How this session starts, not how the run trains: never a change (every resume sets resume_from).
+# How this invocation starts, not how the run trains: never a change (every resume sets resume_from).
 SESSION_SETTINGS = ("train.resume_from", "train.trust_checkpoint")
 
 
