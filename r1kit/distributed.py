@@ -39,8 +39,10 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "false").lower() == "true"
 
 
-def make_accelerator(device: str = "auto", max_grad_norm: float = 1.0) -> Accelerator:
-    """The Accelerator for this launch (single process, DDP, DeepSpeed ZeRO-2/3 or FSDP2), on GPU or CPU."""
+def make_accelerator(device: str = "auto", max_grad_norm: float = 1.0, dtype: str = "float32") -> Accelerator:
+    """The Accelerator for this launch (single process, DDP, DeepSpeed ZeRO-2/3 or FSDP2), on GPU or CPU.
+    ``dtype`` is the recipe's model.dtype: where the launch config leaves precision to the recipe
+    (mixed_precision 'no'), ZeRO-3 holds the weights in it rather than in DeepSpeed's float32."""
     from accelerate.utils import InitProcessGroupKwargs
 
     deepspeed, fsdp = _env_flag("ACCELERATE_USE_DEEPSPEED"), _env_flag("ACCELERATE_USE_FSDP")
@@ -70,6 +72,14 @@ def make_accelerator(device: str = "auto", max_grad_norm: float = 1.0) -> Accele
         ds["gradient_clipping"] = max_grad_norm
         if ds.get("zero_optimization", {}).get("stage") == 3:
             ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True  # final/ is whole
+            if acc.mixed_precision == "no" and dtype in ("bfloat16", "float16"):
+                # ZeRO-3 partitions in float32 unless its bf16/fp16 section is on: a bf16 recipe under the
+                # shipped zero3.yaml then trains and saves bf16 (DeepSpeed keeps float32 master weights in its
+                # optimizer, as open-r1's bf16 ZeRO-3 runs do)
+                ds["bf16" if dtype == "bfloat16" else "fp16"] = {"enabled": True}
+                # transformers' from_pretrained partitions through the config Accelerate registered (a copy made
+                # before this change): register it again, or the model would load in float32
+                acc.state.deepspeed_plugin.set_deepspeed_weakref()
     return acc
 
 

@@ -100,7 +100,7 @@ def setup_run(cfg: Config) -> Run:
     checkpoint's weights and optimizer state back (LoRA adapters included), so every strategy resumes
     the same way.
     """
-    acc = dist.make_accelerator(cfg.model.device, cfg.train.max_grad_norm)
+    acc = dist.make_accelerator(cfg.model.device, cfg.train.max_grad_norm, cfg.model.dtype)
     if not acc.is_main_process:
         console.quiet = True  # one process speaks for the run
     run_dir = cfg.run_dir
@@ -207,8 +207,9 @@ def check_model_strategy(cfg: Config, acc) -> None:
 
 def check_saved_dtype(cfg: Config, acc, model) -> None:
     """The recipe's model.dtype holds under every strategy (GRPO and SFT). DeepSpeed casts the weights to its
-    own precision, float32 unless the launch config's mixed_precision says bf16/fp16, so a bf16 recipe under
-    zero3.yaml would train and save in float32: refused here, after prepare, before anything is written."""
+    own precision; make_accelerator turns ZeRO-3's bf16/fp16 on where the launch config leaves precision to the
+    recipe, so what remains is a launch config whose mixed_precision contradicts the recipe (fp16 for a bf16
+    recipe, bf16 for a float32 one): refused here, after prepare, before anything is written."""
     if cfg.model.load_in_4bit:
         return  # 4-bit weights are packed integers; the compute dtype is bitsandbytes'
     largest = max(acc.unwrap_model(model).parameters(), key=lambda p: getattr(p, "ds_numel", p.numel()))

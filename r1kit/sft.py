@@ -173,7 +173,7 @@ class SFTState:
 
 
 def run_sft(cfg: Config) -> dict:
-    acc = dist.make_accelerator(cfg.model.device, cfg.train.max_grad_norm)
+    acc = dist.make_accelerator(cfg.model.device, cfg.train.max_grad_norm, cfg.model.dtype)
     if not acc.is_main_process:
         console.quiet = True
     resume = resume_point(cfg)  # a fresh run never overwrites another; a resume checks its settings

@@ -145,13 +145,25 @@ def test_prompts_that_do_not_split_evenly_fail_before_anything_is_written(small_
     assert not (tmp_path / "runs" / "t").exists()
 
 
-def test_a_launch_that_would_change_the_recipes_dtype_is_refused(small_model_dir, tmp_path):
-    """zero3.yaml (mixed_precision 'no') makes DeepSpeed hold the weights in float32: a bf16 recipe would train
-    and save in float32, so it is refused on one line, after the strategy is set up, before anything is written."""
+def test_a_bf16_recipe_under_zero3_trains_and_saves_bf16(small_model_dir, tmp_path):
+    """zero3.yaml leaves precision to the recipe (mixed_precision 'no'): DeepSpeed would partition in float32, so
+    r1kit turns its bf16 section on and the recipe's bf16 holds in training and in final/ (the shipped bf16 seed
+    recipes launch with zero3.yaml)."""
     out = launch("zero3", recipe(tmp_path, small_model_dir, model={"dtype": "bfloat16"}), "name=t")
+    assert out.returncode == 0, out.stderr[-3000:]
+    weights = final_weights(tmp_path / "runs" / "t")
+    assert {w.dtype for w in weights.values()} == {torch.bfloat16}
+
+
+def test_a_launch_that_would_change_the_recipes_dtype_is_refused(small_model_dir, tmp_path):
+    """A launch whose mixed_precision contradicts the recipe (bf16 for a float32 recipe) would train and save in
+    bf16, so it is refused on one line, after the strategy is set up, before anything is written."""
+    cmd = [*launch_args("zero3"), "--mixed_precision", "bf16", "-m", "r1kit", "train",
+           str(recipe(tmp_path, small_model_dir, model={"dtype": "float32"})), "name=t"]
+    out = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert out.returncode != 0
     lines = [x for x in out.stderr.splitlines() if "r1kit train: error:" in x]
-    assert lines and "model.dtype=bfloat16, but zero3 holds the weights in float32" in lines[0], out.stderr[-3000:]
+    assert lines and "model.dtype=float32, but zero3 holds the weights in bfloat16" in lines[0], out.stderr[-3000:]
     assert not (tmp_path / "runs" / "t" / "config.yaml").exists()
 
 
