@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from r1kit.config import load_recipe
+from r1kit.recipe import load_recipe
 from r1kit.trainer import train
 
 MODES = {  # name -> overrides of rollout.asynchronous

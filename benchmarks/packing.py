@@ -40,7 +40,7 @@ LAYOUTS = ("padded", "packed", "shared")
 
 
 def tiny(steps: int, layout: str) -> dict:
-    from r1kit.config import load_recipe
+    from r1kit.recipe import load_recipe
     from r1kit.trainer import train
 
     batch_module.PACK_SEQUENCES = layout in ("packed", "shared")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from r1kit.config import load_recipe
+from r1kit.recipe import load_recipe
 from r1kit.data.answers import check_answer, extract_answer
 from r1kit.data.sources import load_rows
 from r1kit.evaluate import evaluate

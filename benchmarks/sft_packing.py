@@ -51,7 +51,7 @@ def build_model(directory: Path) -> None:
 
 def run_r1kit(name: str, model_dir: Path, data: Path, out: Path, batch: int, steps: int, packing: bool,
               max_len: int) -> dict:
-    from r1kit.config import load_recipe
+    from r1kit.recipe import load_recipe
     from r1kit.sft import run_sft
 
     overrides = [f"model.name_or_path={model_dir}", f"output_dir={out}", f"name={name}", f"sft.source={data}",

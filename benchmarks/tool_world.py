@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from r1kit.config import load_recipe
+from r1kit.recipe import load_recipe
 from r1kit.trainer import train
 
 SHOWN = 8  # held-out problems whose completions are recorded

@@ -164,7 +164,7 @@ def matmul_params(model_path: str) -> int:
 
 
 def r1kit_config(spec: dict):
-    from r1kit.config import load_recipe
+    from r1kit.recipe import load_recipe
 
     n = spec["prompts"] * spec["generations"]
     return load_recipe(spec["recipe"], [

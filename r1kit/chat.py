@@ -187,7 +187,7 @@ def chat_sampling(ns, cfg) -> SamplingParams:
 
 def load_chat(ns) -> Chat:
     """The model (and adapter) and tokenizer as the arguments name them, in a new Chat."""
-    from r1kit.config import load_recipe
+    from r1kit.recipe import load_recipe
     from r1kit.logging import quiet_library_progress
     from r1kit.models import load_inference_model, load_tokenizer, pick_device
 

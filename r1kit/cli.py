@@ -48,7 +48,7 @@ def _split_recipe(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def _load(args: list[str], base=None):
-    from r1kit.config import load_recipe
+    from r1kit.recipe import load_recipe
 
     recipe, overrides = _split_recipe(args)
     return load_recipe(recipe, overrides, base=base)
@@ -117,7 +117,7 @@ def cmd_eval(argv: list[str]) -> None:
     if ns.model and "=" in ns.model:  # no model given: the first a.b=c override landed in its place
         ns.overrides, ns.model = [ns.model, *ns.overrides], None
 
-    from r1kit.config import load_recipe
+    from r1kit.recipe import load_recipe
     from r1kit.data.benchmarks import checker_for, extract_for
     from r1kit.data.sources import load_data
     from r1kit.data.templates import prompt_ids
@@ -242,7 +242,8 @@ def cmd_data(argv: list[str]) -> None:
     parser.add_argument("overrides", nargs="*", help="a.b=c recipe overrides (e.g. data.system_prompt=tiny_r1)")
     ns = parser.parse_intermixed_args(argv)
 
-    from r1kit.config import ColumnsCfg, load_recipe
+    from r1kit.config import ColumnsCfg
+    from r1kit.recipe import load_recipe
     from r1kit.data.benchmarks import BENCHMARKS
     from r1kit.data.sources import DataError, load_data
 

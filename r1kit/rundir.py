@@ -15,7 +15,8 @@ import yaml
 
 from r1kit.checkpoint import (ACCELERATOR_DIR, CHECKSUMS, CheckpointError, list_checkpoints, load_trainer_state, resolve_resume,
                               truncate_jsonl, verify_checksums, verify_pickles)
-from r1kit.config import Config, ConfigError, save_config
+from r1kit.config import Config, ConfigError
+from r1kit.recipe import save_config
 from r1kit.config_checks import changed_settings
 from r1kit.logging import console
 

@@ -121,7 +121,7 @@ def test_a_row_may_name_its_answer_type():
 
 def test_training_grades_with_the_sources_checker():
     """run._build_rewards gives accuracy and length the data source's checker, as evaluation uses it."""
-    from r1kit.config import load_recipe
+    from r1kit.recipe import load_recipe
     from r1kit.run import _build_rewards
 
     def checker_of(overrides):

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from r1kit.config import Config, ConfigError, load_recipe, save_config
+from r1kit.config import Config, ConfigError
+from r1kit.recipe import load_recipe, save_config
 
 RECIPES = sorted(p for p in Path(__file__).parent.parent.joinpath("recipes").rglob("*.yaml") if p.parent.name != "accelerate")
 ACCELERATE_CONFIGS = sorted(Path(__file__).parent.parent.joinpath("recipes", "accelerate").glob("*.yaml"))

@@ -7,7 +7,8 @@ import typing
 
 import pytest
 
-from r1kit.config import Config, ConfigError, RewardCfg, load_recipe
+from r1kit.config import Config, ConfigError, RewardCfg
+from r1kit.recipe import load_recipe
 from r1kit.config_ranges import RANGES, Range, range_problem
 
 

@@ -91,7 +91,8 @@ def test_bf16_autocast_generation_stays_close_to_the_fp32_trainer(small_model, t
 
 
 def test_autocast_is_for_the_hf_engine_only():
-    from r1kit.config import ConfigError, load_recipe
+    from r1kit.config import ConfigError
+    from r1kit.recipe import load_recipe
 
     load_recipe(None, ["rollout.autocast=bfloat16"])
     with pytest.raises(ConfigError, match="rollout.autocast=bfloat16 applies to rollout.engine=hf only"):

@@ -18,7 +18,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from r1kit.config import load_recipe
+from r1kit.recipe import load_recipe
 from r1kit.trainer import train
 
 pytestmark = pytest.mark.distributed

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from r1kit.cli import main
-from r1kit.config import ConfigError, load_recipe
+from r1kit.config import ConfigError
+from r1kit.recipe import load_recipe
 from r1kit.generate import generate_data
 
 # the shipped tiny SFT model, HF engine; short runs of the tiny world's training prompts

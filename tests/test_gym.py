@@ -2,7 +2,8 @@
 
 import pytest
 
-from r1kit.config import DataCfg, load_recipe
+from r1kit.config import DataCfg
+from r1kit.recipe import load_recipe
 from r1kit.data.sources import DataError, load_rows
 from r1kit.rewards import get_reward
 

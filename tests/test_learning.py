@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from r1kit.config import load_recipe
+from r1kit.recipe import load_recipe
 from r1kit.trainer import train
 
 RECIPE = Path(__file__).parent.parent / "recipes" / "tiny" / "grpo.yaml"

@@ -11,7 +11,8 @@ import time
 import pytest
 from rich.console import Console
 
-from r1kit.config import ConfigError, load_recipe, to_dict
+from r1kit.config import ConfigError, to_dict
+from r1kit.recipe import load_recipe
 from r1kit.logging import MetricsLogger, PhaseTimer, progress_bar
 from r1kit.trackers import flatten, require_log_packages
 

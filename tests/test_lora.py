@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from r1kit.config import ConfigError, load_recipe
+from r1kit.config import ConfigError
+from r1kit.recipe import load_recipe
 from r1kit.trainer import train
 from test_trainer import cfg_for, weights
 

@@ -12,7 +12,8 @@ import time
 import pytest
 import torch
 
-from r1kit.config import ConfigError, load_recipe
+from r1kit.config import ConfigError
+from r1kit.recipe import load_recipe
 from r1kit.rollout.worker import GenerationWorker, Placement, Request, WorkerError
 from r1kit.trainer import train
 from r1kit.types import SamplingParams

@@ -145,7 +145,7 @@ def test_a_long_completion(smollm2):
 
 def cold_start_then_grpo(model_dir, out_dir, sft_overrides=(), grpo_overrides=()) -> dict:
     """recipes/smollm2/sft.yaml from `model_dir`, then recipes/smollm2/grpo-lora.yaml from its final model."""
-    from r1kit.config import load_recipe
+    from r1kit.recipe import load_recipe
     from r1kit.sft import run_sft
     from r1kit.trainer import train
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from r1kit.config import load_recipe
+from r1kit.recipe import load_recipe
 
 RECIPES = Path(__file__).parent.parent / "recipes"
 

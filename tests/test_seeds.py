@@ -38,7 +38,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from r1kit.config import ConfigError, load_recipe
+from r1kit.config import ConfigError
+from r1kit.recipe import load_recipe
 from test_distributed import free_port
 from test_model_files import smollm2_installed
 

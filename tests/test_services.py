@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from r1kit.batch import make_batch
-from r1kit.config import ConfigError, load_recipe
+from r1kit.config import ConfigError
+from r1kit.recipe import load_recipe
 from r1kit.data.templates import build_messages, encode_prompt
 from r1kit.reference import LocalReference, RemoteReference
 from r1kit.rollout.hf import HFEngine

@@ -15,7 +15,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from r1kit.config import ConfigError, load_recipe
+from r1kit.config import ConfigError
+from r1kit.recipe import load_recipe
 from r1kit.data import chat
 from r1kit.data.chat import IGNORE, Sample
 from r1kit.data.sources import DataError, load_rows

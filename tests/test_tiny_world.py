@@ -3,7 +3,7 @@ step-by-step working is strong, direct answers are weak, and greedy decoding mos
 
 import pytest
 
-from r1kit.config import load_recipe
+from r1kit.recipe import load_recipe
 from r1kit.data.sources import load_rows
 from r1kit.models import load_model, load_tokenizer
 from r1kit.sft import sft_eval

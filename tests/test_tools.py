@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1kit.config import ConfigError, ToolCfg, load_recipe
+from r1kit.config import ConfigError, ToolCfg
+from r1kit.recipe import load_recipe
 from r1kit.tools.calculator import calculator
 from r1kit.tools.calls import check_call_format, parse_calls
 from r1kit.tools.registry import Toolbox, load_toolbox, tool_from_function

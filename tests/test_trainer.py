@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from r1kit.config import load_recipe
+from r1kit.recipe import load_recipe
 from r1kit.trainer import train
 
 FAST = ["train.batch_size=8", "rollout.num_generations=4", "train.micro_batch_size=4", "rollout.max_completion_length=12",

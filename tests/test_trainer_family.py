@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from r1kit.config import PRESET_KNOBS, ConfigError, load_recipe
+from r1kit.config import PRESET_KNOBS, ConfigError
+from r1kit.recipe import load_recipe
 from r1kit.trainer import train
 from test_trainer import cfg_for, weights
 

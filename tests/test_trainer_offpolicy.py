@@ -4,7 +4,8 @@ and their config keys (TRL's names, the asynchronous default, the checks)."""
 import pytest
 import torch
 
-from r1kit.config import ConfigError, load_recipe, to_dict
+from r1kit.config import ConfigError, to_dict
+from r1kit.recipe import load_recipe
 from r1kit.config_checks import changed_settings
 from r1kit.trainer import train
 from test_trainer import cfg_for, weights

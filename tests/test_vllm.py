@@ -154,7 +154,7 @@ def test_direct_weight_sync_in_process(tiny):
 
 def test_make_engine_syncs_the_policy_at_start(tmp_path, tiny):
     """make_engine builds vLLM from the recipe's model, then loads the policy's weights (a resumed run's)."""
-    from r1kit.config import load_recipe
+    from r1kit.recipe import load_recipe
     from r1kit.run import make_engine
 
     path, tok, model = tiny
@@ -177,7 +177,7 @@ def test_grpo_with_vllm_learns_like_hf(tmp_path):
     import json
     from pathlib import Path
 
-    from r1kit.config import load_recipe
+    from r1kit.recipe import load_recipe
     from r1kit.trainer import train
 
     recipe = Path(__file__).parent.parent / "recipes" / "tiny" / "grpo-vllm.yaml"

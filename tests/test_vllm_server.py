@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from r1kit.batch import completion_logprobs, make_batch
-from r1kit.config import load_recipe
+from r1kit.recipe import load_recipe
 from r1kit.data.tasks import arith_split
 from r1kit.data.templates import build_messages, encode_prompt
 from r1kit.models import load_model, load_tokenizer, resolve_model_path
