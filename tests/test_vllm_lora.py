@@ -66,12 +66,15 @@ def logprob_gap(a, b) -> float:
 def test_adapter_sync_equals_merged_sync_after_training_steps(engine, policy):
     path, tok, model = policy
     rows = task_rows(tok)
+    ids = []
     for step in range(2):
         engine.lora_sync = "adapter"
         with merging_fails(model):
             engine.update_weights(model)  # first, or after merged weights: the base goes too
+            ids.append(engine.lora_request.lora_int_id)
             train_step(model, tok)  # an optimizer step moves the adapters; the engine follows by the adapter alone
             engine.update_weights(model)
+            ids.append(engine.lora_request.lora_int_id)
         adapter_bytes = engine.sync_bytes[-1]
         adapter = sum(t.numel() * t.element_size() for t in lora_sync.export_adapter(model)[0].values())
         assert adapter < adapter_bytes < adapter + 16384  # the tensors, the safetensors header (names), the config
@@ -90,6 +93,7 @@ def test_adapter_sync_equals_merged_sync_after_training_steps(engine, policy):
         assert [c.token_ids for c in sampled] == [c.token_ids for c in merged_sampled]  # same seeds, same tokens
         assert logprob_gap(sampled, merged_sampled) <= TOLERANCE
     engine.lora_sync = "adapter"
+    assert len(set(ids)) == len(ids) == 4  # a merged sync in between does not restart the ids vLLM caches by
 
 
 def test_a_stale_adapter_would_be_caught(engine, policy):

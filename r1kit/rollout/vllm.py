@@ -40,8 +40,8 @@ import time
 
 import torch
 
-from r1kit.rollout.hf import eos_ids
 from r1kit.rollout import lora_sync
+from r1kit.rollout.hf import eos_ids
 from r1kit.rollout.weights import export_state_dict, save_weights, unwrap
 from r1kit.types import Completion, SamplingParams
 
@@ -111,6 +111,7 @@ class VLLMEngine:
         self.sync_seconds: list[float] = []  # one entry per update_weights call
         self.sync_bytes: list[int] = []  # what each update_weights call wrote for vLLM to load
         self.lora_request = None  # the adapter version generation asks for (lora_sync adapter)
+        self.adapter_versions = 0  # never reused: vLLM keys its adapter and prefix caches by id
         self.base_synced = False  # the engine holds the policy's base weights (lora_sync adapter)
 
     def _set_env(self) -> dict:
@@ -193,7 +194,8 @@ class VLLMEngine:
         by id), added now so a bad adapter fails the sync, not the next generate; the previous one removed."""
         from vllm.lora.request import LoRARequest
 
-        version = (self.lora_request.lora_int_id if self.lora_request else 0) + 1
+        self.adapter_versions += 1
+        version = self.adapter_versions
         directory = os.path.join(self.adapters_dir, f"policy-v{version}")
         sent = lora_sync.save_adapter(*lora_sync.export_adapter(model), directory)
         request = LoRARequest(f"policy-v{version}", version, directory)
