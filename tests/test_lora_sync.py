@@ -278,3 +278,16 @@ def test_a_server_without_lora_gets_merged_weights_with_a_notice(lora_policy, ca
     assert [p for p, _ in server.posts] == ["/r1kit/update_weights"] and engine.adapter_name is None
     with pytest.raises(ConfigError, match="started without LoRA"):
         RemoteEngine(server, "tiny", tok, policy=model, lora_sync_mode="adapter")
+
+
+def test_processes_that_do_not_push_ask_the_server_for_the_adapter_name(lora_policy):
+    from r1kit.rollout.remote import RemoteEngine
+
+    tok, model = lora_policy
+    server = FakeServer()
+    main = RemoteEngine(server, "tiny", tok, policy=model)
+    other = RemoteEngine(server, "tiny", tok, policy=model, pushes=False)
+    main.update_weights(model)
+    other.update_weights(model)  # after the barrier, in a real run
+    assert other.adapter_name == main.adapter_name and other.sync_bytes == [0]
+    assert len(server.posts) == 2  # the main process's base and adapter only

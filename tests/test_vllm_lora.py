@@ -145,3 +145,43 @@ def test_server_adapter_sync_matches_the_trainer(lora_server, policy):
     assert engine.sync_bytes[1] == body and engine.sync_bytes[0] > 10 * body  # base once, then adapters
     info = engine.client.get("/r1kit/info")
     assert info["adapter"] == engine.adapter_name and info["max_lora_rank"] == 8
+
+
+def test_a_lora_run_samples_from_the_adapter_it_trains(tmp_path, monkeypatch):
+    """The recipe path: model.lora.sync left at auto, rollout.engine=vllm; no sync merges, and the engine's
+    logprobs stay the trainer's at every step (the adapter it samples from is the one being trained)."""
+    import json
+    from pathlib import Path
+
+    from peft.tuners.tuners_utils import BaseTuner
+
+    from r1kit.config import load_recipe
+    from r1kit.trainer import train
+
+    monkeypatch.setattr(BaseTuner, "merge_adapter", lambda *a, **k: pytest.fail("a sync merged"))
+    recipe = Path(__file__).parent.parent / "recipes" / "tiny" / "grpo-vllm.yaml"
+    cfg = load_recipe(recipe, [f"output_dir={tmp_path}", "train.max_steps=3", "data.eval_size=8", "log.progress=false",
+                               "train.save_every=0", "model.lora.enabled=true", "model.lora.r=8",
+                               "train.learning_rate=1e-3"])
+    assert cfg.model.lora.sync == "auto"
+    train(cfg)
+    metrics = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3 and max(m["engine/logprob_gap_max"] for m in metrics) < 1e-4
+
+
+def test_direct_weight_sync_with_an_adapter(policy):
+    """weight_sync=direct (vLLM in this process): the base goes as tensors, the adapter still as PEFT files."""
+    from r1kit.rollout.vllm import VLLMEngine
+
+    path, tok, model = policy
+    eng = VLLMEngine(path, tok, VllmCfg(kv_cache_gb=1, max_model_len=512, weight_sync="direct"), seed=0,
+                     policy=model, lora_sync_mode="adapter")
+    try:
+        with merging_fails(model):
+            eng.update_weights(model)
+            train_step(model, tok)
+            eng.update_weights(model)
+        assert eng.sync_bytes[-1] * 10 < eng.sync_bytes[0]
+        assert sample(eng, model, tok, task_rows(tok), 1.0)[1] <= TOLERANCE
+    finally:
+        eng.close()
