@@ -205,11 +205,14 @@ def test_the_adapter_route_keeps_one_adapter(lora_policy, tmp_path):
     assert engine.events == [("add", 1), ("add", 2), "pause", ("remove", 1), "resume"]
     assert list(models.lora_requests) == ["policy-v2"] and not (tmp_path / "adapters" / "policy-v1").exists()
     assert loader.info() == {"max_lora_rank": 16, "adapter": "policy-v2"}
+    loader.max_upload_bytes = len(body) - 1
     for name, chunks, declared, status in (("../x", _one(body), None, 400), ("base", _one(body), None, 400),
-                                           ("policy-v3", _one(body), 1 << 31, 413)):
+                                           ("policy-v3", _one(body), len(body), 413),  # declared too big
+                                           ("policy-v3", _one(body), None, 413)):  # too big as it arrives
         with pytest.raises(AdapterError) as err:
             asyncio.run(loader.load(name, chunks, declared))
         assert err.value.status == status
+    loader.max_upload_bytes = 1 << 30
     with pytest.raises(ValueError, match="not an adapter upload"):
         asyncio.run(loader.load("policy-v3", _one(b"junk"), 4))
     assert not (tmp_path / "adapters" / "policy-v3").exists() and loader.info()["adapter"] == "policy-v2"

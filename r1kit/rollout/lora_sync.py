@@ -35,6 +35,9 @@ from pathlib import Path
 
 import torch
 
+from r1kit.config import ConfigError
+from r1kit.rollout.weights import unwrap
+
 log = logging.getLogger("r1kit.rollout.lora_sync")
 
 MODES = ("auto", "adapter", "merged")
@@ -106,8 +109,6 @@ def resolve(mode: str, config: dict | None, where: str, load_in_4bit: bool = Fal
     if not why:
         return "adapter"
     if mode == "adapter":
-        from r1kit.config import ConfigError
-
         raise ConfigError(f"model.lora.sync=adapter: {where} cannot serve this adapter: {'; '.join(why)}; "
                           "set model.lora.sync=merged (or auto) to merge it into the weights every sync")
     log.warning("r1kit: model.lora.sync=auto: %s syncs merged weights, not the adapter: %s", where, "; ".join(why))
@@ -116,8 +117,6 @@ def resolve(mode: str, config: dict | None, where: str, load_in_4bit: bool = Fal
 
 def quantized(model) -> bool:
     """The policy's base weights are bitsandbytes-quantized (QLoRA)."""
-    from r1kit.rollout.weights import unwrap
-
     model = unwrap(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return bool(getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False))
@@ -129,8 +128,6 @@ def quantized(model) -> bool:
 def adapter_config(model) -> dict | None:
     """The policy's active LoRA config as adapter_config.json's dict (as peft's save_pretrained: sets become
     lists, enums their values), or None when the model has no peft adapter."""
-    from r1kit.rollout.weights import unwrap
-
     model = unwrap(model)
     configs = getattr(model, "peft_config", None)
     if not configs or not hasattr(model, "get_base_model"):
@@ -144,8 +141,6 @@ def adapter_config(model) -> dict | None:
 def export_adapter(model) -> tuple[dict[str, torch.Tensor], str]:
     """({PEFT adapter name: detached CPU tensor}, adapter_config.json's text) of `model`'s active adapter."""
     from peft import get_peft_model_state_dict
-
-    from r1kit.rollout.weights import unwrap
 
     model = unwrap(model)
     tensors = {k: t.detach().to("cpu").contiguous() for k, t in get_peft_model_state_dict(model).items()}
@@ -175,20 +170,24 @@ def save_adapter(tensors: dict[str, torch.Tensor], config_json: str, directory: 
 
 
 def unpack_adapter(body: bytes, directory: str | Path) -> int:
-    """adapter_bytes' inverse, on the server: writes PEFT's two files into `directory`; returns the tensors'
-    count. Raises ValueError for a body that is not an adapter upload."""
-    from safetensors import safe_open
-    from safetensors.torch import load
-
+    """adapter_bytes' inverse: writes PEFT's two files into `directory`; returns the tensors' count."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / ADAPTER_FILE
-    target.write_bytes(body)
+    (directory / ADAPTER_FILE).write_bytes(body)
+    return finish_upload(directory)
+
+
+def finish_upload(directory: str | Path) -> int:
+    """On the server, after an upload was written to directory/adapter_model.safetensors: writes its
+    adapter_config.json from the file's metadata; returns the tensors' count. Raises ValueError for a file
+    that is not an adapter upload."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
     try:
-        with safe_open(str(target), "pt") as f:
-            metadata = f.metadata() or {}
+        with safe_open(str(directory / ADAPTER_FILE), "pt") as f:
+            metadata, count = f.metadata() or {}, len(list(f.keys()))
         config = json.loads(metadata[ADAPTER_CONFIG_KEY])
-        count = len(load(body))
     except Exception as e:  # safetensors' own errors, a missing key, bad JSON: all one refusal
         raise ValueError(f"not an adapter upload (a safetensors file with {ADAPTER_CONFIG_KEY!r} "
                          f"metadata): {type(e).__name__}: {e}") from None

@@ -24,7 +24,7 @@ import shutil
 import time
 from pathlib import Path
 
-from r1kit.rollout.lora_sync import unpack_adapter
+from r1kit.rollout.lora_sync import ADAPTER_FILE, finish_upload
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # also a directory name: no separators, no leading dot
 
@@ -62,14 +62,10 @@ class AdapterLoader:
         async with self.updater.lock:
             if self.current is not None and self.current.lora_name == name:  # a client's retry: loaded already
                 return {"adapter": name, "lora_int_id": self.current.lora_int_id, "repeated": True, "seconds": 0.0}
-            body = bytearray()
-            async for chunk in chunks:
-                body.extend(chunk)
-                if len(body) > self.max_upload_bytes:
-                    raise AdapterError(413, f"adapter body over {self.max_upload_bytes} bytes (--max-upload-gb)")
             target = self.directory / name
             try:
-                tensors = await asyncio.to_thread(unpack_adapter, bytes(body), target)
+                await self._receive(chunks, target / ADAPTER_FILE)
+                tensors = await asyncio.to_thread(finish_upload, target)
                 request = await self._register(name, target)
             except BaseException:
                 shutil.rmtree(target, ignore_errors=True)
@@ -78,6 +74,17 @@ class AdapterLoader:
             self.current = request
         return {"adapter": name, "lora_int_id": request.lora_int_id, "tensors": tensors,
                 "seconds": time.perf_counter() - start}
+
+    async def _receive(self, chunks, target: Path) -> None:
+        """The body, streamed to `target` (never whole in memory), at most max_upload_bytes."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        size = 0
+        with open(target, "wb") as f:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > self.max_upload_bytes:
+                    raise AdapterError(413, f"adapter body over {self.max_upload_bytes} bytes (--max-upload-gb)")
+                f.write(chunk)
 
     async def _register(self, name: str, path: Path):
         from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
