@@ -265,12 +265,14 @@ def sft_packing(data: dict) -> str:
 
 
 RENDERERS = {"vs_trl": vs_trl, "learning": learning, "generation": generation, "memory": memory,
-             "weight_sync": weight_sync, "weight_transport": weight_transport, "lora_sync": lora_sync, "algorithms": algorithms, "kill_trials": kill_trials,
+             "weight_sync": weight_sync, "weight_transport": weight_transport, "lora_sync": lora_sync,
+             "algorithms": algorithms, "kill_trials": kill_trials,
              "serve_ref_load": serve_ref_load, "real_model": real_model, "update_memory": update_memory,
              "packing": packing, "sft_packing": sft_packing,
              "answer_grading_vs_peers": answer_grading_vs_peers, "checksums": checksums}
 
-SCRIPTS = {"weight_transport": "weight_sync.py --transports", "lora_sync": "weight_sync.py --lora-sync"}  # kinds written by another kind's script
+# kinds written by another kind's script
+SCRIPTS = {"weight_transport": "weight_sync.py --transports", "lora_sync": "weight_sync.py --lora-sync"}
 
 
 def render_file(path: Path) -> str:

@@ -9,8 +9,9 @@ Per step:
 - ``update_weights``: with a LoRA policy and ``model.lora.sync`` adapter, the adapter alone goes to
   /r1kit/load_lora_adapter under a new name per version, which ``generate`` then asks for as its
   ``model`` (the base weights go once, as below, and again when the server reports another weights
-  version: r1kit.rollout.lora_sync). Otherwise the new weights go to the server (``services.weight_transfer``): ``http`` POSTs
-  the safetensors bytes (works across nodes, no shared disk), ``path`` writes them to
+  version: r1kit.rollout.lora_sync). Otherwise the new weights go to the server
+  (``services.weight_transfer``): ``http`` POSTs the safetensors bytes (works across nodes, no
+  shared disk), ``path`` writes them to
   ``services.shared_dir`` and sends the path (a shared filesystem: one copy less), ``collective``
   broadcasts them in a process group of this process and the server's workers, HTTP keeping the
   control (r1kit.rollout.transport; docs/weight-sync.md). The server reloads them in place and
@@ -168,7 +169,8 @@ class RemoteEngine:
                     self.sender.send(bucket, part, parts)
                     sent += sum(t.numel() * t.element_size() for t in bucket.values())
                 elif self.pushes:
-                    size, answer = self._push(bucket, f"?update={update}&part={part}&parts={parts}" if parts > 1 else "")
+                    query = f"?update={update}&part={part}&parts={parts}" if parts > 1 else ""
+                    size, answer = self._push(bucket, query)
                     sent, version = sent + size, answer.get("weights_version", version)
         if self.sender is not None:
             answer = self.sender.end()

@@ -97,7 +97,8 @@ class AdapterLoader:
         return models.lora_requests[name]
 
     async def _drop(self, request) -> None:
-        """Unregister `request`'s name, remove it from the engine (generation paused: no request holds it), delete it."""
+        """Unregister `request`'s name, remove it from the engine (generation paused: no request holds it),
+        delete its files."""
         if request is None:
             return
         from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
