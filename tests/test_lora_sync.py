@@ -78,6 +78,10 @@ def test_resolve_serves_merges_with_a_notice_or_refuses(caplog):
         lora_sync.resolve("adapter", dora, "engine X")
     with pytest.raises(ConfigError, match="--enable-lora --max-lora-rank 16"):
         lora_sync.resolve("adapter", PLAIN, "the server", server_lora=False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="r1kit.rollout.lora_sync"):  # the engine's own reason
+        assert lora_sync.resolve("auto", PLAIN, "engine X", engine_reasons=["sleep mode"]) == "merged"
+    assert "sleep mode" in caplog.text
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,9 @@ and ``validate_legal``) and ``config/lora.py`` (``MaxLoRARanks``): modules_to_sa
 bias != "none", initialisations that change the base weights (PiSSA, OLoRA, LoftQ, ...),
 layer_replication, and ranks above 512. Embedding and output-head targets are also merged: vLLM
 adapts them per model class, if at all, and r1kit's tests cover the decoder's linear layers only.
-QLoRA (a 4-bit base on the trainer) merges as before: the engine's base is not the trainer's.
+QLoRA (a 4-bit base on the trainer) merges as before: the engine's base is not the trainer's. So does
+in-process vLLM with GPU sleep mode: its level-2 sleep discards the base weights every step, so they
+would travel every sync anyway (sleep level 1 would keep them; untested here, no GPU).
 
 The base weights: the engine starts from the model's files, which are the frozen base, but a server
 outlives runs and may hold another run's weights. So the first adapter sync also sends the base
@@ -92,11 +94,12 @@ def adapter_blockers(config: dict, load_in_4bit: bool = False, server_max_rank: 
 
 
 def resolve(mode: str, config: dict | None, where: str, load_in_4bit: bool = False,
-            server_max_rank: int | None = None, server_lora: bool = True) -> str:
+            server_max_rank: int | None = None, server_lora: bool = True, engine_reasons: list[str] = ()) -> str:
     """'adapter' or 'merged' for model.lora.sync=`mode` and a policy whose adapter config is `config`
     (None: no LoRA, so 'merged', the full-weight path). auto merges with a notice naming why; adapter raises.
 
-    where: the engine, for the messages; server_lora: the server was started with LoRA enabled.
+    where: the engine, for the messages; server_lora: the server was started with LoRA enabled;
+    engine_reasons: why the engine's own settings make the adapter path pointless (they count as blockers).
     """
     if mode not in MODES:
         raise ValueError(f"model.lora.sync must be one of {MODES}, got {mode!r}")
@@ -106,6 +109,7 @@ def resolve(mode: str, config: dict | None, where: str, load_in_4bit: bool = Fal
     if not server_lora:
         why.insert(0, "the generation server was started without LoRA (add `--enable-lora --max-lora-rank "
                       f"{engine_rank(max_rank(config)) or max_rank(config)}` to `r1kit serve-gen`)")
+    why += list(engine_reasons)
     if not why:
         return "adapter"
     if mode == "adapter":

@@ -22,8 +22,8 @@ LoRA (``model.lora.sync``, r1kit.rollout.lora_sync): with ``adapter`` the engine
 ``enable_lora`` and receives, per sync, the PEFT adapter alone: written to a versioned directory in
 the private temp directory and added as ``LoRARequest("policy-vK", K, dir)``; generation asks for
 it, and the previous version is removed from the engine and the disk, so one adapter is held. The
-base weights are loaded once (and after every level-2 sleep, which discards them); nothing is
-merged on the trainer. ``merged`` (or an adapter vLLM cannot serve) loads merged weights as above.
+base weights are loaded once; nothing is merged on the trainer. GPU sleep mode (level 2) discards
+the base every step, so with it ``auto`` merges (notice) and ``adapter`` is refused. ``merged`` (or an adapter vLLM cannot serve) loads merged weights as above.
 
 Sleep mode (GPU): after sampling, the engine sleeps at level 2 (KV cache and weights freed, so
 training gets the memory back); ``update_weights`` wakes the weights, loads the new ones, then
@@ -76,8 +76,10 @@ class VLLMEngine:
             log.warning("r1kit: vLLM sleep mode is not available on vLLM's CPU build (its sleep/wake are no-ops); "
                         "the KV cache stays allocated between steps")
         adapter = lora_sync.adapter_config(policy)
+        sleeps = ["rollout.vllm.sleep_mode: a GPU sleep discards the base weights, so they would travel every "
+                  "sync (set sleep_mode=false to sync the adapter alone)"] if self.sleep_mode else []
         self.lora_sync = lora_sync.resolve(lora_sync_mode, adapter, "rollout.engine=vllm",
-                                           load_in_4bit=lora_sync.quantized(policy))
+                                           load_in_4bit=lora_sync.quantized(policy), engine_reasons=sleeps)
         kwargs = dict(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
                       logprobs_mode="processed_logprobs", max_model_len=vllm_cfg.max_model_len,
                       enforce_eager=vllm_cfg.enforce_eager, enable_prefix_caching=True,
