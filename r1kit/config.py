@@ -42,6 +42,10 @@ class LoraCfg:
     # module names to adapt, or "all-linear" (every linear layer but the output head, as peft defines it)
     target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     save: Literal["merged", "adapter"] = "merged"  # final/ and checkpoints: merged weights, or the PEFT adapter alone
+    # how a vLLM engine (rollout.engine vllm or server) receives the policy: adapter: the adapter alone, served by
+    # vLLM's LoRA support (refused when vLLM cannot serve it); merged: merged into full weights every sync;
+    # auto: adapter when vLLM can serve it, else merged with a notice saying why (docs/weight-sync.md)
+    sync: Literal["auto", "adapter", "merged"] = "auto"
 
 
 @dataclass

@@ -36,6 +36,10 @@ def validate(cfg: Config) -> None:
          f"{cfg.model.lora.target_modules!r}"),
         (not cfg.model.load_in_4bit or cfg.model.lora.enabled,
          "model.load_in_4bit (QLoRA) trains adapters on a frozen 4-bit base: set model.lora.enabled=true"),
+        (cfg.model.lora.sync != "adapter" or (cfg.model.lora.enabled and r.engine in ("vllm", "server")),
+         "model.lora.sync=adapter sends the LoRA adapter to a vLLM engine: it needs model.lora.enabled=true and "
+         f"rollout.engine vllm or server (got lora.enabled={cfg.model.lora.enabled}, engine={r.engine}; the hf "
+         "engine samples from the policy itself)"),
         (r.autocast == "none" or r.engine == "hf",
          f"rollout.autocast={r.autocast} applies to rollout.engine=hf only (vLLM: rollout.vllm's dtype), got {r.engine}"),
         (r.engine == "hf" or not (cfg.model.gguf_file or cfg.model.name_or_path.endswith(".gguf")

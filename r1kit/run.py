@@ -320,7 +320,7 @@ def _single_turn_engine(cfg: Config, model, tokenizer, acc=None):
         from r1kit.rollout.vllm import VLLMEngine
 
         vllm_engine = VLLMEngine(resolve_model_path(cfg.model.name_or_path), tokenizer, cfg.rollout.vllm,
-                                 dtype=cfg.model.dtype, seed=cfg.seed, policy=model)
+                                 dtype=cfg.model.dtype, seed=cfg.seed, policy=model, lora_sync_mode=cfg.model.lora.sync)
         vllm_engine.update_weights(model)
         return vllm_engine
     if engine == "server":
@@ -330,7 +330,8 @@ def _single_turn_engine(cfg: Config, model, tokenizer, acc=None):
                               stop_ids=eos_ids(getattr(model, "module", model), tokenizer),
                               pushes=acc is None or acc.is_main_process, barrier=acc.wait_for_everyone if acc else None,
                               bucket_mb=s.weight_bucket_mb, gatherer=dist.weights_gatherer(acc) if acc else LOCAL,
-                              transport_address=s.transport_address)
+                              transport_address=s.transport_address, lora_sync_mode=cfg.model.lora.sync,
+                              policy=model)
         remote.update_weights(model)
         return remote
     raise ValueError(f"rollout.engine={engine!r} is not available; expected 'hf', 'vllm' or 'server'")

@@ -48,8 +48,9 @@ def wait_until_up(proc: subprocess.Popen, url: str, route: str, log: Path, what:
 class GenServer:
     """`r1kit serve-gen` in its own process group (so stopping it stops vLLM's workers too)."""
 
-    def __init__(self, model: str, port: int, log: Path, weights_root: Path | None = None):
+    def __init__(self, model: str, port: int, log: Path, weights_root: Path | None = None, extra: tuple = ()):
         self.model, self.port, self.log, self.weights_root = model, port, log, weights_root
+        self.extra = list(extra)  # further vLLM flags
         self.url = f"http://127.0.0.1:{port}"
         self.proc = None
 
@@ -57,7 +58,8 @@ class GenServer:
         env = {**os.environ, "R1KIT_SERVICE_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "r1kit.cli", "serve-gen", self.model, "--port", str(self.port), "--kv-cache-gb",
-             "1", *(["--weights-root", str(self.weights_root)] if self.weights_root else []), "--", "--enforce-eager", "--dtype", "float32", "--max-model-len", "512"],
+             "1", *(["--weights-root", str(self.weights_root)] if self.weights_root else []), "--", "--enforce-eager", "--dtype", "float32", "--max-model-len", "512",
+             *self.extra],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
         wait_until_up(self.proc, self.url, "/r1kit/info", self.log, "serve-gen", timeout)
         return self

@@ -159,6 +159,16 @@ def weight_transport(data: dict) -> str:
             + table(["model", "transport", "pushed MB", "part MB", "sync", "vs http"], rows))
 
 
+def lora_sync(data: dict) -> str:
+    rows = [[r["model"], r["engine"], r["sync"], num(r["mb_per_sync"], 1), ms(r["sync_s"]),
+             f"{r['speedup_vs_merged']:.1f}x", f"{num(r['first_sync_mb'], 0)} MB, {ms(r['first_sync_s'])} ms"]
+            for r in data["rows"]]
+    load = f"; load average {data['load_average'][0]:.1f} at the end" if data.get("load_average") else ""
+    return (f"{data['dtype']}, LoRA {data['lora']}, median of {data['syncs']} syncs after the first; times in ms"
+            f"{load}.\n\n"
+            + table(["model", "engine", "model.lora.sync", "MB per sync", "sync", "vs merged", "first sync"], rows))
+
+
 def answer_grading_vs_peers(data: dict) -> str:
     cols = ["r1kit", "typed", "symbolic", "mathverify"]
     rows = [[r["task"], r["completions"], *(r[c] for c in cols)] for r in data["tasks"]]
@@ -255,12 +265,14 @@ def sft_packing(data: dict) -> str:
 
 
 RENDERERS = {"vs_trl": vs_trl, "learning": learning, "generation": generation, "memory": memory,
-             "weight_sync": weight_sync, "weight_transport": weight_transport, "algorithms": algorithms, "kill_trials": kill_trials,
+             "weight_sync": weight_sync, "weight_transport": weight_transport, "lora_sync": lora_sync,
+             "algorithms": algorithms, "kill_trials": kill_trials,
              "serve_ref_load": serve_ref_load, "real_model": real_model, "update_memory": update_memory,
              "packing": packing, "sft_packing": sft_packing,
              "answer_grading_vs_peers": answer_grading_vs_peers, "checksums": checksums}
 
-SCRIPTS = {"weight_transport": "weight_sync.py --transports"}  # kinds written by another kind's script
+# kinds written by another kind's script
+SCRIPTS = {"weight_transport": "weight_sync.py --transports", "lora_sync": "weight_sync.py --lora-sync"}
 
 
 def render_file(path: Path) -> str:

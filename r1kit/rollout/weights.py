@@ -4,7 +4,8 @@ Both vLLM layouts (in-process and server) receive the trainer's weights after ev
 as a flat ``{name: tensor}`` in the checkpoint format ``save_pretrained`` writes, so vLLM's own
 ``load_weights`` maps them to its fused layers. Two traps, measured:
 
-- a LoRA model is merged first (vLLM serves the merged weights; adapters are not reloaded per step);
+- a LoRA model is merged first when it is synced merged (``model.lora.sync``; r1kit.rollout.lora_sync
+  sends the adapter alone and the base weights once);
 - with tied embeddings ``save_pretrained`` drops ``lm_head.weight``, and a vLLM reload then keeps
   the old head silently, so the head is always written out explicitly.
 
@@ -36,11 +37,12 @@ def unwrap(model):
     return getattr(model, "module", model)  # DDP / accelerate wrapper
 
 
-def export_state_dict(model) -> dict[str, torch.Tensor]:
-    """{checkpoint name: detached CPU-or-device tensor} of `model`, LoRA merged, lm_head included."""
+def export_state_dict(model, merge_lora: bool = True) -> dict[str, torch.Tensor]:
+    """{checkpoint name: detached CPU-or-device tensor} of `model`, lm_head included; LoRA merged, or with
+    merge_lora=False its base weights alone (the adapter travels on its own, r1kit.rollout.lora_sync)."""
     model = unwrap(model)
     if hasattr(model, "peft_config") and hasattr(model, "merge_adapter"):
-        return _merged_lora_state(model)
+        return _merged_lora_state(model) if merge_lora else base_state(model)
     state = {name: t.detach() for name, t in model.state_dict().items()}
     return _with_head(model, state)
 
@@ -49,15 +51,22 @@ def _merged_lora_state(model) -> dict[str, torch.Tensor]:
     """Merge the adapters into the base weights, copy them out under the base model's names, unmerge."""
     model.merge_adapter()
     try:
-        base = model.get_base_model()
-        state = {}
-        for name, t in base.state_dict().items():
-            if "lora_" in name:
-                continue
-            state[name.replace(".base_layer.", ".")] = t.detach().clone()
-        return _with_head(base, state)
+        return base_state(model, copy=True)
     finally:
         model.unmerge_adapter()
+
+
+def base_state(model, copy: bool = False) -> dict[str, torch.Tensor]:
+    """A PEFT model's base weights (merged or not, as they stand) under the base model's checkpoint names,
+    head included, adapters left out: what a LoRA-serving engine holds beside the adapter (lora_sync).
+    copy: clone each tensor (a merged state is unmerged right after)."""
+    base = unwrap(model).get_base_model()
+    state = {}
+    for name, t in base.state_dict().items():
+        if "lora_" in name:
+            continue
+        state[name.replace(".base_layer.", ".")] = t.detach().clone() if copy else t.detach()
+    return _with_head(base, state)
 
 
 def _with_head(model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -112,17 +121,17 @@ def plan_buckets(sizes: dict[str, int], max_bytes: int) -> list[list[str]]:
     return buckets
 
 
-def export_buckets(model, max_bytes: int, gatherer: Gatherer = LOCAL,
-                   keep: bool = True) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
+def export_buckets(model, max_bytes: int, gatherer: Gatherer = LOCAL, keep: bool = True,
+                   merge_lora: bool = True) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
     """(part, parts, {name: tensor}) for part = 1..parts: together export_state_dict(model), split by plan_buckets.
 
     Sharded tensors are made whole one load unit at a time and copied to the CPU; keep=False (ranks that
     only take part in the gathers) yields empty dicts. A LoRA model is merged and exported at once, as
-    export_state_dict does (LoRA is never sharded here).
+    export_state_dict does (LoRA is never sharded here); merge_lora=False: its base weights alone.
     """
     model = unwrap(model)
     if hasattr(model, "peft_config") and hasattr(model, "merge_adapter"):
-        tensors, gatherer = _merged_lora_state(model), LOCAL
+        tensors, gatherer = export_state_dict(model, merge_lora), LOCAL
     else:
         tensors = _with_head(model, dict(model.state_dict(keep_vars=True)))
     sizes = {name: gatherer.numel(t) * t.element_size() for name, t in tensors.items()}

@@ -31,6 +31,10 @@ variable --token-env names; R1KIT_SERVICE_TOKEN by default) every route but /hea
 versions, which left /invocations (completions, SageMaker-style), /tokenize and others open. We do not use vLLM's dev mode
 (VLLM_SERVER_DEV_MODE=1): its /collective_rpc route runs any worker method for any caller.
 
+A LoRA adapter (``model.lora.sync: adapter``) goes to POST /r1kit/load_lora_adapter?name=NAME instead
+(r1kit.serve.adapters; the server needs vLLM's ``--enable-lora --max-lora-rank R``) and is generated
+with as ``"model": NAME``.
+
 The collective transport (``services.weight_transfer: collective``) adds /r1kit/transport/{init,begin,end}
 (r1kit.serve.transport): the tensors travel as packed broadcasts in a process group of the trainer and
 the vLLM workers (every worker runs r1kit's worker extension, --worker-extension-cls), HTTP keeps the
@@ -205,9 +209,10 @@ def parse_part(query) -> tuple[str, int, int] | None:
     return update, int(index), int(parts)
 
 
-def build_router(served_name: str, updater_of, collective_of=None):
+def build_router(served_name: str, updater_of, collective_of=None, adapters_of=None):
     """/r1kit routes; `updater_of(request)` gives the app's WeightUpdater, `collective_of(request)` its
-    CollectiveUpdates (None: no transport routes). The token is TokenMiddleware's job."""
+    CollectiveUpdates (None: no transport routes), `adapters_of(request)` its AdapterLoader (None: no
+    adapter route). The token is TokenMiddleware's job."""
     from fastapi import APIRouter, HTTPException, Request
 
     router = APIRouter()
@@ -220,6 +225,8 @@ def build_router(served_name: str, updater_of, collective_of=None):
         if collective_of is not None:
             collective = collective_of(request)
             answer.update(workers=collective.workers, transport_group=collective.group)
+        if adapters_of is not None:
+            answer.update(adapters_of(request).info())
         return answer
 
     @router.post("/r1kit/update_weights")
@@ -242,6 +249,10 @@ def build_router(served_name: str, updater_of, collective_of=None):
         from r1kit.serve.transport import add_routes
 
         add_routes(router, collective_of)
+    if adapters_of is not None:
+        from r1kit.serve.adapters import add_route
+
+        add_route(router, adapters_of)
     return router
 
 
@@ -252,6 +263,7 @@ async def _serve(args, served_name: str, token: str | None, weights_root: str | 
     from vllm.entrypoints.launchers.app import build_app
     from vllm.entrypoints.launchers.launcher import serve_http, setup_server
 
+    from r1kit.serve.adapters import AdapterLoader
     from r1kit.serve.transport import CollectiveUpdates
 
     listen_address, sock = setup_server(args, reuse_port=False)
@@ -261,7 +273,10 @@ async def _serve(args, served_name: str, token: str | None, weights_root: str | 
         app = build_app(args, supported_tasks, engine_client.model_config)
         updater = WeightUpdater(engine_client, weights_dir, weights_root, max_upload_bytes)
         collective = CollectiveUpdates(engine_client, updater)
-        app.include_router(build_router(served_name, lambda request: updater, lambda request: collective))
+        adapters = AdapterLoader(engine_client, lambda: app.state.openai_serving_models, updater, weights_dir,
+                                 served_name, max_upload_bytes)
+        app.include_router(build_router(served_name, lambda request: updater, lambda request: collective,
+                                        lambda request: adapters))
         if token:
             # vLLM 0.32's build_app has already built Starlette's middleware stack, and add_middleware refuses
             # a built one; dropped here, it is rebuilt at the first request with TokenMiddleware outermost
