@@ -99,6 +99,15 @@ def test_a_lag_one_server_run_killed_and_resumed_equals_the_uninterrupted_run(se
     assert [m["step"] for m in metrics(tmp_path / "resumed")] == [1, 2, 3, 4]
 
 
+def test_the_thread_pushes_through_the_collective_transport_the_same_weights_as_over_http(server, tmp_path):
+    """The thread shares the engine's transport group, formed on the training thread when the engine was built."""
+    common = ["train.max_steps=3", "eval.after=false", *lagged(1)]
+    train(run_cfg(server, tmp_path / "http", *common))
+    train(run_cfg(server, tmp_path / "collective", *common, "services.weight_transfer=collective"))
+    assert same_weights(tmp_path / "http", tmp_path / "collective")
+    assert [m["async/staleness_max"] for m in metrics(tmp_path / "collective")] == [0.0, 1.0, 1.0]
+
+
 def test_a_server_that_dies_stops_the_generation_thread_with_one_line_naming_it(server, tmp_path):
     """Last in the module: it kills the module's server."""
     from r1kit.config import ModelCfg
