@@ -76,7 +76,7 @@ def test_a_fixed_lag_batch_is_sampled_from_exactly_its_version_and_each_version_
         # evaluation samples from the newest version (3), after the batches queued before it
         assert {c.token_ids[0] for c in gen.engine_view().generate([[5]], 1, SamplingParams(2))} == {3}
         gen.settle()
-        assert engine.pushed == [1, 2, 3] and gen.snapshots == {}
+        assert engine.pushed == [1, 2, 3] and gen.snapshots == {}  # pushed snapshots are not kept
     finally:
         gen.close()
     assert engine.barrier == "a barrier"  # the run's engine itself is unchanged (the thread has its own view)
@@ -88,6 +88,7 @@ def test_bounded_staleness_samples_from_the_newest_version_published():
     try:
         for version in (0, 1, 2):
             gen.publish(Policy(version), version)
+        assert sorted(gen.snapshots) == [1, 2]  # version 0 is on the server already: no copy
         gen.submit(request(1, 1, exact=False))
         assert gen.receive("batch 1")[1] == 2 and engine.pushed == [2]  # 1 is skipped: 2 is newer
         gen.submit(request(2, 1, exact=False))

@@ -108,6 +108,16 @@ def test_the_thread_pushes_through_the_collective_transport_the_same_weights_as_
     assert [m["async/staleness_max"] for m in metrics(tmp_path / "collective")] == [0.0, 1.0, 1.0]
 
 
+def test_bounded_staleness_on_the_server_holds_its_bound(server, tmp_path):
+    bounded = ["rollout.asynchronous.mode=bounded", "rollout.asynchronous.max_staleness=1",
+               "rollout.asynchronous.timeout_s=120", "train.max_steps=4", "eval.after=false"]
+    train(run_cfg(server, tmp_path, *bounded))
+    lines = metrics(tmp_path)
+    assert [m["async/batch"] for m in lines] == [1, 2, 3, 4]
+    assert all(m["async/staleness_max"] <= 1 for m in lines) and lines[0]["async/staleness_max"] == 0
+    assert any(m["async/staleness_max"] == 1 for m in lines)  # batches were generated ahead, from older weights
+
+
 def test_a_server_that_dies_stops_the_generation_thread_with_one_line_naming_it(server, tmp_path):
     """Last in the module: it kills the module's server."""
     from r1kit.config import ModelCfg

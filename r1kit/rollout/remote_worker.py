@@ -95,6 +95,8 @@ class ServerGenerator:
     def publish(self, model, version: int) -> None:
         """Copy `model`'s weights as `version` (on the calling thread: a sharded model's gathers stay here)."""
         self._check("take weights")
+        if version <= self.held:  # the server has it already (the start or resumed weights the engine pushed)
+            return
         snapshot = Snapshot(model)
         with self.cond:
             self.snapshots[version] = snapshot
