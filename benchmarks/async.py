@@ -14,6 +14,17 @@ accuracy after the same number of steps (mean over seeds), and the training minu
 accuracy first reached --target (the sum of time/step up to that evaluation). Targets (issue 27): lag 1
 >= 1.6x steps/s, final accuracy within 3 points of sync, time to 90% >= 1.4x shorter.
 Writes benchmarks/results/async.json. Timings depend on the machine being otherwise idle.
+
+With a vLLM server as the generator (rollout.engine=server, r1kit.rollout.remote_worker): start
+`r1kit serve-gen builtin:tiny-sft -- --dtype float32` on its own cores (taskset -c 1 on a 2-core CPU) and run
+the benchmark on the others (taskset -c 0), then
+
+    python benchmarks/async.py --server-url http://127.0.0.1:8000 --modes server-sync server-lag1 \
+        --out benchmarks/results/async-server.json
+
+"server-sync" is the synchronous loop with the server (generate, then train, then push), "server-lag1"
+fixed lag 1 (the server samples step t+1 while the trainer trains step t; a thread pushes); their speed-up
+is against server-sync.
 """
 
 from __future__ import annotations
@@ -38,13 +49,21 @@ MODES = {  # name -> overrides of rollout.asynchronous
     "lag2": ["mode=fixed_lag", "lag=2"],
     "bounded2": ["mode=bounded", "max_staleness=2"],
     "sync-one-process": ["mode=sync"],
+    "server-sync": ["mode=sync"],  # rollout.engine=server at --server-url
+    "server-lag1": ["mode=fixed_lag", "lag=1"],
 }
+LOCAL_MODES = [m for m in MODES if not m.startswith("server-")]
 
 
 def run_one(mode: str, seed: int, args) -> dict:
-    placed = [] if mode == "sync-one-process" else [
-        f"rollout.asynchronous.generator_cores=[{args.generator_core}]",
-        f"rollout.asynchronous.trainer_cores=[{args.trainer_core}]"]
+    if mode.startswith("server-"):  # placed by the server's and the benchmark's own taskset
+        if not args.server_url:
+            raise SystemExit(f"mode {mode} needs --server-url (a running `r1kit serve-gen`)")
+        placed = ["rollout.engine=server", f"services.generation_url={args.server_url}"]
+    else:
+        placed = [] if mode == "sync-one-process" else [
+            f"rollout.asynchronous.generator_cores=[{args.generator_core}]",
+            f"rollout.asynchronous.trainer_cores=[{args.trainer_core}]"]
     name = f"bench-async-{mode}-seed{seed}"
     overrides = [f"seed={seed}", f"name={name}", f"output_dir={args.output_dir}", "log.progress=false",
                  "log.report=false", f"train.max_steps={args.steps}", f"eval.every={args.eval_every}",
@@ -78,8 +97,8 @@ def aggregate(runs: list[dict]) -> dict:
                        "minutes_to_target": statistics.mean(reached) if len(reached) == len(rs) else None,
                        "seeds_reaching_target": len(reached),
                        "staleness_mean": statistics.mean(r["staleness_mean"] for r in rs)}
-    base = table.get("sync")
-    for row in table.values():
+    for mode, row in table.items():
+        base = table.get("server-sync" if mode.startswith("server-") else "sync")
         row["speedup"] = base["median_s_per_step"] / row["median_s_per_step"] if base else None
         row["accuracy_vs_sync"] = (row["accuracy_after"] - base["accuracy_after"]
                                    if base and None not in (row["accuracy_after"], base["accuracy_after"]) else None)
@@ -99,7 +118,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--target", type=float, default=0.9, help="held-out greedy accuracy for time-to-target")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--modes", nargs="+", default=LOCAL_MODES, choices=list(MODES))
+    parser.add_argument("--server-url", default=None, help="a running `r1kit serve-gen` for the server-* modes")
     parser.add_argument("--generator-core", type=int, default=1)
     parser.add_argument("--trainer-core", type=int, default=0)
     parser.add_argument("--output-dir", default="runs/bench")

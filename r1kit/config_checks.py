@@ -121,9 +121,14 @@ def _async_checks(cfg: Config) -> list[tuple[bool, str]]:
         (a.timeout_s > 0, f"rollout.asynchronous.timeout_s must be > 0, got {a.timeout_s}"),
         (all(c >= 0 for c in a.generator_cores + a.trainer_cores),
          "rollout.asynchronous.generator_cores and trainer_cores must be CPU numbers >= 0"),
-        (not on or r.engine == "hf",
+        (not on or r.engine in ("hf", "server"),
          f"rollout.asynchronous.mode={a.mode} with rollout.engine={r.engine} is not available yet: asynchronous "
-         "generation runs in a generation worker with the HF engine (rollout.engine=hf)"),
+         "generation runs in a generation worker with the HF engine (rollout.engine=hf) or on the vLLM server "
+         "(rollout.engine=server)"),
+        # the server's cores and threads are set where `r1kit serve-gen` starts, not by the trainer
+        (not on or r.engine != "server" or not (a.generator_cores or a.generator_threads),
+         "rollout.asynchronous.generator_cores and generator_threads place the generation worker of rollout.engine="
+         "hf; with rollout.engine=server generation runs where `r1kit serve-gen` was started: leave them unset"),
         # tools (multi-turn rollouts) run in the trainer's engine, not in the generation worker; getattr: the tools
         # section is merged from another branch
         (not on or not getattr(cfg, "tools", None),

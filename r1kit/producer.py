@@ -1,4 +1,4 @@
-"""Where a step's completions come from: sampled now (synchronous), or by a generation worker ahead of the trainer.
+"""Where a step's completions come from: sampled now (synchronous), or ahead of the trainer (a worker or the server).
 
 The loop asks `batches.next(step)` for step t's (rows, completions, scored, sampling metrics) and calls
 `batches.publish(model, step)` after its update; which source is behind it (rollout.asynchronous.mode)
@@ -33,6 +33,7 @@ from r1kit.config import AlgoCfg
 from r1kit.logging import PhaseTimer
 from r1kit.rewards import RewardState, combine, reward_inputs
 from r1kit.rewards.registry import RewardResult
+from r1kit.rollout.remote_worker import ServerGenerator
 from r1kit.rollout.worker import GenerationWorker, Placement, Request, pin
 from r1kit.run import Run, sampling_params, step_prompt_indices
 from r1kit.types import Completion
@@ -72,7 +73,8 @@ class SyncBatches:
 
 
 class AsyncBatches(SyncBatches):
-    """Batches from a generation worker (r1kit.rollout.worker) that runs ahead of the trainer."""
+    """Batches generated ahead of the trainer: by a generation worker process (r1kit.rollout.worker, the HF
+    engine), or by the vLLM server with a thread here pushing weights and waiting (r1kit.rollout.remote_worker)."""
 
     def __init__(self, run: Run, timer: PhaseTimer):
         cfg, acc = run.cfg, run.accelerator
@@ -91,12 +93,18 @@ class AsyncBatches(SyncBatches):
         self.next_request = max(self.ready, default=self.next_batch - 1) + 1
         self.dropped = 0
         self.trainer_before = pin(tuple(a.trainer_cores), 0)
+        self.remote = cfg.rollout.engine == "server"
         try:
-            self.worker = GenerationWorker(
-                run.model, run.tokenizer, {"generation_batch_size": cfg.rollout.generation_batch_size,
-                                           "autocast": cfg.rollout.autocast},
-                Placement(tuple(a.generator_cores), a.generator_threads),
-                num_slots=self.ahead + 1 if self.fixed else 2, timeout_s=a.timeout_s)
+            if self.remote:  # the server samples; a thread here pushes and waits (r1kit.rollout.remote_worker)
+                self.worker = ServerGenerator(run.engine, self.start_version, timeout_s=a.timeout_s)
+                # evaluation samples through the thread's queue, from the trainer's newest version
+                self.server_engine, run.engine = run.engine, self.worker.engine_view()
+            else:
+                self.worker = GenerationWorker(
+                    run.model, run.tokenizer, {"generation_batch_size": cfg.rollout.generation_batch_size,
+                                               "autocast": cfg.rollout.autocast},
+                    Placement(tuple(a.generator_cores), a.generator_threads),
+                    num_slots=self.ahead + 1 if self.fixed else 2, timeout_s=a.timeout_s)
         except BaseException:
             self._restore_placement()
             raise
@@ -125,8 +133,9 @@ class AsyncBatches(SyncBatches):
         return rows, completions, scored, metrics
 
     def publish(self, model, step: int) -> None:
-        self.worker.publish(model, step)  # version `step`: the copy into shared memory, nothing more
-        self.run.engine.update_weights(model)  # the trainer's own engine (evaluation)
+        self.worker.publish(model, step)  # version `step`: a copy (shared memory, or a snapshot), nothing more
+        if not self.remote:
+            self.run.engine.update_weights(model)  # the trainer's own engine (evaluation)
 
     def in_flight(self) -> dict:
         """Every requested batch, finished (waiting for the worker), with its version: the checkpoint's share."""
@@ -140,7 +149,16 @@ class AsyncBatches(SyncBatches):
         worker = getattr(self, "worker", None)
         if worker is not None:
             worker.close()
+        if getattr(self, "server_engine", None) is not None:
+            self.run.engine, self.server_engine = self.server_engine, None
         self._restore_placement()
+
+    def __exit__(self, exc_type, *exc):
+        try:
+            if exc_type is None and self.remote:  # the final evaluation samples from the server: the newest weights
+                self.worker.settle()
+        finally:
+            self.close()
 
     # ------------------------------------------------ requests and arrivals
 

@@ -228,17 +228,24 @@ def _check_strategy(cfg: Config, acc) -> None:
     if cfg.rollout.engine == "server" and dist.is_sharded(acc) and strategy not in ("zero3", "fsdp2"):
         raise ConfigError(f"rollout.engine=server with {strategy} is not supported (the weight push gathers ZeRO-3 or "
                           "FSDP2 shards one layer at a time); use recipes/accelerate/zero3.yaml or fsdp2.yaml")
-    _check_async(cfg.rollout.asynchronous, strategy)
+    _check_async(cfg.rollout.asynchronous, strategy, cfg.rollout.engine)
     if cfg.rollout.engine == "vllm" and acc.num_processes > 1:
         raise ConfigError("rollout.engine=vllm (colocated) runs in one process; with several training processes use "
                           "rollout.engine=server (every rank samples from one `r1kit serve-gen`) or hf")
 
 
-def _check_async(a, strategy: str) -> None:
+def _check_async(a, strategy: str, engine: str = "hf") -> None:
     """Asynchronous generation: a strategy whose every rank holds whole weights (each rank's worker copies its
-    own), and cores this process may use (a cgroup or taskset may hold fewer)."""
+    own), one process with the server, and cores this process may use (a cgroup or taskset may hold fewer)."""
     if a.mode == "sync":
         return
+    if engine == "server" and strategy != "single":
+        # every rank would wait for the server to hold its batch's version, and the main rank could push the next
+        # one only once every rank had sampled: cross-rank coordination the background thread cannot do with the
+        # trainer's collectives (r1kit.rollout.remote_worker)
+        raise ConfigError(f"rollout.asynchronous.mode={a.mode} with rollout.engine=server runs in one training process "
+                          f"(strategy {strategy} has several); with several processes use rollout.engine=hf (DDP, "
+                          "each rank its own generation worker) or rollout.asynchronous.mode=sync with the server")
     if strategy not in ("single", "ddp"):
         raise ConfigError(f"rollout.asynchronous.mode={a.mode} with strategy {strategy} is not supported yet: it runs "
                           "on one process or under DDP (recipes/accelerate/ddp.yaml), each rank with its own "

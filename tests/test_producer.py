@@ -104,9 +104,16 @@ def test_bounded_staleness_holds_its_bound_and_a_smaller_bound_drops_what_is_old
 
 
 def test_async_generation_refuses_what_it_does_not_support(small_model_dir, tmp_path):
-    with pytest.raises(ConfigError, match="rollout.engine=server is not available yet"):
+    with pytest.raises(ConfigError, match="rollout.engine=vllm is not available yet"):
+        cfg_for(small_model_dir, tmp_path, "rollout.asynchronous.mode=fixed_lag", "rollout.engine=vllm")
+    with pytest.raises(ConfigError, match="generator_cores and generator_threads place the generation worker"):
         cfg_for(small_model_dir, tmp_path, "rollout.asynchronous.mode=fixed_lag", "rollout.engine=server",
-                "services.generation_url=http://127.0.0.1:1")
+                "services.generation_url=http://127.0.0.1:1", "rollout.asynchronous.generator_cores=[0]")
+    from r1kit.config import AsyncCfg
+    from r1kit.run import _check_async
+
+    with pytest.raises(ConfigError, match="rollout.engine=server runs in one training process .strategy ddp"):
+        _check_async(AsyncCfg(mode="fixed_lag"), "ddp", "server")
     with pytest.raises(ConfigError, match="dynamic sampling"):
         cfg_for(small_model_dir, tmp_path, "rollout.asynchronous.mode=bounded", "algo.loss_type=dapo")
     with pytest.raises(ConfigError, match="rollout.asynchronous.lag must be >= 0"):
