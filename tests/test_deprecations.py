@@ -49,6 +49,7 @@ def test_a_deprecated_argument_r1kit_passes_to_a_model_is_an_error(monkeypatch, 
     assert logits.shape == (1, small_model.config.vocab_size) and cache.get_seq_length() == len(prompts[0])
 
 
+@pytest.mark.slow  # a whole `r1kit train` in a subprocess
 def test_r1kit_train_prints_no_warning(small_model_dir, tmp_path):
     """A user's `r1kit train` shows no Python warning nor transformers' deprecation notices (-W default: every
     warning once, DeprecationWarnings included)."""

@@ -105,6 +105,7 @@ def test_resume_after_a_kill_writes_exactly_the_uninterrupted_rows(reference, tm
     assert summary["rows_written"] == 24 and summary["session"]["prompts"] == 6 - confirmed
 
 
+@pytest.mark.slow  # a generate run killed and rerun in subprocesses
 def test_sigkill_then_rerun_gives_the_uninterrupted_rows(tmp_path):
     overrides = [*BASE, "generate.limit=40", "generate.keep=correct"]
     killed = tmp_path / "killed.jsonl"

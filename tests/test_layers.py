@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).parent.parent / "r1kit"
 LAYERS = {
     "r1kit.config": 0, "r1kit.config_checks": 0, "r1kit.recipe": 0, "r1kit.config_ranges": 0, "r1kit.presets": 0, "r1kit.types": 0,
     "r1kit.tools": 2, "r1kit.producer": 8,
+    "r1kit.rollout.remote_worker": 5,  # the producer's generator on a server: the worker's requests and errors
     "r1kit.rollout.worker": 5,  # a generation process's entry point: it sets the CPU kernel caches as models.load_model does
     "r1kit.data": 1, "r1kit.rewards": 2, "r1kit.rollout": 3, "r1kit.algo": 4, "r1kit.models": 5, "r1kit.model_files": 5,
     "r1kit.logging": 5, "r1kit.distributed": 5, "r1kit.report": 5, "r1kit.trackers": 5, "r1kit.checkpoint": 6,

@@ -9,7 +9,8 @@ import logging
 import pytest
 import torch
 
-from r1kit.config import ConfigError, LoraCfg, ModelCfg, load_recipe
+from r1kit.config import ConfigError, LoraCfg, ModelCfg
+from r1kit.recipe import load_recipe
 from r1kit.models import apply_lora, load_model, load_tokenizer, resolve_model_path
 from r1kit.rollout import lora_sync
 from r1kit.rollout.weights import export_state_dict

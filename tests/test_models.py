@@ -61,6 +61,7 @@ def test_importing_r1kit_imports_no_torch():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
+@pytest.mark.slow  # fresh interpreters importing torch
 def test_loading_a_model_bounds_the_cpu_kernel_caches_unless_the_user_chose():
     # oneDNN's per-shape kernel caches grew without bound on RL's ever-new sequence lengths (r1kit.models)
     code = ("import os; from r1kit.config import ModelCfg; from r1kit.models import load_model, build_tiny_tokenizer; "

@@ -49,6 +49,7 @@ def test_lag_zero_in_the_worker_is_bitwise_the_synchronous_run(lora, small_model
     assert [m["async/staleness_max"] for m in lag0] == [0.0, 0.0, 0.0]
 
 
+@pytest.mark.slow  # kills and resumes a lag-1 run (about a minute)
 def test_a_lag_one_run_killed_and_resumed_trains_the_batches_in_flight(small_model_dir, tmp_path):
     """Step 3 of a lag-1 run trains a batch sampled from version 1; the checkpoint after step 2 holds it."""
     straight = tmp_path / "straight"
@@ -132,6 +133,7 @@ def _worker(model, tokenizer, timeout_s=60.0):
     return worker
 
 
+@pytest.mark.slow  # waits out a hung worker's timeout
 def test_a_worker_that_dies_or_hangs_stops_the_trainer_with_its_name(small_model, tiny_tokenizer):
     request = Request(batch=1, prompts=[[1, 2, 3]], n=2, sampling=SamplingParams(8, seed=1), version=0, exact=True)
     worker = _worker(small_model, tiny_tokenizer)
@@ -159,6 +161,7 @@ def test_a_worker_that_dies_or_hangs_stops_the_trainer_with_its_name(small_model
         worker.close()
 
 
+@pytest.mark.slow  # waits out the worker's timeout
 def test_a_worker_asked_for_weights_it_never_gets_reports_it(small_model, tiny_tokenizer):
     worker = GenerationWorker(small_model, tiny_tokenizer, {}, Placement(), num_slots=2, timeout_s=8.0)
     try:
@@ -183,6 +186,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow  # a trainer and its worker in subprocesses
 def test_a_trainer_killed_with_sigkill_leaves_no_worker(tmp_path):
     script = tmp_path / "trainer.py"
     script.write_text(ORPHAN)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import r1kit
-from r1kit.config import load_recipe
+from r1kit.recipe import load_recipe
 from r1kit.rollout.http import ServiceClient, ServiceError
 from r1kit.trainer import train
 from test_distributed import free_port

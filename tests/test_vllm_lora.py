@@ -155,7 +155,7 @@ def test_a_lora_run_samples_from_the_adapter_it_trains(tmp_path, monkeypatch):
 
     from peft.tuners.tuners_utils import BaseTuner
 
-    from r1kit.config import load_recipe
+    from r1kit.recipe import load_recipe
     from r1kit.trainer import train
 
     monkeypatch.setattr(BaseTuner, "merge_adapter", lambda *a, **k: pytest.fail("a sync merged"))
