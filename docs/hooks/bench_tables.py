@@ -264,12 +264,25 @@ def sft_packing(data: dict) -> str:
             + table(["setup", "tokens/s", "pad share", "final loss"], rows))
 
 
+def asynchronous(data: dict) -> str:
+    """benchmarks/async.py: every mode's median s/step, speed-up over sync, accuracy and time to the target."""
+    a = data["argv"]
+    rows = [[mode, num(r["median_s_per_step"], 2), num(r["speedup"], 2), pct(r["accuracy_after"]),
+             num(r["staleness_mean"], 2), num(r["minutes_to_target"], 1) or "not reached",
+             num(r["time_to_target_speedup"], 2)] for mode, r in data["table"].items()]
+    return (f"{a['steps']} steps, seeds {a['seeds']}; generator on core {a['generator_core']}, trainer on core "
+            f"{a['trainer_core']}.\n\n"
+            + table(["mode", "median s/step", "speed-up over sync", "held-out greedy after", "mean staleness",
+                     f"minutes to {pct(a['target'])}", "time-to-target speed-up"], rows))
+
+
 RENDERERS = {"vs_trl": vs_trl, "learning": learning, "generation": generation, "memory": memory,
              "weight_sync": weight_sync, "weight_transport": weight_transport, "lora_sync": lora_sync,
              "algorithms": algorithms, "kill_trials": kill_trials,
              "serve_ref_load": serve_ref_load, "real_model": real_model, "update_memory": update_memory,
              "packing": packing, "sft_packing": sft_packing,
-             "answer_grading_vs_peers": answer_grading_vs_peers, "checksums": checksums}
+             "answer_grading_vs_peers": answer_grading_vs_peers, "checksums": checksums,
+             "async": asynchronous}
 
 # kinds written by another kind's script
 SCRIPTS = {"weight_transport": "weight_sync.py --transports", "lora_sync": "weight_sync.py --lora-sync"}
