@@ -55,7 +55,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "machine": {"cpus": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()]},
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "recipe": args.recipe, "overrides": args.overrides, **result,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "recipe": args.recipe,
+        "overrides": args.overrides, **result,
         "completions_before": before, "completions_after": after}, indent=2))
     print(f"wrote {out}")
 

@@ -265,8 +265,8 @@ def tool_world(data: dict) -> str:
                      ["answers that call the tool", pct(data["tool_share_before"]), pct(data["tool_share_after"])]])
     shown = [[code(b["question"]), b["answer"], code(b["completion"]), code(a["completion"])]
              for b, a in zip(data["completions_before"], data["completions_after"])]
-    return (f"`{data['recipe']}`, overrides: {overrides}. {data['steps']} GRPO steps in {data['wall_seconds'] / 60:.1f} minutes "
-            f"(training {data['train_wall_seconds'] / 60:.1f}), rewarded for correctness only.\n\n{summary}\n\n"
+    return (f"`{data['recipe']}`, overrides: {overrides}. {data['steps']} GRPO steps in "
+            f"{data['wall_seconds'] / 60:.1f} minutes (training {data['train_wall_seconds'] / 60:.1f}), rewarded for correctness only.\n\n{summary}\n\n"
             "Greedy completions of the first held-out problems, before and after:\n\n"
             + table(["question", "answer", "before", "after"], shown))
 
