@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import shutil
 import time
 from pathlib import Path
@@ -54,8 +54,9 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "torch": torch.__version__, "recipe": args.recipe, "overrides": args.overrides, **result,
+        "machine": {"cpus": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()]},
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "recipe": args.recipe,
+        "overrides": args.overrides, **result,
         "completions_before": before, "completions_after": after}, indent=2))
     print(f"wrote {out}")
 

@@ -276,13 +276,28 @@ def asynchronous(data: dict) -> str:
                      f"minutes to {pct(a['target'])}", "time-to-target speed-up"], rows))
 
 
+def tool_world(data: dict) -> str:
+    def code(text: str) -> str:  # a completion as one code span: tags and tool messages shown as written
+        return "`" + text.replace("`", "'").replace("\n", " ") + "`"
+
+    overrides = ", ".join(f"`{o}`" for o in data["overrides"]) or "none"
+    summary = table(["held-out greedy", "before", "after"],
+                    [["accuracy", pct(data["accuracy_before"]), pct(data["accuracy_after"])],
+                     ["answers that call the tool", pct(data["tool_share_before"]), pct(data["tool_share_after"])]])
+    shown = [[code(b["question"]), b["answer"], code(b["completion"]), code(a["completion"])]
+             for b, a in zip(data["completions_before"], data["completions_after"])]
+    return (f"`{data['recipe']}`, overrides: {overrides}. {data['steps']} GRPO steps in "
+            f"{data['wall_seconds'] / 60:.1f} minutes (training {data['train_wall_seconds'] / 60:.1f}), rewarded for correctness only.\n\n{summary}\n\n"
+            "Greedy completions of the first held-out problems, before and after:\n\n"
+            + table(["question", "answer", "before", "after"], shown))
+
 RENDERERS = {"vs_trl": vs_trl, "learning": learning, "generation": generation, "memory": memory,
              "weight_sync": weight_sync, "weight_transport": weight_transport, "lora_sync": lora_sync,
              "algorithms": algorithms, "kill_trials": kill_trials,
              "serve_ref_load": serve_ref_load, "real_model": real_model, "update_memory": update_memory,
              "packing": packing, "sft_packing": sft_packing,
              "answer_grading_vs_peers": answer_grading_vs_peers, "checksums": checksums,
-             "async": asynchronous}
+             "async": asynchronous, "tool_world": tool_world}
 
 # kinds written by another kind's script
 SCRIPTS = {"weight_transport": "weight_sync.py --transports", "lora_sync": "weight_sync.py --lora-sync"}
