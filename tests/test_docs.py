@@ -159,6 +159,10 @@ def test_the_readme_headline_numbers_are_those_of_the_results_files():
     assert (f"greedy {100 * real['before']['greedy_accuracy']:.1f}% -> {100 * real['after']['greedy_accuracy']:.1f}%, "
             f"sampled pass@1 {100 * real['before']['sampled_pass1']:.1f}% -> "
             f"{100 * real['after']['sampled_pass1']:.1f}%") in README
+    tools = load("tool_world.json")
+    assert (f"held-out greedy {100 * tools['accuracy_before']:.1f}% -> {100 * tools['accuracy_after']:.1f}%, answers that "
+            f"call the calculator {100 * tools['tool_share_before']:.0f}% -> {100 * tools['tool_share_after']:.0f}%, in "
+            f"{tools['wall_seconds'] / 60:.1f} min") in README
     kills = load("kill_trials.json")["summary"]
     assert f"{kills['identical']} of {kills['trials']} runs end bit-identical" in README
 
