@@ -16,7 +16,14 @@ from r1kit.models import apply_lora, load_model, load_tokenizer, resolve_model_p
 from r1kit.rollout import lora_sync
 from r1kit.types import SamplingParams
 from test_lora_sync import train_step
-from test_vllm import TOLERANCE, task_rows
+from test_vllm import TOLERANCE as MERGED_TOLERANCE
+from test_vllm import task_rows
+
+# vLLM applies an adapter as its own LoRA kernel (x A B added to the base layer's output), the trainer as PEFT's
+# forward: the same sum in another order, so the fp32 gap is wider than with merged weights and grows as the
+# module's shared policy is trained by each test (measured 1e-5 to 5.2e-5, against ~1e-5 merged); the LoRA GRPO
+# run below holds its steps to the same bound
+TOLERANCE = 5 * MERGED_TOLERANCE
 
 pytestmark = pytest.mark.vllm
 
@@ -102,7 +109,7 @@ def test_a_stale_adapter_would_be_caught(engine, policy):
     engine.lora_sync = "adapter"
     engine.update_weights(model)
     train_step(model, tok, lr=0.5)
-    assert sample(engine, model, tok, task_rows(tok), 1.0)[1] > 100 * TOLERANCE
+    assert sample(engine, model, tok, task_rows(tok), 1.0)[1] > 100 * MERGED_TOLERANCE
 
 
 def test_an_adapter_vllm_cannot_serve_is_refused_before_vllm_starts(policy):
@@ -166,7 +173,7 @@ def test_a_lora_run_samples_from_the_adapter_it_trains(tmp_path, monkeypatch):
     assert cfg.model.lora.sync == "auto"
     train(cfg)
     metrics = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert len(metrics) == 3 and max(m["engine/logprob_gap_max"] for m in metrics) < 1e-4
+    assert len(metrics) == 3 and max(m["engine/logprob_gap_max"] for m in metrics) <= TOLERANCE
 
 
 def test_direct_weight_sync_with_an_adapter(policy):
