@@ -37,6 +37,8 @@ USAGE = """examples:
   r1kit train|sft ... --push-to-hub you/model [--private]    upload final/ to the hub when the run ends
   R1KIT_TRACEBACK=1 r1kit ...                   an error's whole traceback instead of its one line
   r1kit doctor [--json]                         versions, devices, and which engines/strategies/features run here
+  r1kit launch --config_file recipes/accelerate/zero3.yaml --num_processes 8 train RECIPE
+                                                accelerate launch, a failed run ending in one line naming the rank
 """
 
 
@@ -372,6 +374,12 @@ def cmd_doctor(argv: list[str]) -> None:
     doctor(argv)
 
 
+def cmd_launch(argv: list[str]) -> None:
+    from r1kit.launch import launch
+
+    launch(argv)
+
+
 def _push_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help=f"upload {what} (huggingface_hub)")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
@@ -415,13 +423,15 @@ COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "data": cmd_da
 COMMANDS["chat"] = cmd_chat
 COMMANDS["generate"] = cmd_generate
 COMMANDS["doctor"] = cmd_doctor
+COMMANDS["launch"] = cmd_launch
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: r1kit {train,sft,eval,data,generate} [RECIPE] [a.b=c ...] | r1kit report RUN_DIR [RUN_DIR ...] | "
-              "r1kit {serve-gen,serve-ref,chat} MODEL [options] | r1kit doctor [--json]\n\n"
+              "r1kit {serve-gen,serve-ref,chat} MODEL [options] | r1kit doctor [--json] | "
+              "r1kit launch [accelerate options] {train,sft,...} ...\n\n"
               + USAGE)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     if argv[0] == "doctor":  # before the imports below: it reports a torch that fails to import, it does not die of it
@@ -454,6 +464,7 @@ def _one_line_errors() -> list[tuple[tuple[type, ...], int]]:
     from r1kit.config import ConfigError
     from r1kit.data.sources import DataError
     from r1kit.hub import HubError
+    from r1kit.launch import LaunchFailed
     from r1kit.rewards.registry import RewardError
     from r1kit.rollout.http import ServiceError
     from r1kit.rundir import NonFiniteError, RunCollapsed
@@ -462,7 +473,8 @@ def _one_line_errors() -> list[tuple[tuple[type, ...], int]]:
             ((ConfigError, DataError, FileNotFoundError, FileExistsError, CheckpointError), 2),
             ((OSError,), 1),  # read-only or full disk, permissions: the environment, not a bug; the line says which
             ((ServiceError, ImportError), 1),  # a server that stopped answering; an engine that is not installed
-            ((HubError,), 1),  # --push-to-hub: no token, offline, no access; the result stays on disk
+            ((HubError,), 1),
+            ((LaunchFailed,), 1),  # r1kit launch: a process failed; its own line is above  # --push-to-hub: no token, offline, no access; the result stays on disk
             ((RewardError,), 1)]  # a user's reward raised or broke TRL's contract: the line names it and where
 
 
@@ -474,7 +486,6 @@ def _one_line_exit_code(e: BaseException) -> int | None:
 def _one_line(e: BaseException) -> str:
     """The error's message on one line (a multi-line message from a library is joined)."""
     return " ".join(str(e).split("\n")).strip() or type(e).__name__
-    return 0
 
 
 if __name__ == "__main__":

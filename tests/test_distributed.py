@@ -145,6 +145,22 @@ def test_prompts_that_do_not_split_evenly_fail_before_anything_is_written(small_
     assert not (tmp_path / "runs" / "t").exists()
 
 
+def test_r1kit_launch_ends_a_failed_run_in_one_line(small_model_dir, tmp_path):
+    """`r1kit launch` is `accelerate launch ... -m r1kit`: the ranks' own error lines, then one line naming the rank
+    that failed, instead of the launcher's report and traceback."""
+    cmd = [sys.executable, "-m", "r1kit", "launch", "--config_file", str(ROOT / "recipes" / "accelerate" / "ddp.yaml"),
+           "--num_processes", "2", "--main_process_port", str(free_port()), "train",
+           str(recipe(tmp_path, small_model_dir, train={"batch_size": 12})), "name=t"]
+    out = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert out.returncode == 1, out.stderr[-3000:]
+    lines = [x for x in out.stderr.splitlines() if x.strip() and "Warning" not in x and "warnings.warn" not in x]
+    assert all(x.startswith(("r1kit train: error: prompts per step (3)", "r1kit launch: error: rank ")) for x in lines), \
+        out.stderr[-3000:]
+    assert lines[-1].startswith("r1kit launch: error: rank ") and "of `r1kit train` exited with code 2" in lines[-1]
+    assert "Traceback" not in out.stderr and "ChildFailedError" not in out.stderr
+    assert not (tmp_path / "runs" / "t").exists()
+
+
 def test_a_bf16_recipe_under_zero3_trains_and_saves_bf16(small_model_dir, tmp_path):
     """zero3.yaml leaves precision to the recipe (mixed_precision 'no'): DeepSpeed would partition in float32, so
     r1kit turns its bf16 section on and the recipe's bf16 holds in training and in final/ (the shipped bf16 seed

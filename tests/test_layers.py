@@ -15,7 +15,7 @@ LAYERS = {
     "r1kit.data": 1, "r1kit.rewards": 2, "r1kit.rollout": 3, "r1kit.algo": 4, "r1kit.models": 5, "r1kit.model_files": 5,
     "r1kit.logging": 5, "r1kit.distributed": 5, "r1kit.report": 5, "r1kit.trackers": 5, "r1kit.checkpoint": 6,
     "r1kit.forward": 5, "r1kit.prompt_attention": 5, "r1kit.hub": 5, "r1kit.batch": 6, "r1kit.reference": 7, "r1kit.chat": 8, "r1kit.generate": 9,
-    "r1kit.evaluate": 7, "r1kit.rundir": 7, "r1kit.sft": 8, "r1kit.run": 8, "r1kit.trainer": 9, "r1kit.serve": 9, "r1kit.doctor": 9, "r1kit.cli": 10, "r1kit.__main__": 11,
+    "r1kit.evaluate": 7, "r1kit.rundir": 7, "r1kit.sft": 8, "r1kit.run": 8, "r1kit.trainer": 9, "r1kit.serve": 9, "r1kit.doctor": 9, "r1kit.launch": 9, "r1kit.cli": 10, "r1kit.__main__": 11,
 }
 
 
