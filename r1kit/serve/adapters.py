@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from r1kit.rollout.lora_sync import ADAPTER_FILE, finish_upload
+from r1kit.serve.generation import stream_to_file
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # also a directory name: no separators, no leading dot
 
@@ -78,13 +79,8 @@ class AdapterLoader:
     async def _receive(self, chunks, target: Path) -> None:
         """The body, streamed to `target` (never whole in memory), at most max_upload_bytes."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        size = 0
-        with open(target, "wb") as f:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > self.max_upload_bytes:
-                    raise AdapterError(413, f"adapter body over {self.max_upload_bytes} bytes (--max-upload-gb)")
-                f.write(chunk)
+        await stream_to_file(chunks, target, self.max_upload_bytes, lambda: AdapterError(
+            413, f"adapter body over {self.max_upload_bytes} bytes (--max-upload-gb)"))
 
     async def _register(self, name: str, path: Path):
         from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest

@@ -95,6 +95,19 @@ class TokenMiddleware:
         return await self.app(scope, receive, send)
 
 
+async def stream_to_file(chunks, target: Path, max_bytes: int, too_big) -> int:
+    """A request body streamed to `target` (never whole in memory); `too_big()` is raised past max_bytes.
+    Returns the size written."""
+    size = 0
+    with open(target, "wb") as f:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_big()
+            f.write(chunk)
+    return size
+
+
 def resolve_weights_dir(path, root: str | None) -> Path | None:
     """The directory `path` names when it lies under `root` (links and .. resolved) and holds WEIGHTS_FILE; else None.
 
@@ -150,13 +163,8 @@ class WeightUpdater:
                 return {"weights_version": self.version, "seconds": 0.0}
             tmp = self.upload_dir / f".tmp-{uuid.uuid4().hex}-{WEIGHTS_FILE}"
             try:
-                size = 0
-                with open(tmp, "wb") as f:
-                    async for chunk in chunks:
-                        size += len(chunk)
-                        if size > self.max_upload_bytes:
-                            raise UpdateError(413, f"weights body over {self.max_upload_bytes} bytes (--max-upload-gb)")
-                        f.write(chunk)
+                size = await stream_to_file(chunks, tmp, self.max_upload_bytes, lambda: UpdateError(
+                    413, f"weights body over {self.max_upload_bytes} bytes (--max-upload-gb)"))
                 if size == 0:
                     raise UpdateError(400, "empty weights body")
                 os.replace(tmp, self.upload_dir / WEIGHTS_FILE)
