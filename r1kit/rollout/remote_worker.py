@@ -41,7 +41,7 @@ import torch
 
 from r1kit.rollout.http import ServiceError
 from r1kit.rollout.weights import LOCAL, export_state_dict
-from r1kit.rollout.worker import POLL_S, Request, WorkerError
+from r1kit.rollout.worker import POLL_S, Request, WorkerError, get_within
 from r1kit.types import Completion, SamplingParams
 
 EVAL = -1  # the batch number of an evaluation call (answered on its own queue, never by receive)
@@ -138,16 +138,12 @@ class ServerGenerator:
     # ------------------------------------------------ waiting, with a limit
 
     def _wait(self, answers: queue.Queue, what: str):
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            try:
-                return answers.get(timeout=POLL_S)
-            except queue.Empty:
-                self._check(what)
-                if time.monotonic() > deadline:
-                    self.close()
-                    raise ServiceError(f"{self.name} gave no {what} within {self.timeout_s:.0f} s "
-                                       "(rollout.asynchronous.timeout_s)") from None
+        def timed_out() -> Exception:
+            self.close()
+            return ServiceError(f"{self.name} gave no {what} within {self.timeout_s:.0f} s "
+                                "(rollout.asynchronous.timeout_s)")
+
+        return get_within(answers, self.timeout_s, lambda: self._check(what), timed_out)
 
     def _check(self, what: str) -> None:
         """Raise the thread's error, if it had one, on the trainer's thread."""

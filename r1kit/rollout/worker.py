@@ -39,6 +39,19 @@ POLL_S = 0.5  # how often a waiting trainer checks that the worker is alive
 START_S = 300.0  # the least time a worker gets to start (import torch, unpickle the policy): minutes on a busy CPU
 
 
+def get_within(answers: queue.Queue, timeout_s: float, check, timed_out):
+    """The next item of `answers`. Every POLL_S without one, `check()` runs (it raises if the producer of the
+    answers died or failed); past timeout_s, the exception `timed_out()` returns is raised."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return answers.get(timeout=POLL_S)
+        except queue.Empty:
+            check()
+            if time.monotonic() > deadline:
+                raise timed_out() from None
+
+
 class WorkerError(RuntimeError):
     """The generation worker died, hung, or failed; the message names it and says what happened."""
 
@@ -192,22 +205,18 @@ class GenerationWorker:
 
     def _expect(self, kind: str, what: str, timeout_s: float | None = None):
         timeout_s = timeout_s or self.timeout_s
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                message = self.results.get(timeout=POLL_S)
-            except queue.Empty:
-                self._check_alive(what)
-                if time.monotonic() > deadline:
-                    self.close()
-                    raise WorkerError(f"{self.name} gave no {what} within {timeout_s:.0f} s "
-                                      "(rollout.asynchronous.timeout_s); it was stopped") from None
-                continue
-            if message[0] == "error":
-                raise WorkerError(f"{self.name} failed on batch {message[1]}: {message[2]}")
-            if message[0] != kind:
-                raise WorkerError(f"{self.name} sent {message[0]!r} while {what} was awaited")
-            return message
+
+        def timed_out() -> Exception:
+            self.close()
+            return WorkerError(f"{self.name} gave no {what} within {timeout_s:.0f} s "
+                               "(rollout.asynchronous.timeout_s); it was stopped")
+
+        message = get_within(self.results, timeout_s, lambda: self._check_alive(what), timed_out)
+        if message[0] == "error":
+            raise WorkerError(f"{self.name} failed on batch {message[1]}: {message[2]}")
+        if message[0] != kind:
+            raise WorkerError(f"{self.name} sent {message[0]!r} while {what} was awaited")
+        return message
 
     def _check_alive(self, what: str) -> None:
         if not self.process.is_alive():
